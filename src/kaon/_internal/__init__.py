@@ -1,0 +1,1 @@
+"""Private helpers shared by every layer. Nothing here is public API."""

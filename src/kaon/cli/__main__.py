@@ -1,0 +1,3 @@
+from kaon.cli.app import main
+
+main()

@@ -1,0 +1,72 @@
+"""`kaon`: one Typer app; each command group lives in its own module and is added here."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from kaon.errors import KaonError
+
+app = typer.Typer(
+    name="kaon",
+    help="Train, optimize, explain, serve and scale deep learning models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(exc: BaseException) -> None:
+    """One error style for every command: a red title and the message, exit code 1, no traceback."""
+    kind = type(exc).__name__
+    message = getattr(exc, "message", None) or str(exc)
+    err_console.print(f"[bold red]error[/] [red]({kind})[/]: {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def handles_errors(func: F) -> F:
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except KaonError as exc:
+            fail(exc)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _register_commands() -> None:
+    from kaon.cli import serve_cmd  # noqa: F401 - registers `kaon serve`
+
+    for module, attr, name in (("kaon.cli.registry_cmd", "runs_app", "runs"),
+                               ("kaon.cli.registry_cmd", "models_app", "models")):
+        try:
+            sub = getattr(__import__(module, fromlist=[attr]), attr)
+        except (ImportError, AttributeError):
+            continue
+        app.add_typer(sub, name=name)
+    try:
+        from kaon.cli import quickstart_cmd  # noqa: F401 - registers `kaon quickstart`
+    except ImportError:
+        pass
+
+
+def main() -> None:
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    _register_commands()
+    try:
+        app()
+    except KaonError as exc:  # raised outside a command body (e.g. while parsing)
+        fail(exc)
+    sys.exit(0)

@@ -1,0 +1,36 @@
+"""`kaon serve TARGET`: a model file, a registry reference or path/to/service.py:ClassName."""
+
+from __future__ import annotations
+
+import typer
+
+from kaon.cli.app import app, handles_errors
+from kaon.config import ServeConfig
+
+
+@app.command()
+@handles_errors
+def serve(
+    target: str = typer.Argument(..., help="model.onnx | model.pt2 | model.keras | name@alias | service.py:Class"),
+    name: str = typer.Option(None, help="Model name on the V2 routes (default: the file stem)."),
+    host: str = typer.Option(None, help="Address to bind. [default: 127.0.0.1]"),
+    port: int = typer.Option(None, help="Port to bind. [default: 8000]"),
+    max_batch_size: int = typer.Option(None, help="Largest batch per forward pass. [default: 64]"),
+    max_wait_ms: float = typer.Option(None, help="Longest a request waits for a batch to fill. [default: 2]"),
+    timeout_s: float = typer.Option(None, help="Per-request limit; over it: 504. [default: 30]"),
+    max_queue: int = typer.Option(None, help="Queued inputs per endpoint; over it: 503. [default: 1024]"),
+    max_body_bytes: int = typer.Option(None, help="Largest request body; over it: 413. [default: 16 MiB]"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle-based model files."),
+    log_level: str = typer.Option(None, help="debug | info | warning | error. [default: warning]"),
+) -> None:
+    """Serve a model or a Service over HTTP (JSON, images and the Open Inference Protocol V2)."""
+    from kaon.serving import serve as run
+    from kaon.serving.targets import resolve_target
+
+    config = ServeConfig.from_env(
+        name=name, host=host, port=port, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+        timeout_s=timeout_s, max_queue=max_queue, max_body_bytes=max_body_bytes,
+        trust_pickle=trust_pickle or None, log_level=log_level,
+    )
+    service = resolve_target(target, name=name, trust_pickle=trust_pickle)
+    run(service, config)

@@ -1,0 +1,91 @@
+"""Where kaon keeps its state, and the settings every layer reads.
+
+KAON_HOME holds the registry database (`kaon.db`) and the content-addressed artifacts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kaon.errors import ConfigError
+
+
+def kaon_home() -> Path:
+    """The folder for kaon's state: $KAON_HOME, else ~/.kaon. Created on first use."""
+    home = Path(os.environ.get("KAON_HOME") or Path.home() / ".kaon").expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def database_url() -> str:
+    """$KAON_DATABASE_URL (any SQLAlchemy URL), else SQLite in KAON_HOME/kaon.db."""
+    url = os.environ.get("KAON_DATABASE_URL")
+    if url:
+        return url
+    return f"sqlite:///{kaon_home() / 'kaon.db'}"
+
+
+def artifacts_dir() -> Path:
+    path = kaon_home() / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How one server runs. Each field is also a `kaon serve` flag and a KAON_<NAME> variable."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch_size: int = 64
+    max_wait_ms: float = 2.0
+    timeout_s: float = 30.0
+    max_queue: int = 1024
+    max_body_bytes: int = 16 * 1024 * 1024
+    trust_pickle: bool = False
+    name: str | None = None
+    log_level: str = "warning"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("port", 0 <= self.port <= 65535, "an integer in [0, 65535]"),
+            ("max_batch_size", self.max_batch_size >= 1, "an integer >= 1"),
+            ("max_wait_ms", self.max_wait_ms >= 0, "a number >= 0"),
+            ("timeout_s", self.timeout_s > 0, "a number > 0"),
+            ("max_queue", self.max_queue >= 1, "an integer >= 1"),
+            ("max_body_bytes", self.max_body_bytes >= 1024, "an integer >= 1024"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(
+                    f"{name} must be {expected}. Received: {name}={getattr(self, name)!r}",
+                    fields=[{"name": name, "expected": expected}],
+                )
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> ServeConfig:
+        """Settings from KAON_* variables; explicit arguments (not None) win."""
+        values: dict[str, object] = {}
+        for name, default in cls.__dataclass_fields__.items():
+            if name == "extra":
+                continue
+            raw = os.environ.get(f"KAON_{name.upper()}")
+            if raw is None:
+                continue
+            kind = type(getattr(cls, name, None) if default.default is None else default.default)
+            try:
+                if kind is bool:
+                    values[name] = raw.lower() in ("1", "true", "yes", "on")
+                elif kind in (int, float):
+                    values[name] = kind(raw)
+                else:
+                    values[name] = raw
+            except ValueError as exc:
+                raise ConfigError(
+                    f"KAON_{name.upper()} must be a {kind.__name__}. Received: {raw!r}"
+                ) from exc
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,239 @@
+"""`kaon.Client` and `kaon.AsyncClient`: call a kaon server from Python.
+
+    client = kaon.Client("http://127.0.0.1:8000", token=None)
+    client.predict(images)                 # POST /predict {"inputs": images}
+    client.call("classify", texts=[...])   # POST /classify {"texts": [...]}
+    client.infer({"image": x})             # V2 infer with binary tensors -> dict of numpy arrays
+
+Both retry a 503 (overloaded or starting) with exponential backoff, honouring Retry-After.
+Request building and response parsing are shared; the two classes differ only in how they send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+
+from kaon.errors import KaonError
+from kaon.types import NUMPY_TO_V2, V2_DATATYPES
+
+RETRY_STATUSES = {503}
+
+
+class ClientError(KaonError):
+    """The server answered with an error; `status_code`, `code` and `request_id` say which."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            data = {"error": {"message": body[:200].decode(errors="replace")}}
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, str):
+            err = {"message": err}
+        err = err or {}
+        super().__init__(f"HTTP {status}: {err.get('message', '')}", fields=err.get("fields") or [])
+        self.status_code = status
+        self.code = err.get("code", "http_error")
+        self.request_id = err.get("request_id")
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _encode_infer(inputs: dict[str, np.ndarray], request_id: str | None) -> tuple[bytes, dict[str, str]]:
+    header: dict[str, Any] = {"inputs": [], "parameters": {"binary_data_output": True}}
+    if request_id:
+        header["id"] = request_id
+    blobs = []
+    for name, value in inputs.items():
+        array = np.ascontiguousarray(value)
+        blob = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        header["inputs"].append({"name": name, "shape": list(array.shape),
+                                 "datatype": NUMPY_TO_V2[str(array.dtype)],
+                                 "parameters": {"binary_data_size": len(blob)}})
+        blobs.append(blob)
+    head = orjson.dumps(header)
+    return head + b"".join(blobs), {"inference-header-content-length": str(len(head)),
+                                    "content-type": "application/octet-stream"}
+
+
+def _decode_infer(response: httpx.Response) -> dict[str, np.ndarray]:
+    body = response.content
+    length = response.headers.get("inference-header-content-length")
+    head = body[: int(length)] if length else body
+    offset = int(length) if length else 0
+    data = orjson.loads(head)
+    outputs = {}
+    for out in data["outputs"]:
+        dtype = np.dtype(V2_DATATYPES[out["datatype"]])
+        size = (out.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            outputs[out["name"]] = np.frombuffer(body, dtype=dtype, count=size // dtype.itemsize,
+                                                 offset=offset).reshape(out["shape"])
+            offset += size
+        else:
+            outputs[out["name"]] = np.asarray(out["data"], dtype=dtype).reshape(out["shape"])
+    return outputs
+
+
+def _backoff_s(attempt: int, response: httpx.Response, base_s: float) -> float:
+    retry_after = response.headers.get("retry-after")
+    wait = base_s * (2 ** attempt)
+    if retry_after and retry_after.replace(".", "", 1).isdigit():
+        wait = max(wait, min(float(retry_after), 10.0))
+    return wait
+
+
+def _result(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        raise ClientError(response.status_code, response.content)
+    return orjson.loads(response.content)
+
+
+class _Base:
+    def __init__(self, url: str, token: str | None = None, *, timeout_s: float = 30.0,
+                 max_retries: int = 4, backoff_s: float = 0.05) -> None:
+        self.url = url.rstrip("/")
+        self.headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self._model: str | None = None
+
+    def _predict_body(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        if args and kwargs:
+            raise TypeError("pass the inputs positionally (sent as 'inputs') or as named fields, not both")
+        if len(args) > 1:
+            raise TypeError(f"predict takes one positional argument (the inputs). Received: {len(args)}")
+        payload = {"inputs": args[0]} if args else kwargs
+        return orjson.dumps(_to_jsonable(payload), option=orjson.OPT_SERIALIZE_NUMPY)
+
+    @staticmethod
+    def _named(inputs: Any) -> dict[str, np.ndarray]:
+        return inputs if isinstance(inputs, dict) else {"__single__": np.asarray(inputs)}
+
+
+class Client(_Base):
+    """A synchronous client; use it as a context manager or call `.close()`."""
+
+    def __init__(self, url: str, token: str | None = None, *, transport: httpx.BaseTransport | None = None,
+                 **options: Any) -> None:
+        super().__init__(url, token, **options)
+        self._http = httpx.Client(base_url=self.url, headers=self.headers, timeout=self.timeout_s,
+                                  transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, method: str, path: str, content: bytes | None = None,
+              headers: dict[str, str] | None = None) -> httpx.Response:
+        headers = headers or {"content-type": "application/json"}
+        for attempt in range(self.max_retries + 1):
+            response = self._http.request(method, path, content=content, headers=headers)
+            if response.status_code not in RETRY_STATUSES or attempt == self.max_retries:
+                return response
+            time.sleep(_backoff_s(attempt, response, self.backoff_s))
+        raise AssertionError("unreachable")
+
+    def call(self, endpoint: str, **fields: Any) -> Any:
+        return _result(self._send("POST", "/" + endpoint.lstrip("/"), self._predict_body((), fields)))
+
+    def predict(self, *inputs: Any, **fields: Any) -> Any:
+        return _result(self._send("POST", "/predict", self._predict_body(inputs, fields)))
+
+    def infer(self, inputs: Any, model: str | None = None, request_id: str | None = None) -> dict[str, np.ndarray]:
+        model = model or self._model or self._discover_model()
+        named = self._named(inputs)
+        if "__single__" in named:
+            meta = _result(self._send("GET", f"/v2/models/{model}"))
+            named = {meta["inputs"][0]["name"]: named["__single__"]}
+        body, headers = _encode_infer(named, request_id)
+        response = self._send("POST", f"/v2/models/{model}/infer", body, headers)
+        if response.status_code >= 400:
+            raise ClientError(response.status_code, response.content)
+        return _decode_infer(response)
+
+    def _discover_model(self) -> str:
+        models = _result(self._send("GET", "/")).get("models") or []
+        if len(models) != 1:
+            raise KaonError(f"the server exposes models {models}; pass model=NAME to infer().")
+        self._model = models[0]
+        return self._model
+
+    def ready(self) -> bool:
+        return self._http.get("/readyz").status_code == 200
+
+
+class AsyncClient(_Base):
+    """The async twin of Client: the same calls, awaited."""
+
+    def __init__(self, url: str, token: str | None = None, *,
+                 transport: httpx.AsyncBaseTransport | None = None, **options: Any) -> None:
+        super().__init__(url, token, **options)
+        self._http = httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=self.timeout_s,
+                                       transport=transport)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, method: str, path: str, content: bytes | None = None,
+                    headers: dict[str, str] | None = None) -> httpx.Response:
+        headers = headers or {"content-type": "application/json"}
+        for attempt in range(self.max_retries + 1):
+            response = await self._http.request(method, path, content=content, headers=headers)
+            if response.status_code not in RETRY_STATUSES or attempt == self.max_retries:
+                return response
+            await asyncio.sleep(_backoff_s(attempt, response, self.backoff_s))
+        raise AssertionError("unreachable")
+
+    async def call(self, endpoint: str, **fields: Any) -> Any:
+        return _result(await self._send("POST", "/" + endpoint.lstrip("/"), self._predict_body((), fields)))
+
+    async def predict(self, *inputs: Any, **fields: Any) -> Any:
+        return _result(await self._send("POST", "/predict", self._predict_body(inputs, fields)))
+
+    async def infer(self, inputs: Any, model: str | None = None,
+                    request_id: str | None = None) -> dict[str, np.ndarray]:
+        if model is None and self._model is None:
+            models = _result(await self._send("GET", "/")).get("models") or []
+            if len(models) != 1:
+                raise KaonError(f"the server exposes models {models}; pass model=NAME to infer().")
+            self._model = models[0]
+        model = model or self._model
+        named = self._named(inputs)
+        if "__single__" in named:
+            meta = _result(await self._send("GET", f"/v2/models/{model}"))
+            named = {meta["inputs"][0]["name"]: named["__single__"]}
+        body, headers = _encode_infer(named, request_id)
+        response = await self._send("POST", f"/v2/models/{model}/infer", body, headers)
+        if response.status_code >= 400:
+            raise ClientError(response.status_code, response.content)
+        return _decode_infer(response)
+
+    async def ready(self) -> bool:
+        return (await self._http.get("/readyz")).status_code == 200

@@ -1,0 +1,309 @@
+"""A Service as an ASGI app: routing, limits, batching, V2 protocol, metrics, errors.
+
+The hot routes (`POST /<endpoint>`, V2 infer) are dispatched by a dict lookup on (method, path)
+straight to their handler; FastAPI is used only to render `/openapi.json` and `/docs` from the
+same pydantic models. Every response carries `x-request-id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pydantic
+
+from kaon.config import ServeConfig
+from kaon.errors import (
+    EndpointTimeoutError,
+    InvalidInputError,
+    KaonError,
+    NotFoundError,
+    OverloadedError,
+    PayloadTooLargeError,
+)
+from kaon.serving.batcher import Batcher, call_unbatched
+from kaon.serving.http import Request, Response, error_response
+from kaon.serving.metrics import ServerMetrics
+from kaon.serving.service import EndpointSpec, Service, endpoint_specs, service_name
+from kaon.serving.tensors import is_image_type
+from kaon.serving.v2 import V2Routes
+
+log = logging.getLogger("kaon.serving")
+
+Handler = Callable[[Request], Awaitable[Response]]
+Guard = Callable[[Request], Awaitable[None]]
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg")
+
+
+class KaonApp:
+    """The ASGI application for one Service instance."""
+
+    def __init__(self, service: Service | type[Service], config: ServeConfig | None = None,
+                 guards: list[Guard] | None = None) -> None:
+        self.config = config or ServeConfig()
+        self.service = service() if isinstance(service, type) else service
+        self.name = service_name(type(self.service))
+        self.specs = endpoint_specs(type(self.service), self.config.max_batch_size, self.config.max_wait_ms)
+        self.guards = guards or []
+        self.metrics = ServerMetrics()
+        self.ready = False
+        self.batchers: dict[str, Batcher] = {}
+        self._batcher_by_path: dict[str, Batcher] = {}
+        self._executor = ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 1), thread_name_prefix="kaon")
+        self._v2: V2Routes | None = None
+        self._docs_app: Any = None
+        self.routes: dict[tuple[str, str], tuple[str, Handler]] = {
+            ("GET", "/healthz"): ("/healthz", self._healthz),
+            ("GET", "/readyz"): ("/readyz", self._readyz),
+            ("GET", "/metrics"): ("/metrics", self._metrics),
+            ("GET", "/"): ("/", self._index),
+        }
+        for spec in self.specs:
+            self.routes[("POST", spec.path)] = (spec.path, self._endpoint_handler(spec))
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.service.setup)
+        for spec in self.specs:
+            if spec.batched:
+                method = getattr(self.service, spec.method_name)
+                queue_gauge = self.metrics.queue_depth.labels(spec.name)
+                batch_hist = self.metrics.batch_size.labels(spec.name)
+                self.batchers[spec.name] = Batcher(
+                    method, max_batch_size=spec.max_batch_size, max_wait_ms=spec.max_wait_ms,
+                    max_queue=self.config.max_queue, is_async=spec.is_async, name=spec.name,
+                    on_batch=batch_hist.observe,
+                )
+                queue_gauge.set_function(lambda b=self.batchers[spec.name]: b.queue_depth)
+                self._batcher_by_path[spec.path] = self.batchers[spec.name]
+        models = self.service.models
+        if models:
+            self._v2 = V2Routes(models, self.config, self.metrics, version=getattr(self.service, "model_version", None))
+        self.ready = True
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        for batcher in self.batchers.values():
+            await batcher.stop()
+        if self._v2 is not None:
+            await self._v2.stop()
+        try:
+            self.service.teardown()
+        except Exception:  # noqa: BLE001 - a failing teardown must not hide the shutdown
+            log.exception("teardown of %s failed", self.name)
+        self._executor.shutdown(wait=False)
+
+    # ASGI --------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except BaseException as exc:  # noqa: BLE001 - reported to the server, which exits
+                    log.error("setup of %s failed: %s", self.name, exc, exc_info=not isinstance(exc, KaonError))
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started = time.perf_counter()
+        method, path = scope["method"], scope["path"]
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        route = self.routes.get((method, path))
+        is_v2 = path.startswith("/v2")
+        label = route[0] if route else ("/v2" if is_v2 else "other")
+        self.metrics.in_flight.inc()
+        arriving = self._batcher_by_path.get(path) if method == "POST" else None
+        if arriving is not None:
+            arriving.arriving()
+        request = None
+        try:
+            body = await self._read_body(headers, receive)
+            client = scope.get("client")
+            request = Request(method, path, headers, body, request_id, scope.get("query_string", b"").decode(),
+                              client=client[0] if client else None, arriving=arriving)
+            for guard in self.guards:
+                await guard(request)
+            if route is not None:
+                response = await route[1](request)
+            elif is_v2 and self._v2 is not None:
+                response = await self._v2.handle(request)
+            elif self._is_docs(path):
+                await self._docs(scope, body, send, request_id)
+                return
+            else:
+                response = self._not_found(request)
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes an error response
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            response = error_response(exc, request_id, v2=is_v2)
+        finally:
+            if request is not None:
+                request.settle_arrival()
+            elif arriving is not None:
+                arriving.arrived()
+            self.metrics.in_flight.dec()
+        headers_out = [(b"content-type", response.content_type), (b"x-request-id", request_id.encode()),
+                       (b"x-content-type-options", b"nosniff"), *response.headers]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers_out})
+        await send({"type": "http.response.body", "body": response.body})
+        self.metrics.observe(label, response.status, time.perf_counter() - started)
+
+    async def _read_body(self, headers: dict[str, str], receive: Any) -> bytes:
+        limit = self.config.max_body_bytes
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLargeError(
+                f"the request body is {declared} bytes; the limit is {limit} bytes (--max-body-bytes). "
+                f"Send fewer or smaller inputs per request, or compress images as PNG/JPEG."
+            )
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(
+                    f"the request body is over the limit of {limit} bytes (--max-body-bytes)."
+                )
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    # endpoints ---------------------------------------------------------------------------------
+
+    def _endpoint_handler(self, spec: EndpointSpec) -> Handler:
+        adapter = pydantic.TypeAdapter(spec.request_model)
+        response_adapter = pydantic.TypeAdapter(spec.return_type)
+        image_param = spec.batch_param if spec.item_type is not None and is_image_type(spec.item_type) else None
+        timeout_s = self.config.timeout_s
+
+        def decode(request: Request) -> dict[str, Any]:
+            if request.content_type in IMAGE_TYPES:
+                if image_param is None:
+                    raise InvalidInputError(
+                        f"endpoint '{spec.name}' does not take image bodies. Received: Content-Type "
+                        f"{request.content_type}. Send JSON: {{{', '.join(repr(p) for p in spec.params)}: ...}}."
+                    )
+                return {image_param: adapter.validate_python({image_param: [request.body]}).__dict__[image_param]}
+            if not request.body:
+                raise InvalidInputError(f"the request body is empty. Expected a JSON object with fields "
+                                        f"{list(spec.params)}.")
+            try:
+                model = adapter.validate_json(request.body)
+            except pydantic.ValidationError as exc:
+                if any(e.get("type") == "json_invalid" for e in exc.errors()):
+                    request.json()  # raises MalformedRequestError with the parser's reason
+                raise
+            return {name: getattr(model, name) for name in spec.params}
+
+        async def handle(request: Request) -> Response:
+            if not self.ready:
+                raise OverloadedError("the service is still starting; retry shortly.", retry_after_s=1)
+            kwargs = decode(request)
+            batcher = self.batchers.get(spec.name)
+            if batcher is not None:
+                assert spec.batch_param is not None
+                items = kwargs[spec.batch_param]
+                if not items:
+                    return Response(200, b"[]")
+                future = batcher.submit(items)
+                request.settle_arrival()  # queued now: no longer "on its way in"
+                result = await self._await(future, timeout_s, spec.name)
+            else:
+                method = getattr(self.service, spec.method_name)
+                result = await self._await(call_unbatched(method, spec.is_async, self._executor, kwargs),
+                                           timeout_s, spec.name)
+            try:
+                body = response_adapter.dump_json(result)
+            except pydantic.PydanticSerializationError as exc:
+                raise KaonError(f"endpoint '{spec.name}' returned a value that does not match its return type "
+                                f"{spec.return_type}: {exc}") from exc
+            return Response(200, body)
+
+        return handle
+
+    async def _await(self, awaitable: Any, timeout_s: float, name: str) -> Any:
+        try:
+            return await asyncio.wait_for(awaitable, timeout=timeout_s)
+        except asyncio.TimeoutError:
+            raise EndpointTimeoutError(
+                f"endpoint '{name}' did not answer within {timeout_s:g} s (--timeout-s). "
+                f"Send smaller batches, or raise --timeout-s."
+            ) from None
+
+    # operational routes ------------------------------------------------------------------------
+
+    async def _healthz(self, request: Request) -> Response:
+        return Response.json({"status": "alive"})
+
+    async def _readyz(self, request: Request) -> Response:
+        if self.ready:
+            return Response.json({"status": "ready"})
+        return Response.json({"status": "starting"}, status=503)
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(200, self.metrics.render(), content_type=self.metrics.content_type.encode())
+
+    async def _index(self, request: Request) -> Response:
+        return Response.json({
+            "service": self.name,
+            "ready": self.ready,
+            "endpoints": [{"path": s.path, "batched": s.batched, "max_batch_size": s.max_batch_size}
+                          for s in self.specs],
+            "models": sorted(self.service.models) if self.ready else [],
+            "docs": "/docs",
+        })
+
+    def _not_found(self, request: Request) -> Response:
+        known = sorted({p for (_, p) in self.routes} | {"/v2", "/docs", "/openapi.json"})
+        return error_response(NotFoundError(
+            f"no route {request.method} {request.path}. Routes: {', '.join(known)}."), request.request_id)
+
+    # docs (FastAPI renders them) ---------------------------------------------------------------
+
+    @staticmethod
+    def _is_docs(path: str) -> bool:
+        return path in ("/docs", "/openapi.json", "/redoc") or path.startswith("/docs/")
+
+    async def _docs(self, scope: dict[str, Any], body: bytes, send: Any, request_id: str) -> None:
+        if self._docs_app is None:
+            from kaon.serving.openapi import docs_app
+
+            self._docs_app = docs_app(self)
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self._docs_app(scope, receive, send)

@@ -1,0 +1,197 @@
+"""Dynamic batching: concurrent requests to one endpoint share one forward pass.
+
+The decision to flush is a pure function of the queue and the clock (`decide_flush`); the
+`Batcher` only applies it. A batch is flushed when it is full, when its oldest request has waited
+`max_wait_ms`, or at once when no other request is on its way in: waiting then would only add
+latency, so a lone client sees no batch window at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from kaon.errors import KaonError, OverloadedError
+
+
+@dataclass(frozen=True)
+class FlushDecision:
+    flush: bool
+    wait_s: float  # how long to wait before deciding again when not flushing
+
+
+def decide_flush(num_queued: int, oldest_wait_s: float, num_arriving: int,
+                 max_batch_size: int, max_wait_s: float) -> FlushDecision:
+    """Flush now, or wait how long? `num_arriving` counts requests admitted but not yet queued."""
+    if num_queued == 0:
+        return FlushDecision(False, math.inf)
+    if num_queued >= max_batch_size or oldest_wait_s >= max_wait_s or num_arriving == 0:
+        return FlushDecision(True, 0.0)
+    return FlushDecision(False, max_wait_s - oldest_wait_s)
+
+
+@dataclass
+class _Pending:
+    items: list[Any]
+    future: asyncio.Future[list[Any]]
+    enqueued_s: float
+
+
+class Batcher:
+    """Queues requests for one endpoint and runs `handler(items) -> results` on batches of them."""
+
+    def __init__(
+        self,
+        handler: Callable[[list[Any]], Any],
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue: int,
+        is_async: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        on_batch: Callable[[int], None] | None = None,
+        name: str = "endpoint",
+    ) -> None:
+        self.handler = handler
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.is_async = is_async
+        self.clock = clock
+        self.on_batch = on_batch
+        self.name = name
+        self.num_arriving = 0
+        self._queue: deque[_Pending] = deque()
+        self._num_queued_items = 0
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kaon-{name}")
+
+    @property
+    def queue_depth(self) -> int:
+        return self._num_queued_items
+
+    def start(self) -> None:
+        if self._task is None:
+            self._wakeup = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(OverloadedError("the server is shutting down; retry", retry_after_s=1))
+        self._queue.clear()
+        self._executor.shutdown(wait=False)
+
+    def arriving(self) -> None:
+        """A request for this endpoint was admitted and is being decoded."""
+        self.num_arriving += 1
+
+    def arrived(self) -> None:
+        self.num_arriving = max(0, self.num_arriving - 1)
+
+    def submit(self, items: list[Any]) -> asyncio.Future[list[Any]]:
+        """Queue one request's items; the future resolves to its results. Full queue: OverloadedError."""
+        if self._num_queued_items + len(items) > self.max_queue:
+            raise OverloadedError(
+                f"endpoint '{self.name}' has {self._num_queued_items} items queued (max_queue={self.max_queue}). "
+                f"Retry after a short wait, or raise --max-queue / add replicas.",
+                retry_after_s=1.0,
+            )
+        self.start()
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(items, future, self.clock()))
+        self._num_queued_items += len(items)
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return future
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            decision = decide_flush(self._num_queued_items, self.clock() - self._queue[0].enqueued_s,
+                                    self.num_arriving, self.max_batch_size, self.max_wait_s)
+            if not decision.flush:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=decision.wait_s)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            batch = self._take_batch()
+            if batch:
+                await self._execute(batch)
+
+    def _take_batch(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        size = 0
+        while self._queue:
+            head = self._queue[0]
+            if head.future.done():  # timed out or cancelled while queued
+                self._queue.popleft()
+                self._num_queued_items -= len(head.items)
+                continue
+            if batch and size + len(head.items) > self.max_batch_size:
+                break
+            self._queue.popleft()
+            self._num_queued_items -= len(head.items)
+            batch.append(head)
+            size += len(head.items)
+        return batch
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        items = [item for pending in batch for item in pending.items]
+        if self.on_batch is not None:
+            self.on_batch(len(items))
+        try:
+            if self.is_async:
+                results = await self.handler(items)  # type: ignore[misc]
+            else:
+                loop = asyncio.get_running_loop()
+                results = await loop.run_in_executor(self._executor, self.handler, items)
+            results = list(results)
+            if len(results) != len(items):
+                raise KaonError(
+                    f"endpoint '{self.name}' returned {len(results)} results for a batch of {len(items)} "
+                    f"inputs; a batched endpoint returns one result per input, in order."
+                )
+        except BaseException as exc:  # noqa: BLE001 - every waiting request gets the failure
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        start = 0
+        for pending in batch:
+            end = start + len(pending.items)
+            if not pending.future.done():
+                pending.future.set_result(results[start:end])
+            start = end
+
+
+async def call_unbatched(handler: Callable[..., Any], is_async: bool, executor: ThreadPoolExecutor,
+                         kwargs: dict[str, Any]) -> Any:
+    """Run an endpoint that is not batched: awaited when async, else in a worker thread."""
+    if is_async:
+        result: Awaitable[Any] = handler(**kwargs)
+        return await result
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor, lambda: handler(**kwargs))

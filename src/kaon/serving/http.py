@@ -1,0 +1,109 @@
+"""The request and response kaon's ASGI app passes around, and the error-to-response mapping.
+
+`error_response` is pure: an exception (and the request id) in, status, body and headers out.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pydantic
+
+from kaon.errors import (
+    InvalidInputError,
+    KaonError,
+    MalformedRequestError,
+    OverloadedError,
+    RateLimitedError,
+)
+
+log = logging.getLogger("kaon.serving")
+
+JSON = b"application/json"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    request_id: str
+    query: str = ""
+    path_params: dict[str, str] = field(default_factory=dict)
+    client: str | None = None
+    arriving: Any = None  # the Batcher that counts this request as on its way in, until it is queued
+
+    def settle_arrival(self) -> None:
+        if self.arriving is not None:
+            self.arriving.arrived()
+            self.arriving = None
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+    def json(self) -> Any:
+        """The body as JSON, or MalformedRequestError saying where it broke."""
+        if not self.body:
+            raise MalformedRequestError("the request body is empty. Expected a JSON object.")
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedRequestError(
+                f"the request body is not valid JSON: {exc}. Received {len(self.body)} bytes starting "
+                f"{self.body[:40]!r}."
+            ) from exc
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: bytes = JSON
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    @classmethod
+    def json(cls, data: Any, status: int = 200) -> Response:
+        return cls(status, orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
+def validation_fields(exc: pydantic.ValidationError) -> list[dict[str, Any]]:
+    fields = []
+    for err in exc.errors(include_url=False, include_context=False):
+        loc = [str(p) for p in err.get("loc", ())]
+        received = err.get("input")
+        text = repr(received)
+        fields.append({
+            "name": ".".join(loc) or "body",
+            "message": err.get("msg", ""),
+            "type": err.get("type", ""),
+            "received": text if len(text) <= 120 else text[:117] + "...",
+        })
+    return fields
+
+
+def error_response(exc: BaseException, request_id: str, *, v2: bool = False) -> Response:
+    """Map any exception to the one error envelope (V2 routes: `{"error": "..."}`)."""
+    headers: list[tuple[bytes, bytes]] = []
+    if isinstance(exc, pydantic.ValidationError):
+        fields = validation_fields(exc)
+        summary = "; ".join(f"{f['name']}: {f['message']}" for f in fields[:5])
+        err: KaonError = InvalidInputError(
+            f"the request does not match the endpoint's schema: {summary}", fields=fields)
+    elif isinstance(exc, KaonError):
+        err = exc
+        if isinstance(exc, (OverloadedError, RateLimitedError)):
+            headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
+    else:
+        log.error("request %s failed", request_id, exc_info=exc)
+        err = KaonError(f"internal error while serving the request; the server log has the trace under "
+                        f"request id {request_id}.")
+    status = getattr(err, "status_code", 500)
+    if status >= 500 and isinstance(err, KaonError) and err is exc and not isinstance(exc, OverloadedError):
+        log.error("request %s failed: %s", request_id, err.message)
+    body = {"error": err.message} if v2 else err.to_dict(request_id)
+    return Response(status, orjson.dumps(body), headers=headers)

@@ -1,0 +1,91 @@
+"""Run an app with uvicorn: banner, graceful shutdown on Ctrl-C / SIGTERM (finish in-flight, exit 0)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kaon.config import ServeConfig
+from kaon.serving.app import KaonApp
+from kaon.serving.service import Service
+
+
+def banner(app: KaonApp, config: ServeConfig) -> str:
+    base = f"http://{config.host}:{config.port}"
+    lines = [f"kaon is serving '{app.name}' at {base}", ""]
+    for spec in app.specs:
+        mode = f"batched up to {spec.max_batch_size}, wait {spec.max_wait_ms:g} ms" if spec.batched else "unbatched"
+        lines.append(f"  POST {base}{spec.path}   ({mode})")
+    models = list(getattr(app.service, "models", {}) or {})
+    for name in models:
+        lines.append(f"  POST {base}/v2/models/{name}/infer   (Open Inference Protocol V2)")
+    lines += [f"  docs {base}/docs   metrics {base}/metrics   health {base}/healthz {base}/readyz", ""]
+    spec = app.specs[0] if app.specs else None
+    if spec is not None:
+        field = next(iter(spec.params))
+        example = _example_value(spec)
+        lines += [
+            "Try it:",
+            f"  curl -s -X POST {base}{spec.path} -H 'content-type: application/json' "
+            f"-d '{{\"{field}\": {example}}}'",
+            f"  python -c \"import kaon; print(kaon.Client('{base}').predict({field}={example}))\""
+            if spec.path == "/predict" else
+            f"  python -c \"import kaon; print(kaon.Client('{base}').call('{spec.path[1:]}', {field}={example}))\"",
+        ]
+    lines.append("Press Ctrl-C to stop.")
+    return "\n".join(lines)
+
+
+def _example_value(spec: Any) -> str:
+    schema = spec.request_model.model_json_schema()
+    field = next(iter(spec.params))
+    prop = schema.get("properties", {}).get(field, {})
+    return str(_zeros(prop, schema.get("$defs", {}), depth=0))
+
+
+def _zeros(schema: dict[str, Any], defs: dict[str, Any], depth: int) -> Any:
+    if depth > 8:
+        return 0
+    if "$ref" in schema:
+        return _zeros(defs.get(schema["$ref"].split("/")[-1], {}), defs, depth + 1)
+    if "anyOf" in schema:
+        return _zeros(schema["anyOf"][0], defs, depth + 1)
+    kind = schema.get("type")
+    if kind == "array":
+        count = schema.get("minItems", 1) or 1
+        item = _zeros(schema.get("items", {}), defs, depth + 1)
+        return [item for _ in range(count)]
+    if kind == "object":
+        return {k: _zeros(v, defs, depth + 1) for k, v in schema.get("properties", {}).items()}
+    if kind == "string":
+        return ""
+    if kind == "boolean":
+        return False
+    return 0
+
+
+def serve(target: Service | type[Service] | KaonApp, config: ServeConfig | None = None,
+          print_banner: bool = True, **overrides: Any) -> None:
+    """Serve in the foreground until Ctrl-C or SIGTERM. `overrides` are ServeConfig fields."""
+    import uvicorn
+
+    config = config or ServeConfig.from_env(**overrides)
+    app = target if isinstance(target, KaonApp) else KaonApp(target, config)
+    logging.basicConfig(level=getattr(logging, config.log_level.upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=config.host, port=config.port, log_level=config.log_level, access_log=False,
+        lifespan="on", timeout_graceful_shutdown=max(5, int(config.timeout_s)), server_header=False,
+        http="httptools" if _has("httptools") else "h11", loop="uvloop" if _has("uvloop") else "asyncio",
+    ))
+    if print_banner:
+        print(banner(app, config), flush=True)
+    server.run()
+    if not server.started:
+        raise SystemExit(1)
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

@@ -1,0 +1,60 @@
+"""What `kaon serve TARGET` can name: a model file, a registry reference, or `file.py:ServiceClass`."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from kaon.errors import ConfigError, ModelLoadError
+from kaon.models import Model
+from kaon.sdk import load
+from kaon.serving.model_service import model_service
+from kaon.serving.service import Service
+
+
+def resolve_target(target: Any, *, name: str | None = None, trust_pickle: bool = False) -> type[Service]:
+    """A Service class for `target`. Models are loaded here, so a bad file fails before the server starts."""
+    if isinstance(target, type) and issubclass(target, Service):
+        return target
+    if isinstance(target, Service):
+        return type(target)
+    if isinstance(target, Model):
+        if name:
+            target.name = name
+        return model_service(target, getattr(getattr(target, "version", None), "version", None))
+    text = str(target)
+    if ":" in text and text.split(":", 1)[0].endswith(".py"):
+        return load_service_class(text)
+    model = load(text, trust_pickle=trust_pickle)
+    if name:
+        model.name = name
+    version = getattr(model, "version", None)
+    return model_service(model, str(version.version) if version is not None else None)
+
+
+def load_service_class(spec: str) -> type[Service]:
+    """Import `path/to/service.py:ClassName` and check it is a Service."""
+    file_part, _, class_name = spec.partition(":")
+    path = Path(file_part)
+    if not path.exists():
+        raise ConfigError(f"service file not found. Received: {file_part!r}. Expected path/to/service.py:ClassName.")
+    module_name = f"kaon_user_{path.stem}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise ConfigError(f"cannot import {file_part!r} as a Python module.")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    sys.path.insert(0, str(path.parent.resolve()))
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ModelLoadError(f"importing {file_part!r} failed: {type(exc).__name__}: {exc}") from exc
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        found = [k for k, v in vars(module).items() if isinstance(v, type) and issubclass(v, Service) and v is not Service]
+        raise ConfigError(f"{file_part!r} has no class {class_name!r}. Services found there: {found or 'none'}.")
+    if not (isinstance(cls, type) and issubclass(cls, Service)):
+        raise ConfigError(f"{spec} is a {type(cls).__name__}, not a kaon.Service subclass.")
+    return cls

@@ -1,0 +1,124 @@
+"""Endpoint parameter types for arrays and images.
+
+`Image(28, 28)` accepts, per item, a nested array `(28, 28)`, `(1, 28, 28)` or `(28, 28, 1)`, or a
+base64 PNG/JPEG string (a `data:` URI too); the endpoint receives a float32 numpy array
+`(C, H, W)`. Pixels from PNG/JPEG are scaled to [0, 1]; arrays are used as sent.
+`Tensor((10,))` accepts a nested array of that shape (-1 = any size).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
+
+
+def decode_image_bytes(data: bytes, channels: int, size: tuple[int, int] | None) -> np.ndarray:
+    """PNG/JPEG bytes -> float32 (C, H, W) in [0, 1]. Raises ValueError saying what is wrong."""
+    from PIL import Image as PILImage, UnidentifiedImageError
+
+    try:
+        with PILImage.open(io.BytesIO(data)) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            if size is not None and (img.height, img.width) != size:
+                raise ValueError(
+                    f"expected an image of {size[0]}x{size[1]} pixels. Received: {img.height}x{img.width}. "
+                    f"Resize it before sending."
+                )
+            array = np.asarray(img, dtype=np.float32) / 255.0
+    except UnidentifiedImageError as exc:
+        raise ValueError(f"the bytes are not a PNG or JPEG image ({len(data)} bytes received)") from exc
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def _from_base64(text: str) -> bytes:
+    if text.startswith("data:"):
+        text = text.split(",", 1)[-1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(
+            f"expected a nested array or a base64-encoded PNG/JPEG string. Received a string of "
+            f"{len(text)} characters that is not valid base64."
+        ) from exc
+
+
+def _array_validator(shape: tuple[int, ...], dtype: str, image: bool) -> Any:
+    want = tuple(shape)
+
+    def matches(got: tuple[int, ...]) -> bool:
+        return len(got) == len(want) and all(w in (-1, g) for w, g in zip(want, got, strict=True))
+
+    def validate(value: Any) -> np.ndarray:
+        if isinstance(value, np.ndarray):
+            array = value
+        elif isinstance(value, (str, bytes)):
+            if not image:
+                raise ValueError(f"expected a nested array of shape {list(want)}. Received: a string.")
+            raw = value if isinstance(value, bytes) else _from_base64(value)
+            return decode_image_bytes(raw, want[0], (want[1], want[2]))
+        else:
+            try:
+                array = np.asarray(value, dtype=dtype)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(
+                    f"expected a nested array of numbers with shape {list(want)}. Received: a ragged or "
+                    f"non-numeric value ({exc})."
+                ) from exc
+        if array.dtype != np.dtype(dtype):
+            array = array.astype(dtype)
+        got = tuple(array.shape)
+        if matches(got):
+            return array
+        if image:
+            c, h, w = want
+            if c == 1 and got == (h, w):
+                return array[None]
+            if len(got) == 3 and got == (h, w, c):
+                return array.transpose(2, 0, 1)
+        raise ValueError(f"expected shape {list(want)}. Received: shape {list(got)}.")
+
+    return validate
+
+
+def _array_schema(shape: tuple[int, ...], dtype: str, image: bool) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "number" if np.dtype(dtype).kind == "f" else "integer"}
+    for dim in reversed(shape):
+        schema = {"type": "array", "items": schema}
+        if dim != -1:
+            schema["minItems"] = schema["maxItems"] = dim
+    if image:
+        return {"anyOf": [schema, {"type": "string", "contentEncoding": "base64",
+                                   "description": "a PNG or JPEG image, base64-encoded"}]}
+    return schema
+
+
+def _serialize(array: np.ndarray) -> Any:
+    return array.tolist()
+
+
+def Tensor(shape: tuple[int, ...], dtype: str = "float32", image: bool = False) -> Any:  # noqa: N802
+    """A parameter type for one array of `shape` (one item of a batch), received as a numpy array."""
+    return Annotated[
+        Any,
+        PlainValidator(_array_validator(tuple(shape), dtype, image)),
+        PlainSerializer(_serialize, when_used="json"),
+        WithJsonSchema(_array_schema(tuple(shape), dtype, image)),
+    ]
+
+
+def Image(height: int, width: int, channels: int = 1) -> Any:  # noqa: N802
+    """A parameter type for one image: nested array or base64 PNG/JPEG in, float32 (C, H, W) out."""
+    return Tensor((channels, height, width), "float32", image=True)
+
+
+def is_image_type(tp: Any) -> bool:
+    for meta in getattr(tp, "__metadata__", ()):
+        schema = getattr(meta, "json_schema", None)
+        if isinstance(schema, dict) and "anyOf" in schema:
+            return True
+    return False

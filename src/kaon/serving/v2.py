@@ -1,0 +1,244 @@
+"""The Open Inference Protocol (KServe V2) over REST: tensors in and out, JSON or binary.
+
+The binary-data extension: the body is a JSON header of `Inference-Header-Content-Length` bytes
+followed by the raw little-endian tensors, in order, each announced by `binary_data_size` in its
+tensor's `parameters`. Clients such as tritonclient send it with no or an octet-stream
+Content-Type, so the body is parsed from the header, never from the Content-Type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from kaon.errors import InvalidInputError, MalformedRequestError
+from kaon.types import NUMPY_TO_V2, V2_DATATYPES, Signature
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    output_names: list[str] | None  # None: every output
+    binary_outputs: set[str]  # outputs to return as binary data
+    binary_default: bool
+
+
+def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest:
+    """Parse a V2 infer body (JSON, or JSON header + binary tensors)."""
+    if header_length is not None:
+        if header_length < 0 or header_length > len(body):
+            raise MalformedRequestError(
+                f"Inference-Header-Content-Length is {header_length} but the body has {len(body)} bytes."
+            )
+        header_bytes, binary = body[:header_length], memoryview(body)[header_length:]
+    else:
+        header_bytes, binary = body, memoryview(b"")
+    try:
+        request = orjson.loads(header_bytes)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequestError(f"the inference request is not valid JSON: {exc}") from exc
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
+        raise MalformedRequestError(
+            "expected a V2 inference request: an object with an 'inputs' list of "
+            "{name, shape, datatype, data}. Received: " + type(request).__name__
+        )
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for tensor in request["inputs"]:
+        array, used = _decode_tensor(tensor, binary, offset)
+        inputs[tensor["name"]] = array
+        offset += used
+    if offset != len(binary):
+        raise MalformedRequestError(
+            f"the binary tensors announce {offset} bytes but {len(binary)} bytes follow the JSON header."
+        )
+    params = request.get("parameters") or {}
+    binary_default = bool(params.get("binary_data_output", False))
+    outputs = request.get("outputs")
+    output_names = None
+    binary_outputs: set[str] = set()
+    if isinstance(outputs, list):
+        output_names = []
+        for out in outputs:
+            if not isinstance(out, dict) or "name" not in out:
+                raise MalformedRequestError("each requested output needs a 'name'.")
+            output_names.append(out["name"])
+            if (out.get("parameters") or {}).get("binary_data", binary_default):
+                binary_outputs.add(out["name"])
+    return InferRequest(request.get("id"), inputs, output_names, binary_outputs, binary_default)
+
+
+def _decode_tensor(tensor: Any, binary: memoryview, offset: int) -> tuple[np.ndarray, int]:
+    if not isinstance(tensor, dict) or not {"name", "shape", "datatype"} <= tensor.keys():
+        raise MalformedRequestError(
+            f"each input tensor needs 'name', 'shape' and 'datatype'. Received: {str(tensor)[:200]}"
+        )
+    name, shape, datatype = tensor["name"], tensor["shape"], tensor["datatype"]
+    if datatype not in V2_DATATYPES or datatype == "BYTES":
+        raise InvalidInputError(
+            f"input '{name}': datatype {datatype!r} is not supported. "
+            f"Expected one of {sorted(k for k in V2_DATATYPES if k != 'BYTES')}."
+        )
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise MalformedRequestError(f"input '{name}': shape must be a list of non-negative integers. Received: {shape!r}")
+    dtype = np.dtype(V2_DATATYPES[datatype])
+    count = int(np.prod(shape)) if shape else 1
+    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        if size != count * dtype.itemsize:
+            raise InvalidInputError(
+                f"input '{name}': binary_data_size is {size} bytes but shape {shape} of {datatype} needs "
+                f"{count * dtype.itemsize}."
+            )
+        if offset + size > len(binary):
+            raise MalformedRequestError(f"input '{name}': the body ends before its {size} bytes of binary data.")
+        array = np.frombuffer(binary[offset:offset + size], dtype=dtype.newbyteorder("<")).reshape(shape)
+        return array.astype(dtype, copy=False), size
+    if "data" not in tensor:
+        raise MalformedRequestError(f"input '{name}' has neither 'data' nor parameters.binary_data_size.")
+    try:
+        array = np.asarray(tensor["data"], dtype=dtype)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInputError(f"input '{name}': data is not a list of {datatype} numbers ({exc}).") from exc
+    if array.size != count:
+        raise InvalidInputError(
+            f"input '{name}': shape {shape} needs {count} values. Received: {array.size} values."
+        )
+    return array.reshape(shape), 0
+
+
+def encode_infer_response(model_name: str, model_version: str | None, request: InferRequest,
+                          outputs: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
+    """The V2 response body and its extra headers (binary outputs add Inference-Header-Content-Length)."""
+    names = request.output_names if request.output_names is not None else list(outputs)
+    unknown = [n for n in names if n not in outputs]
+    if unknown:
+        raise InvalidInputError(f"requested outputs {unknown} do not exist. Expected some of {list(outputs)}.")
+    tensors = []
+    blobs = []
+    for name in names:
+        array = np.ascontiguousarray(outputs[name])
+        datatype = NUMPY_TO_V2.get(str(array.dtype), "FP32")
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if name in request.binary_outputs or (request.output_names is None and request.binary_default):
+            blob = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = array.ravel().tolist()
+        tensors.append(entry)
+    response: dict[str, Any] = {"model_name": model_name, "outputs": tensors}
+    if model_version is not None:
+        response["model_version"] = model_version
+    if request.id is not None:
+        response["id"] = request.id
+    header = orjson.dumps(response)
+    if not blobs:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(blobs), {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }
+
+
+def model_metadata(name: str, versions: list[str], platform: str, signature: Signature) -> dict[str, Any]:
+    def tensors(specs: Any) -> list[dict[str, Any]]:
+        return [{"name": s.name, "datatype": s.v2_datatype, "shape": list(s.shape)} for s in specs]
+
+    return {"name": name, "versions": versions, "platform": platform,
+            "inputs": tensors(signature.inputs), "outputs": tensors(signature.outputs)}
+
+
+class V2Routes:
+    """The V2 REST routes for the models a Service exposes; infer requests share a batcher per model."""
+
+    def __init__(self, models: dict[str, Any], config: Any, metrics: Any, version: str | None = None) -> None:
+        from kaon.serving.batcher import Batcher
+
+        self.models = models
+        self.version = str(version) if version is not None else "1"
+        self.batchers: dict[str, Batcher] = {}
+        for name, model in models.items():
+            self.batchers[name] = Batcher(
+                self._runner(model), max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
+                max_queue=config.max_queue, name=f"v2:{name}",
+                on_batch=metrics.batch_size.labels(f"v2:{name}").observe,
+            )
+
+    @staticmethod
+    def _runner(model: Any) -> Any:
+        def run(requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+            if len(requests) == 1:
+                return [model.run(requests[0])]
+            sizes = [len(next(iter(r.values()))) for r in requests]
+            merged = {k: np.concatenate([r[k] for r in requests]) for k in requests[0]}
+            outputs = model.run(merged)
+            bounds = np.cumsum([0, *sizes])
+            return [{k: v[bounds[i]:bounds[i + 1]] for k, v in outputs.items()} for i in range(len(requests))]
+
+        return run
+
+    async def stop(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.stop()
+
+    async def handle(self, request: Any) -> Any:
+        from kaon.errors import NotFoundError
+        from kaon.serving.http import Response
+
+        parts = [p for p in request.path.split("/") if p][1:]  # drop "v2"
+        if request.method == "GET":
+            if not parts:
+                return Response.json({"name": "kaon", "version": _kaon_version(),
+                                      "extensions": ["binary_tensor_data"]})
+            if parts in (["health", "live"], ["health", "ready"]):
+                return Response.json({"live": True} if parts[1] == "live" else {"ready": True})
+        if not parts or parts[0] != "models" or len(parts) < 2:
+            raise NotFoundError(f"no V2 route {request.method} {request.path}")
+        name, rest = parts[1], parts[2:]
+        if name not in self.models:
+            raise NotFoundError(f"model '{name}' is not served here. Served: {sorted(self.models)}.")
+        if rest[:1] == ["versions"]:
+            if len(rest) < 2 or rest[1] != self.version:
+                raise NotFoundError(f"model '{name}' has no version {rest[1:2]}; served: {self.version}.")
+            rest = rest[2:]
+        model = self.models[name]
+        if request.method == "GET" and not rest:
+            return Response.json(model_metadata(name, [self.version], f"kaon_{model.framework}", model.signature))
+        if request.method == "GET" and rest == ["ready"]:
+            return Response.json({"name": name, "ready": True})
+        if request.method == "POST" and rest == ["infer"]:
+            return await self._infer(name, model, request)
+        raise NotFoundError(f"no V2 route {request.method} {request.path}")
+
+    async def _infer(self, name: str, model: Any, request: Any) -> Any:
+        import asyncio
+
+        from kaon.errors import EndpointTimeoutError
+        from kaon.serving.http import Response
+
+        raw_length = request.headers.get("inference-header-content-length")
+        header_length = int(raw_length) if raw_length is not None and raw_length.isdigit() else None
+        infer = decode_infer_request(request.body, header_length)
+        inputs = model.validate(infer.inputs)
+        sizes = {len(v) for v in inputs.values()}
+        if len(sizes) > 1:
+            raise InvalidInputError(f"all inputs must have the same batch size. Received: {sorted(sizes)}.")
+        future = self.batchers[name].submit([inputs])
+        try:
+            (outputs,) = await asyncio.wait_for(future, timeout=60.0)
+        except asyncio.TimeoutError:
+            raise EndpointTimeoutError(f"model '{name}' did not answer in time") from None
+        body, headers = encode_infer_response(name, self.version, infer, outputs)
+        extra = [(k.encode(), v.encode()) for k, v in headers.items() if k != "content-type"]
+        return Response(200, body, content_type=headers["content-type"].encode(), headers=extra)
+
+
+def _kaon_version() -> str:
+    from kaon import __version__
+
+    return __version__
