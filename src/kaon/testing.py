@@ -34,11 +34,13 @@ def check_service(cls: Any, examples: dict[str, dict[str, Any]] | None = None) -
         problems.append(f"__init__ must take no required arguments (kaon builds one instance per replica); "
                         f"it requires {[p.name for p in required]}. Load things in setup() instead.")
     specs: list[EndpointSpec] = []
+    specs_built = True
     try:
         specs = endpoint_specs(cls)
     except ConfigError as exc:
         problems.append(exc.message)
-    if not specs and not problems:
+        specs_built = False
+    if specs_built and not specs:
         problems.append("no method is decorated with @kaon.endpoint; a Service needs at least one endpoint.")
     paths = [s.path for s in specs]
     for path in {p for p in paths if paths.count(p) > 1}:

@@ -203,6 +203,7 @@ class KaonApp:
         response_adapter = pydantic.TypeAdapter(spec.return_type)
         image_param = spec.batch_param if spec.item_type is not None and is_image_type(spec.item_type) else None
         timeout_s = self.config.timeout_s
+        in_flight = [0]  # unbatched calls running now; bounded by max_queue like a batcher's queue
 
         def decode(request: Request) -> dict[str, Any]:
             if request.content_type in IMAGE_TYPES:
@@ -237,9 +238,17 @@ class KaonApp:
                 request.settle_arrival()  # queued now: no longer "on its way in"
                 result = await self._await(future, timeout_s, spec.name)
             else:
-                method = getattr(self.service, spec.method_name)
-                result = await self._await(call_unbatched(method, spec.is_async, self._executor, kwargs),
-                                           timeout_s, spec.name)
+                if in_flight[0] >= self.config.max_queue:
+                    raise OverloadedError(
+                        f"endpoint '{spec.name}' is already serving {in_flight[0]} requests "
+                        f"(max_queue={self.config.max_queue}). Retry after a short wait.", retry_after_s=1.0)
+                in_flight[0] += 1
+                try:
+                    method = getattr(self.service, spec.method_name)
+                    result = await self._await(call_unbatched(method, spec.is_async, self._executor, kwargs),
+                                               timeout_s, spec.name)
+                finally:
+                    in_flight[0] -= 1
             try:
                 body = response_adapter.dump_json(result)
             except pydantic.PydanticSerializationError as exc:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from kaon.config import ServeConfig
@@ -14,7 +18,8 @@ def banner(app: KaonApp, config: ServeConfig) -> str:
     base = f"http://{config.host}:{config.port}"
     lines = [f"kaon is serving '{app.name}' at {base}", ""]
     for spec in app.specs:
-        mode = f"batched up to {spec.max_batch_size}, wait {spec.max_wait_ms:g} ms" if spec.batched else "unbatched"
+        mode = (f"batched up to {spec.max_batch_size}, wait {spec.max_wait_ms:g} ms"
+                if spec.batched and spec.max_batch_size > 1 else "unbatched")
         lines.append(f"  POST {base}{spec.path}   ({mode})")
     models = list(getattr(app.service, "models", {}) or {})
     for name in models:
@@ -73,7 +78,7 @@ def serve(target: Service | type[Service] | KaonApp, config: ServeConfig | None 
     app = target if isinstance(target, KaonApp) else KaonApp(target, config)
     logging.basicConfig(level=getattr(logging, config.log_level.upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = uvicorn.Server(uvicorn.Config(
+    server = _GracefulServer(uvicorn.Config(
         app, host=config.host, port=config.port, log_level=config.log_level, access_log=False,
         lifespan="on", timeout_graceful_shutdown=max(5, int(config.timeout_s)), server_header=False,
         http="httptools" if _has("httptools") else "h11", loop="uvloop" if _has("uvloop") else "asyncio",
@@ -83,6 +88,32 @@ def serve(target: Service | type[Service] | KaonApp, config: ServeConfig | None 
     server.run()
     if not server.started:
         raise SystemExit(1)
+
+
+def _graceful_server_class() -> type:
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, so the process dies by the signal.
+        A stop asked for is a clean exit for kaon: in-flight requests finished, exit code 0."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return GracefulServer
+
+
+def _GracefulServer(config: Any) -> Any:  # noqa: N802 - a class built on first use, uvicorn imported lazily
+    return _graceful_server_class()(config)
 
 
 def _has(module: str) -> bool:

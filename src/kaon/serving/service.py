@@ -89,7 +89,8 @@ class EndpointSpec:
 
     @property
     def batched(self) -> bool:
-        return self.batchable and self.max_batch_size > 1
+        """Served through a Batcher (a bounded queue); max_batch_size=1 turns batching off."""
+        return self.batchable
 
 
 def _camel(name: str) -> str:

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from kaon.errors import OverloadedError
+from kaon.serving.batcher import Batcher, decide_flush
+
+
+def test_decide_flush_waits_for_nothing_when_queue_is_empty():
+    decision = decide_flush(num_queued=0, oldest_wait_s=0.0, num_arriving=3, max_batch_size=8, max_wait_s=0.005)
+    assert not decision.flush and math.isinf(decision.wait_s)
+
+
+def test_decide_flush_flushes_a_full_batch_at_once():
+    assert decide_flush(8, 0.0, 5, 8, 0.005).flush
+
+
+def test_batcher_flushes_partial_batch_after_max_wait():
+    assert not decide_flush(3, 0.004, 2, 8, 0.005).flush
+    assert decide_flush(3, 0.005, 2, 8, 0.005).flush
+
+
+def test_decide_flush_waits_only_the_rest_of_the_window():
+    decision = decide_flush(3, 0.002, 2, 8, 0.005)
+    assert not decision.flush
+    assert decision.wait_s == pytest.approx(0.003)
+
+
+def test_lone_request_is_flushed_without_waiting_for_the_window():
+    # nobody else is on the way in: waiting would only add latency
+    assert decide_flush(1, 0.0, 0, 64, 0.050).flush
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def test_batcher_groups_concurrent_requests_into_one_call():
+    calls: list[list[int]] = []
+
+    def handler(items):
+        calls.append(list(items))
+        return [i * 10 for i in items]
+
+    async def scenario():
+        batcher = Batcher(handler, max_batch_size=16, max_wait_ms=200, max_queue=100)
+        for _ in range(4):
+            batcher.arriving()
+        futures = []
+        for i in range(4):  # four requests arrive, each queued in turn
+            futures.append(batcher.submit([i, i + 100]))
+            batcher.arrived()
+        results = await asyncio.gather(*futures)
+        await batcher.stop()
+        return results
+
+    results = _run(scenario())
+    assert results == [[0, 1000], [10, 1010], [20, 1020], [30, 1030]]
+    assert calls == [[0, 100, 1, 101, 2, 102, 3, 103]]
+
+
+def test_batcher_never_exceeds_max_batch_size():
+    sizes: list[int] = []
+
+    def handler(items):
+        sizes.append(len(items))
+        return items
+
+    async def scenario():
+        batcher = Batcher(handler, max_batch_size=4, max_wait_ms=1, max_queue=100)
+        futures = [batcher.submit([i]) for i in range(10)]
+        await asyncio.gather(*futures)
+        await batcher.stop()
+
+    _run(scenario())
+    assert sum(sizes) == 10 and max(sizes) <= 4
+
+
+def test_batcher_refuses_work_over_max_queue():
+    async def scenario():
+        batcher = Batcher(lambda items: items, max_batch_size=4, max_wait_ms=1000, max_queue=3)
+        batcher.arriving()  # keep the window open so nothing flushes
+        batcher.submit([1, 2])
+        with pytest.raises(OverloadedError) as info:
+            batcher.submit([3, 4])
+        await batcher.stop()
+        return info.value
+
+    error = _run(scenario())
+    assert error.status_code == 503 and "max_queue=3" in error.message
+
+
+def test_batcher_fails_every_request_of_a_batch_whose_handler_raises():
+    def handler(items):
+        if min(items) < 3:
+            raise ValueError("boom")
+        return items
+
+    async def scenario():
+        batcher = Batcher(handler, max_batch_size=4, max_wait_ms=1, max_queue=10)
+        futures = [batcher.submit([1]), batcher.submit([2])]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        ok = await asyncio.wait_for(batcher.submit([3]), 1)  # still running
+        await batcher.stop()
+        return results, ok
+
+    results, ok = _run(scenario())
+    assert all(isinstance(r, ValueError) for r in results)
+    assert ok == [3]  # the batcher keeps serving after a failing batch
+
+
+def test_batcher_rejects_a_handler_that_returns_the_wrong_number_of_results():
+    async def scenario():
+        batcher = Batcher(lambda items: items[:1], max_batch_size=4, max_wait_ms=1, max_queue=10)
+        result = await asyncio.gather(batcher.submit([1, 2]), return_exceptions=True)
+        await batcher.stop()
+        return result[0]
+
+    error = _run(scenario())
+    assert "returned 1 results for a batch of 2" in str(error)
+
+
+def test_async_handlers_are_awaited():
+    async def handler(items):
+        await asyncio.sleep(0)
+        return [x + 1 for x in items]
+
+    async def scenario():
+        batcher = Batcher(handler, max_batch_size=4, max_wait_ms=1, max_queue=10, is_async=True)
+        result = await batcher.submit([1, 2])
+        await batcher.stop()
+        return result
+
+    assert _run(scenario()) == [2, 3]

@@ -1,0 +1,161 @@
+"""`kaon serve path/to/service.py:Class`: user Services, faults and shutdown, on a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.servers import Server
+
+SERVICE = textwrap.dedent('''
+    import asyncio, time
+    import pydantic
+    import kaon
+
+    class Echo(pydantic.BaseModel):
+        value: float
+        doubled: float
+
+    class Toy(kaon.Service):
+        def setup(self):
+            self.offset = 0.5   # heavy work would go here
+
+        @kaon.endpoint(max_batch_size=16, max_wait_ms=20)
+        def double(self, values: list[float]) -> list[Echo]:
+            return [Echo(value=v, doubled=2 * v + self.offset - 0.5) for v in values]
+
+        @kaon.endpoint
+        async def greet(self, name: str, times: int = 1) -> dict[str, str]:
+            await asyncio.sleep(0)
+            return {"greeting": ("hello " + name + " ") * times}
+
+        @kaon.endpoint
+        def explode(self, values: list[int]) -> list[int]:
+            raise RuntimeError("secret internals /home/user/model.bin")
+
+        @kaon.endpoint(max_batch_size=1)
+        def slow(self, seconds: list[float]) -> list[float]:
+            time.sleep(seconds[0])
+            return seconds
+''')
+
+
+@pytest.fixture(scope="module")
+def service_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("svc") / "toy_service.py"
+    path.write_text(SERVICE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy_server(service_file):
+    server = Server(["serve", f"{service_file}:Toy", "--timeout-s", "1", "--max-queue", "3"]).wait_ready()
+    yield server
+    server.stop()
+
+
+def test_sync_batched_endpoint(toy_server):
+    response = httpx.post(toy_server.url + "/double", json={"values": [1, 2.5]})
+    assert response.status_code == 200
+    assert response.json() == [{"value": 1.0, "doubled": 2.0}, {"value": 2.5, "doubled": 5.0}]
+
+
+def test_async_unbatched_endpoint_with_default(toy_server):
+    assert httpx.post(toy_server.url + "/greet", json={"name": "ada"}).json() == {"greeting": "hello ada "}
+    assert httpx.post(toy_server.url + "/greet", json={"name": "a", "times": 2}).json()["greeting"] == "hello a hello a "
+
+
+def test_unknown_field_and_wrong_type_are_422(toy_server):
+    response = httpx.post(toy_server.url + "/greet", json={"name": "a", "tiems": 2})
+    assert response.status_code == 422 and response.json()["error"]["fields"][0]["name"] == "tiems"
+    response = httpx.post(toy_server.url + "/double", json={"values": "abc"})
+    assert response.status_code == 422
+
+
+def test_endpoint_that_raises_is_500_without_internals_and_server_keeps_serving(toy_server):
+    response = httpx.post(toy_server.url + "/explode", json={"values": [1]})
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert "secret" not in response.text and error["request_id"] in error["message"]
+    assert httpx.post(toy_server.url + "/double", json={"values": [1]}).status_code == 200
+
+
+def test_endpoint_over_timeout_is_504(toy_server):
+    response = httpx.post(toy_server.url + "/slow", json={"seconds": [1.5]}, timeout=10)
+    assert response.status_code == 504 and "--timeout-s" in response.json()["error"]["message"]
+
+
+def test_full_queue_is_503_with_retry_after(toy_server):
+    deadline = time.monotonic() + 5  # a timed-out call from another test may still hold the model
+    while httpx.post(toy_server.url + "/slow", json={"seconds": [0]}, timeout=10).status_code != 200:
+        assert time.monotonic() < deadline
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=toy_server.url, timeout=10) as client:
+            first = asyncio.ensure_future(client.post("/slow", json={"seconds": [0.8]}))
+            await asyncio.sleep(0.2)  # the first occupies the model; the rest queue (max 3)
+            rest = [client.post("/slow", json={"seconds": [0.01]}) for _ in range(8)]
+            return await asyncio.gather(first, *rest)
+
+    responses = asyncio.run(scenario())
+    statuses = [r.status_code for r in responses]
+    overloaded = [r for r in responses if r.status_code == 503]
+    assert overloaded and 200 in statuses, statuses
+    assert overloaded[0].headers["retry-after"] == "1"
+    assert "max_queue=3" in overloaded[0].json()["error"]["message"]
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_zero(service_file):
+    server = Server(["serve", f"{service_file}:Toy", "--timeout-s", "10"]).wait_ready()
+    result: dict[str, object] = {}
+
+    def call():
+        result["response"] = httpx.post(server.url + "/slow", json={"seconds": [1.0]}, timeout=10)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    time.sleep(0.3)
+    code = server.stop()
+    thread.join()
+    assert code == 0
+    assert result["response"].status_code == 200  # type: ignore[union-attr]
+
+
+def _serve_fails(args: list[str]) -> str:
+    proc = subprocess.run([sys.executable, "-m", "kaon.cli", "serve", *args], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc.stderr
+
+
+def test_pickle_is_refused_before_the_server_starts(tmp_path):
+    import torch
+
+    path = tmp_path / "model.pt"
+    torch.save(torch.nn.Linear(2, 2), path)
+    message = _serve_fails([str(path), "--port", "0"])
+    assert "pickle" in message and "--trust-pickle" in message
+
+
+def test_file_that_is_not_what_its_extension_says(tmp_path):
+    path = tmp_path / "fake.onnx"
+    path.write_bytes(b"PK\x03\x04 this is a zip")
+    assert "not an ONNX model" in _serve_fails([str(path)])
+
+
+def test_missing_service_class_names_the_ones_found(service_file):
+    message = _serve_fails([f"{service_file}:Nope"])
+    assert "Toy" in message
+
+
+def test_unknown_registry_reference_is_a_clear_error():
+    message = _serve_fails(["digits@production"])
+    assert "digits" in message

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import numpy as np
+import pydantic
+import pytest
+
+import kaon
+from kaon.errors import ConfigError
+from kaon.serving.service import endpoint_specs
+from kaon.testing import ServiceContractError, check_service
+
+Image8 = kaon.Image(8, 8)
+
+
+class Prediction(pydantic.BaseModel):
+    label: int
+    score: float
+
+
+class Digits(kaon.Service):
+    def setup(self):
+        self.bias = 1
+
+    @kaon.endpoint(max_batch_size=32, max_wait_ms=5)
+    def predict(self, images: list[Image8]) -> list[Prediction]:
+        return [Prediction(label=int(img.sum()) % 10, score=float(img.mean())) for img in images]
+
+    @kaon.endpoint
+    async def describe(self, text: str, repeat: int = 1) -> dict[str, str]:
+        return {"text": text * repeat}
+
+
+def test_schema_names_are_service_plus_endpoint():
+    specs = {s.name: s for s in endpoint_specs(Digits)}
+    assert specs["predict"].request_model.__name__ == "DigitsPredictRequest"
+    assert specs["predict"].response_model.__name__ == "DigitsPredictResponse"
+    assert specs["describe"].request_model.__name__ == "DigitsDescribeRequest"
+
+
+def test_list_in_list_out_endpoints_are_batched_and_others_are_not():
+    specs = {s.name: s for s in endpoint_specs(Digits)}
+    assert specs["predict"].batched and specs["predict"].max_batch_size == 32
+    assert specs["predict"].max_wait_ms == 5
+    assert not specs["describe"].batchable and specs["describe"].is_async
+
+
+def test_request_schema_documents_images_as_arrays_or_base64():
+    schema = endpoint_specs(Digits)[1].request_model.model_json_schema()
+    item = schema["properties"]["images"]["items"]
+    kinds = {option["type"] for option in item["anyOf"]}
+    assert kinds == {"array", "string"}
+
+
+def test_missing_type_hint_is_a_clear_error():
+    class Bad(kaon.Service):
+        @kaon.endpoint
+        def predict(self, x) -> list[int]:
+            return x
+
+    with pytest.raises(ConfigError, match="parameter 'x' has no type hint"):
+        endpoint_specs(Bad)
+
+
+def test_batching_a_non_list_signature_is_refused():
+    class Bad(kaon.Service):
+        @kaon.endpoint(max_batch_size=8)
+        def predict(self, x: int) -> int:
+            return x
+
+    with pytest.raises(ConfigError, match="needs a batchable signature"):
+        endpoint_specs(Bad)
+
+
+def test_check_service_accepts_a_good_service_and_runs_examples():
+    specs = check_service(Digits, examples={"predict": {"images": [np.zeros((8, 8)).tolist()]}})
+    assert {s.name for s in specs} == {"predict", "describe"}
+
+
+def test_check_service_lists_every_problem():
+    class Broken(kaon.Service):
+        def __init__(self, path):
+            self.path = path
+
+    with pytest.raises(ServiceContractError) as info:
+        check_service(Broken)
+    message = info.value.message
+    assert "no required arguments" in message and "no method is decorated" in message
+
+
+def test_check_service_catches_a_batched_endpoint_returning_too_few_results():
+    class Short(kaon.Service):
+        @kaon.endpoint
+        def predict(self, xs: list[int]) -> list[int]:
+            return xs[:1]
+
+    with pytest.raises(ServiceContractError, match="returned 1 results for 2 inputs"):
+        check_service(Short, examples={"predict": {"xs": [1, 2]}})
+
+
+def test_image_type_accepts_hw_chw_hwc_and_base64_png():
+    import base64
+    import io
+
+    from PIL import Image as PILImage
+
+    adapter = pydantic.TypeAdapter(Image8)
+    flat = np.arange(64, dtype=np.float32).reshape(8, 8)
+    assert adapter.validate_python(flat.tolist()).shape == (1, 8, 8)
+    assert adapter.validate_python(flat[None].tolist()).shape == (1, 8, 8)
+    assert adapter.validate_python(flat[..., None].tolist()).shape == (1, 8, 8)
+    buffer = io.BytesIO()
+    PILImage.fromarray(np.full((8, 8), 255, dtype=np.uint8)).save(buffer, format="PNG")
+    decoded = adapter.validate_python(base64.b64encode(buffer.getvalue()).decode())
+    assert decoded.shape == (1, 8, 8) and decoded.max() == pytest.approx(1.0)
+    with pytest.raises(pydantic.ValidationError, match=r"expected shape \[1, 8, 8\]"):
+        adapter.validate_python(np.zeros((4, 4)).tolist())
+    with pytest.raises(pydantic.ValidationError, match="not valid base64"):
+        adapter.validate_python("not an image!")

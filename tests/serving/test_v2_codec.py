@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from kaon.errors import InvalidInputError, MalformedRequestError
+from kaon.serving.v2 import decode_infer_request, encode_infer_response
+
+
+def _binary_request(arrays: dict[str, np.ndarray]) -> tuple[bytes, int]:
+    header = {"inputs": [{"name": k, "shape": list(v.shape), "datatype": "FP32",
+                          "parameters": {"binary_data_size": v.nbytes}} for k, v in arrays.items()],
+              "parameters": {"binary_data_output": True}}
+    head = orjson.dumps(header)
+    return head + b"".join(v.tobytes() for v in arrays.values()), len(head)
+
+
+def test_json_tensors_round_trip():
+    body = orjson.dumps({"id": "7", "inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32",
+                                                "data": [1, 2, 3, 4]}]})
+    request = decode_infer_request(body, None)
+    assert request.inputs["x"].dtype == np.float32 and request.inputs["x"].tolist() == [[1, 2], [3, 4]]
+    out, headers = encode_infer_response("m", "1", request, {"y": np.array([[0.5, 0.5]], dtype=np.float32)})
+    data = orjson.loads(out)
+    assert data["id"] == "7" and data["outputs"][0]["data"] == [0.5, 0.5] and headers["content-type"] == "application/json"
+
+
+def test_binary_tensors_round_trip():
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    z = np.ones((2, 1), dtype=np.float32)
+    body, head_len = _binary_request({"x": x, "z": z})
+    request = decode_infer_request(body, head_len)
+    np.testing.assert_array_equal(request.inputs["x"], x)
+    np.testing.assert_array_equal(request.inputs["z"], z)
+    out, headers = encode_infer_response("m", None, request, {"y": x * 2})
+    length = int(headers["inference-header-content-length"])
+    meta = orjson.loads(out[:length])
+    assert meta["outputs"][0]["parameters"]["binary_data_size"] == x.nbytes
+    np.testing.assert_array_equal(np.frombuffer(out[length:], dtype=np.float32).reshape(2, 3), x * 2)
+
+
+def test_wrong_value_count_is_rejected_with_numbers():
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3]}]})
+    with pytest.raises(InvalidInputError, match="needs 4 values. Received: 3"):
+        decode_infer_request(body, None)
+
+
+def test_truncated_binary_body_is_malformed():
+    body, head_len = _binary_request({"x": np.zeros((4,), dtype=np.float32)})
+    with pytest.raises(MalformedRequestError):
+        decode_infer_request(body[:-3], head_len)
+
+
+def test_header_length_past_the_body_is_malformed():
+    with pytest.raises(MalformedRequestError, match="Inference-Header-Content-Length"):
+        decode_infer_request(b"{}", 99)
+
+
+def test_unknown_datatype_names_the_supported_ones():
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP8", "data": [1]}]})
+    with pytest.raises(InvalidInputError, match="FP32"):
+        decode_infer_request(body, None)
