@@ -6,6 +6,7 @@ KAON_HOME holds the registry database (`kaon.db`) and the content-addressed arti
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,17 @@ def artifacts_dir() -> Path:
     path = kaon_home() / "artifacts"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _parse_bool(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(raw)
+
+
+_PARSERS: dict[str, Callable[[str], object]] = {"bool": _parse_bool, "int": int, "float": float, "str": str}
 
 
 @dataclass(frozen=True)
@@ -75,17 +87,10 @@ class ServeConfig:
             raw = os.environ.get(f"KAON_{name.upper()}")
             if raw is None:
                 continue
-            kind = type(getattr(cls, name, None) if default.default is None else default.default)
+            kind = type(default.default).__name__ if default.default is not None else "str"
             try:
-                if kind is bool:
-                    values[name] = raw.lower() in ("1", "true", "yes", "on")
-                elif kind in (int, float):
-                    values[name] = kind(raw)
-                else:
-                    values[name] = raw
+                values[name] = _PARSERS[kind](raw)
             except ValueError as exc:
-                raise ConfigError(
-                    f"KAON_{name.upper()} must be a {kind.__name__}. Received: {raw!r}"
-                ) from exc
+                raise ConfigError(f"KAON_{name.upper()} must be a {kind}. Received: {raw!r}") from exc
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -149,7 +149,8 @@ def test_concurrent_requests_are_batched_and_correct(onnx_server, probe):
         np.testing.assert_allclose(response.json()[0]["probabilities"], expected[i % 5], atol=1e-5)
     text = httpx.get(onnx_server.url + "/metrics").text
     # at least one forward pass carried more than one request
-    counts = [line for line in text.splitlines() if line.startswith('kaon_batch_size_bucket{endpoint="predict",le="1.0"}')]
+    singles = 'kaon_batch_size_bucket{endpoint="predict",le="1.0"}'
+    counts = [line for line in text.splitlines() if line.startswith(singles)]
     total = [line for line in text.splitlines() if line.startswith('kaon_batch_size_count{endpoint="predict"}')]
     assert float(counts[0].split()[-1]) < float(total[0].split()[-1])
 

@@ -29,8 +29,10 @@ def import_keras() -> Any:
 def keras_signature(model: Any) -> Signature:
     def spec(tensor: Any, fallback: str) -> TensorSpec:
         shape = tuple(-1 if d is None else int(d) for d in tensor.shape)
-        name = getattr(tensor, "name", None) or fallback
-        return TensorSpec(name.split(":")[0], str(getattr(tensor, "dtype", "float32")), shape)
+        name = (getattr(tensor, "name", None) or fallback).split(":")[0]
+        if name.startswith("keras_tensor"):  # an auto-generated name says nothing to a client
+            name = fallback
+        return TensorSpec(name, str(getattr(tensor, "dtype", "float32")), shape)
 
     inputs = [spec(t, f"input_{i}" if i else "input") for i, t in enumerate(model.inputs)]
     outputs = [spec(t, f"output_{i}" if i else "output") for i, t in enumerate(model.outputs)]

@@ -54,7 +54,8 @@ def register(model: Any, name: str, *, input_example: Any = None, signature: Any
         sig = signature if signature is not None else saved.signature
         sig_dict = sig.to_dict() if hasattr(sig, "to_dict") else sig
         if not isinstance(sig_dict, dict):
-            raise InvalidInputError(f"signature must be a kaon.types.Signature or a dict. Received: {type(sig).__name__}")
+            raise InvalidInputError(
+                f"signature must be a kaon.types.Signature or a dict. Received: {type(sig).__name__}")
         _check_loads(saved.files, saved.framework)
         version = reg.register_version(name, saved.files, framework=saved.framework, signature=sig_dict,
                                        metrics=metrics or {}, parent=parent, run_id=run_id,
@@ -71,4 +72,5 @@ def _check_loads(files: dict[str, Path], framework: str) -> None:
         try:
             load_file(files[main])
         except ModelLoadError as exc:
-            raise ModelLoadError(f"the saved model does not load back, so it was not registered: {exc.message}") from exc
+            raise ModelLoadError(
+                f"the saved model does not load back, so it was not registered: {exc.message}") from exc

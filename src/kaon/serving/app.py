@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pydantic
+from pydantic_core import PydanticSerializationError
 
 from kaon.config import ServeConfig
 from kaon.errors import (
@@ -39,6 +40,10 @@ log = logging.getLogger("kaon.serving")
 Handler = Callable[[Request], Awaitable[Response]]
 Guard = Callable[[Request], Awaitable[None]]
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg")
+
+
+def _depth_of(batcher: Batcher) -> Callable[[], float]:
+    return lambda: float(batcher.queue_depth)
 
 
 class KaonApp:
@@ -82,7 +87,7 @@ class KaonApp:
                     max_queue=self.config.max_queue, is_async=spec.is_async, name=spec.name,
                     on_batch=batch_hist.observe,
                 )
-                queue_gauge.set_function(lambda b=self.batchers[spec.name]: b.queue_depth)
+                queue_gauge.set_function(_depth_of(self.batchers[spec.name]))
                 self._batcher_by_path[spec.path] = self.batchers[spec.name]
         models = self.service.models
         if models:
@@ -251,7 +256,7 @@ class KaonApp:
                     in_flight[0] -= 1
             try:
                 body = response_adapter.dump_json(result)
-            except pydantic.PydanticSerializationError as exc:
+            except PydanticSerializationError as exc:
                 raise KaonError(f"endpoint '{spec.name}' returned a value that does not match its return type "
                                 f"{spec.return_type}: {exc}") from exc
             return Response(200, body)

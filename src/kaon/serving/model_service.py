@@ -12,8 +12,10 @@ from kaon.serving.tensors import Tensor
 
 
 def _looks_like_image(shape: tuple[int, ...]) -> bool:
-    # (N, C, H, W) with 1 or 3 channels and a real picture size
-    return len(shape) == 4 and shape[1] in (1, 3) and shape[2] >= 8 and shape[3] >= 8
+    # (N, C, H, W) or (N, H, W, C) with 1 or 3 channels and a real picture size
+    if len(shape) != 4:
+        return False
+    return (shape[1] in (1, 3) and min(shape[2:]) >= 8) or (shape[3] in (1, 3) and min(shape[1:3]) >= 8)
 
 
 def rows_to_predictions(outputs: dict[str, np.ndarray], labels: list[str] | None) -> list[dict[str, Any]]:
@@ -46,7 +48,7 @@ def model_service(model: Model, version: str | None = None) -> type[Service]:
         self.model = model
 
     def predict(self: Any, inputs: list[item]) -> list[dict[str, Any]]:  # type: ignore[valid-type]
-        batch = np.stack(inputs)  # (N, *item shape)
+        batch: np.ndarray = np.stack(inputs)  # (N, *item shape)
         return rows_to_predictions(self.model.run({spec.name: batch}), labels)
 
     # Annotations are strings under `from __future__ import annotations`; give the real types.

@@ -25,17 +25,16 @@ def banner(app: KaonApp, config: ServeConfig) -> str:
     for name in models:
         lines.append(f"  POST {base}/v2/models/{name}/infer   (Open Inference Protocol V2)")
     lines += [f"  docs {base}/docs   metrics {base}/metrics   health {base}/healthz {base}/readyz", ""]
-    spec = app.specs[0] if app.specs else None
-    if spec is not None:
-        field = next(iter(spec.params))
-        example = _example_value(spec)
+    first = app.specs[0] if app.specs else None
+    if first is not None:
+        field = next(iter(first.params))
+        example = _example_value(first)
+        call = "predict(" if first.path == "/predict" else f"call('{first.path[1:]}', "
         lines += [
             "Try it:",
-            f"  curl -s -X POST {base}{spec.path} -H 'content-type: application/json' "
+            f"  curl -s -X POST {base}{first.path} -H 'content-type: application/json' "
             f"-d '{{\"{field}\": {example}}}'",
-            f"  python -c \"import kaon; print(kaon.Client('{base}').predict({field}={example}))\""
-            if spec.path == "/predict" else
-            f"  python -c \"import kaon; print(kaon.Client('{base}').call('{spec.path[1:]}', {field}={example}))\"",
+            f"  python -c \"import kaon; print(kaon.Client('{base}').{call}{field}={example}))\"",
         ]
     lines.append("Press Ctrl-C to stop.")
     return "\n".join(lines)

@@ -53,7 +53,8 @@ def load_service_class(spec: str) -> type[Service]:
         raise ModelLoadError(f"importing {file_part!r} failed: {type(exc).__name__}: {exc}") from exc
     cls = getattr(module, class_name, None)
     if cls is None:
-        found = [k for k, v in vars(module).items() if isinstance(v, type) and issubclass(v, Service) and v is not Service]
+        found = [k for k, v in vars(module).items()
+                 if isinstance(v, type) and issubclass(v, Service) and v is not Service]
         raise ConfigError(f"{file_part!r} has no class {class_name!r}. Services found there: {found or 'none'}.")
     if not (isinstance(cls, type) and issubclass(cls, Service)):
         raise ConfigError(f"{spec} is a {type(cls).__name__}, not a kaon.Service subclass.")

@@ -3,6 +3,7 @@
 `Image(28, 28)` accepts, per item, a nested array `(28, 28)`, `(1, 28, 28)` or `(28, 28, 1)`, or a
 base64 PNG/JPEG string (a `data:` URI too); the endpoint receives a float32 numpy array
 `(C, H, W)`. Pixels from PNG/JPEG are scaled to [0, 1]; arrays are used as sent.
+An item shape of `(H, W, C)` (Keras' channels-last) is kept channels-last.
 `Tensor((10,))` accepts a nested array of that shape (-1 = any size).
 """
 
@@ -19,17 +20,18 @@ from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 
 def decode_image_bytes(data: bytes, channels: int, size: tuple[int, int] | None) -> np.ndarray:
     """PNG/JPEG bytes -> float32 (C, H, W) in [0, 1]. Raises ValueError saying what is wrong."""
-    from PIL import Image as PILImage, UnidentifiedImageError
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
 
     try:
-        with PILImage.open(io.BytesIO(data)) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            if size is not None and (img.height, img.width) != size:
-                raise ValueError(
-                    f"expected an image of {size[0]}x{size[1]} pixels. Received: {img.height}x{img.width}. "
-                    f"Resize it before sending."
-                )
-            array = np.asarray(img, dtype=np.float32) / 255.0
+        with PILImage.open(io.BytesIO(data)) as opened:
+            img = opened.convert("L" if channels == 1 else "RGB")
+        if size is not None and (img.height, img.width) != size:
+            raise ValueError(
+                f"expected an image of {size[0]}x{size[1]} pixels. Received: {img.height}x{img.width}. "
+                f"Resize it before sending."
+            )
+        array = np.asarray(img, dtype=np.float32) / 255.0
     except UnidentifiedImageError as exc:
         raise ValueError(f"the bytes are not a PNG or JPEG image ({len(data)} bytes received)") from exc
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
@@ -49,6 +51,8 @@ def _from_base64(text: str) -> bytes:
 
 def _array_validator(shape: tuple[int, ...], dtype: str, image: bool) -> Any:
     want = tuple(shape)
+    # an image item is (C, H, W), or (H, W, C) as Keras models take it
+    channels_last = image and want[0] not in (1, 3) and want[-1] in (1, 3)
 
     def matches(got: tuple[int, ...]) -> bool:
         return len(got) == len(want) and all(w in (-1, g) for w, g in zip(want, got, strict=True))
@@ -60,6 +64,8 @@ def _array_validator(shape: tuple[int, ...], dtype: str, image: bool) -> Any:
             if not image:
                 raise ValueError(f"expected a nested array of shape {list(want)}. Received: a string.")
             raw = value if isinstance(value, bytes) else _from_base64(value)
+            if channels_last:
+                return decode_image_bytes(raw, want[2], (want[0], want[1])).transpose(1, 2, 0)
             return decode_image_bytes(raw, want[0], (want[1], want[2]))
         else:
             try:
@@ -74,11 +80,17 @@ def _array_validator(shape: tuple[int, ...], dtype: str, image: bool) -> Any:
         got = tuple(array.shape)
         if matches(got):
             return array
-        if image:
+        if image and channels_last:
+            h, w, c = want
+            if c == 1 and got == (h, w):
+                return array[..., None]
+            if got == (c, h, w):
+                return array.transpose(1, 2, 0)
+        elif image:
             c, h, w = want
             if c == 1 and got == (h, w):
                 return array[None]
-            if len(got) == 3 and got == (h, w, c):
+            if got == (h, w, c):
                 return array.transpose(2, 0, 1)
         raise ValueError(f"expected shape {list(want)}. Received: shape {list(got)}.")
 

@@ -84,7 +84,8 @@ def _decode_tensor(tensor: Any, binary: memoryview, offset: int) -> tuple[np.nda
             f"Expected one of {sorted(k for k in V2_DATATYPES if k != 'BYTES')}."
         )
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise MalformedRequestError(f"input '{name}': shape must be a list of non-negative integers. Received: {shape!r}")
+        raise MalformedRequestError(
+            f"input '{name}': shape must be a list of non-negative integers. Received: {shape!r}")
     dtype = np.dtype(V2_DATATYPES[datatype])
     count = int(np.prod(shape)) if shape else 1
     size = (tensor.get("parameters") or {}).get("binary_data_size")
