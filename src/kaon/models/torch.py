@@ -31,6 +31,12 @@ def outputs_to_numpy(result: Any, names: list[str] | None = None) -> dict[str, n
     return {n: t.detach().cpu().numpy() for n, t in zip(names, items, strict=True)}
 
 
+def _writable(array: np.ndarray) -> np.ndarray:
+    """torch.from_numpy warns on read-only arrays (e.g. views of a request body); copy those."""
+    array = np.ascontiguousarray(array)
+    return array if array.flags.writeable else array.copy()
+
+
 class TorchModel(Model):
     """Runs a `torch.nn.Module` (or an ExportedProgram's module) in inference mode on numpy arrays."""
 
@@ -63,7 +69,7 @@ class TorchModel(Model):
 
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = _torch()
-        args = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self._input_names]
+        args = [torch.from_numpy(_writable(inputs[n])).to(self.device) for n in self._input_names]
         with torch.inference_mode():
             result = self.module(*args)
         return outputs_to_numpy(result, self._output_names)

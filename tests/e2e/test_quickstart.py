@@ -1,0 +1,48 @@
+"""`kaon quickstart`: train, register and serve on the bundled digits, driven as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+
+import kaon
+from kaon.training.data import load_digits
+from tests.servers import Server
+
+
+def test_quickstart_trains_registers_and_serves_digits(tmp_path):
+    home = tmp_path / "home"
+    server = Server(["quickstart", "--epochs", "6"], env={"KAON_HOME": str(home)})
+    try:
+        server.wait_ready(timeout_s=240)
+        _, _, x_test, y_test = load_digits()
+        with kaon.Client(server.url) as client:
+            rows = client.predict(x_test[:300])
+            accuracy = float(np.mean(np.array([r["label"] for r in rows]) == y_test[:300]))
+            assert accuracy > 0.9
+            probs = client.infer(x_test[:4], model="digits")["probabilities"]
+            np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        assert httpx.get(server.url + "/v2/models/digits/ready").status_code == 200
+    finally:
+        code = server.stop()
+    output = server.output()
+    assert code == 0, output
+    assert "test accuracy" in output and "curl" in output and "kaon.Client" in output
+    assert (home / "quickstart" / "curves.png").stat().st_size > 1000
+    assert (home / "kaon.db").exists()
+
+
+def test_two_homes_never_mix(tmp_path):
+    for name in ("a", "b"):
+        proc = subprocess.run([sys.executable, "-m", "kaon.cli", "quickstart", "--epochs", "1", "--no-serve"],
+                              env={**__import__("os").environ, "KAON_HOME": str(tmp_path / name)},
+                              capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr
+    from kaon.registry import Registry
+
+    for name in ("a", "b"):
+        registry = Registry(f"sqlite:///{tmp_path / name / 'kaon.db'}")
+        assert [v.version for v in registry.list_versions("digits")] == [1]

@@ -1,0 +1,82 @@
+"""kaon.register / kaon.load: torch modules and Keras models round-trip through the registry."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import kaon
+from kaon.errors import IntegrityError, InvalidInputError, NotFoundError
+
+
+def _torch_model():
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+
+
+def test_torch_module_round_trips_with_equal_outputs():
+    import torch
+
+    model = _torch_model()
+    x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    version = kaon.register(model, "lin", input_example=x[:2], metrics={"accuracy": 0.5})
+    assert version.ref == "lin@1" and version.framework == "torch" and "latest" in version.aliases
+    loaded = kaon.load("lin@latest")
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(loaded.predict(x), expected, atol=1e-6)
+    assert loaded.signature.inputs[0].shape == (-1, 1, 8, 8)
+    assert kaon.register(model, "lin", input_example=x[:1]).version == 2  # batch of 1 exports too
+    np.testing.assert_allclose(kaon.load("lin@2").predict(x[:1]), expected[:1], atol=1e-6)
+
+
+def test_register_without_example_says_how_to_fix():
+    with pytest.raises(InvalidInputError, match="input_example=x"):
+        kaon.register(_torch_model(), "lin")
+
+
+def test_unknown_reference_lists_what_exists():
+    kaon.register(_torch_model(), "lin", input_example=np.zeros((2, 1, 8, 8), np.float32))
+    with pytest.raises(NotFoundError) as info:
+        kaon.load("lin@production")
+    assert "lin" in info.value.message
+
+
+def test_tampered_artifact_refuses_to_load(kaon_home):
+    version = kaon.register(_torch_model(), "lin", input_example=np.zeros((2, 1, 8, 8), np.float32))
+    sha = version.files["model.pt2"]
+    target = next(p for p in (kaon_home / "artifacts").rglob("*") if p.is_file() and sha in p.name)
+    target.chmod(0o644)
+    with open(target, "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"tampered!")
+    import shutil
+
+    shutil.rmtree(kaon_home / "cache", ignore_errors=True)
+    with pytest.raises(IntegrityError):
+        kaon.load("lin")
+
+
+def test_keras_seed_model_registers_and_loads_with_equal_outputs():
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(32, (3, 3), activation="relu"),
+        keras.layers.MaxPooling2D((2, 2)),
+        keras.layers.Flatten(),
+        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    x = np.random.default_rng(0).random((6, 8, 8, 1), dtype=np.float32)
+    version = kaon.register(model, "keras-digits")
+    assert version.framework == "keras"
+    loaded = kaon.load("keras-digits")
+    np.testing.assert_allclose(loaded.predict(x), model.predict(x, verbose=0), atol=1e-6)
