@@ -174,7 +174,10 @@ class KaonApp:
                        (b"x-content-type-options", b"nosniff"), *response.headers]
         await send({"type": "http.response.start", "status": response.status, "headers": headers_out})
         await send({"type": "http.response.body", "body": response.body})
-        self.metrics.observe(label, response.status, time.perf_counter() - started)
+        elapsed_s = time.perf_counter() - started
+        self.metrics.observe(label, response.status, elapsed_s)
+        if log.isEnabledFor(logging.INFO):  # one line per request, carrying its id (--log-level info)
+            log.info("%s %s %d %.1fms request_id=%s", method, path, response.status, elapsed_s * 1000, request_id)
 
     async def _read_body(self, headers: dict[str, str], receive: Any) -> bytes:
         limit = self.config.max_body_bytes
