@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from kaon.errors import KaonError
 
@@ -27,7 +28,7 @@ def fail(exc: BaseException) -> None:
     """One error style for every command: a red title and the message, exit code 1, no traceback."""
     kind = type(exc).__name__
     message = getattr(exc, "message", None) or str(exc)
-    err_console.print(f"[bold red]error[/] [red]({kind})[/]: {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error[/] [red]({kind})[/]: {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 

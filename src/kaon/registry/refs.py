@@ -1,0 +1,53 @@
+"""Model references: `name` (the latest version), `name@3` (a version), `name@production` (an alias).
+
+    >>> parse_ref("digits@production")
+    ('digits', 'production')
+"""
+
+from __future__ import annotations
+
+import re
+
+from kaon.errors import InvalidInputError
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_NAME_EXPECTED = "1 to 128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
+LATEST = "latest"
+
+
+def check_name(value: object, what: str = "model name") -> str:
+    """Return `value` if it is a valid name, else raise InvalidInputError saying what was wrong."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise InvalidInputError(
+            f"{what} must be {_NAME_EXPECTED}. Received: {value!r}. "
+            "Rename it, e.g. 'digits-mlp' or 'resnet18_int8'.",
+            fields=[{"name": what, "expected": NAME_PATTERN.pattern, "received": repr(value)}],
+        )
+    return value
+
+
+def check_alias(value: object) -> str:
+    """An alias is a name that is not a number (a number selects a version)."""
+    alias = check_name(value, "alias")
+    if alias.isdigit():
+        raise InvalidInputError(
+            f"alias must not be a number: 'name@{alias}' already means version {alias}. "
+            f"Received: alias={alias!r}. Use a word such as 'production' or 'staging'."
+        )
+    return alias
+
+
+def parse_ref(ref: str) -> tuple[str, str | None]:
+    """Split 'name@selector' into (name, selector); a bare name gives (name, None).
+
+    The selector is a version number ('3') or an alias ('production', 'latest').
+    """
+    if not isinstance(ref, str):
+        raise InvalidInputError(f"a model reference must be a string like 'digits@3'. Received: {ref!r}")
+    name, sep, selector = ref.partition("@")
+    if NAME_PATTERN.fullmatch(name) and (not sep or NAME_PATTERN.fullmatch(selector)):
+        return name, selector if sep else None
+    raise InvalidInputError(
+        f"a model reference is 'name', 'name@<version>' or 'name@<alias>', where name and alias are "
+        f"{_NAME_EXPECTED}. Received: {ref!r}. Expected e.g. 'digits', 'digits@3' or 'digits@production'."
+    )

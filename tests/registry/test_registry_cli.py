@@ -1,0 +1,102 @@
+"""`kaon runs ...` and `kaon models ...`, driven through their Typer sub-apps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kaon.cli.registry_cmd import models_app, runs_app
+from kaon.registry import Registry
+
+
+@pytest.fixture
+def filled(kaon_home: Path, make_file) -> Registry:
+    registry = Registry()
+    run = registry.create_run("digits-mlp", params={"lr": 0.01})
+    for step in range(5):
+        registry.log_metrics(run.id, {"loss": 1.0 / (step + 1), "accuracy": step / 5}, step=step)
+    registry.add_run_artifact(run.id, "checkpoint.pt", make_file(b"ckpt"))
+    registry.finish_run(run.id, summary={"accuracy": 0.8})
+    for content in (b"v1", b"v2"):
+        registry.register_version("digits", {"model.onnx": make_file(content)}, framework="onnx",
+                                  signature={"inputs": [{"name": "image"}]}, run_id=run.id)
+    registry.set_alias("digits", "production", 1)
+    return registry
+
+
+def invoke(app, *args: str):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_runs_list_shows_each_run(filled: Registry) -> None:
+    result = invoke(runs_app, "list")
+    assert result.exit_code == 0
+    assert "digits-mlp" in result.stdout and "completed" in result.stdout and "accuracy=0.8" in result.stdout
+
+
+def test_runs_show_lists_metrics_and_artifacts(filled: Registry) -> None:
+    result = invoke(runs_app, "show", "1")
+    assert result.exit_code == 0
+    for text in ("Run 1: digits-mlp", "lr=0.01", "loss", "accuracy", "checkpoint.pt"):
+        assert text in result.stdout
+
+
+def test_runs_show_plot_writes_a_png(filled: Registry, kaon_home: Path) -> None:
+    result = invoke(runs_app, "show", "1", "--plot")
+    assert result.exit_code == 0
+    png = kaon_home / "plots" / "run-1.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(png) in result.stdout.replace("\n", "")
+
+
+def test_runs_show_unknown_run_is_one_red_line_and_exit_1(filled: Registry) -> None:
+    result = invoke(runs_app, "show", "99")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error (NotFoundError): no run with id 99")
+    assert "Traceback" not in result.output
+
+
+def test_models_list_and_show(filled: Registry) -> None:
+    listing = invoke(models_app, "list")
+    assert listing.exit_code == 0 and "digits" in listing.stdout
+
+    shown = invoke(models_app, "show", "digits@production")
+    assert shown.exit_code == 0
+    assert "Model digits@1" in shown.stdout and "production" in shown.stdout and "model.onnx" in shown.stdout
+
+    with_versions = invoke(models_app, "show", "digits")
+    assert "Model digits@2" in with_versions.stdout and "Versions of digits" in with_versions.stdout
+
+
+def test_models_alias_moves_the_alias(filled: Registry) -> None:
+    result = invoke(models_app, "alias", "digits", "production", "2")
+    assert result.exit_code == 0 and "digits@production -> digits@2" in result.stdout
+    assert filled.get_version("digits@production").version == 2
+
+
+def test_models_delete_follows_the_alias_rule(filled: Registry) -> None:
+    refused = invoke(models_app, "delete", "digits@1")
+    assert refused.exit_code == 1 and "production" in refused.stderr and "--force" in refused.stderr
+
+    forced = invoke(models_app, "delete", "digits@1", "--force")
+    assert forced.exit_code == 0 and "Deleted digits@1" in forced.stdout
+    assert [v.version for v in filled.list_versions("digits")] == [2]
+
+
+def test_models_delete_needs_an_explicit_version(filled: Registry) -> None:
+    result = invoke(models_app, "delete", "digits@production")
+    assert result.exit_code == 1 and "explicit version number" in result.stderr
+
+
+def test_bad_ref_is_an_error_line_not_a_traceback(filled: Registry) -> None:
+    result = invoke(models_app, "show", "no such model")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error (InvalidInputError): a model reference is")
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_empty_registry_says_how_to_start(kaon_home: Path) -> None:
+    assert "No runs yet" in invoke(runs_app, "list").stdout
+    assert "No models yet" in invoke(models_app, "list").stdout
