@@ -46,3 +46,37 @@ def test_two_homes_never_mix(tmp_path):
     for name in ("a", "b"):
         registry = Registry(f"sqlite:///{tmp_path / name / 'kaon.db'}")
         assert [v.version for v in registry.list_versions("digits")] == [1]
+
+
+def test_kaon_serve_python_api_takes_the_same_flag_names(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, kaon\n"
+        "class Echo(kaon.Service):\n"
+        "    @kaon.endpoint\n"
+        "    def predict(self, xs: list[float]) -> list[float]:\n"
+        "        return [2 * x for x in xs]\n"
+        "kaon.serve(Echo, port=int(sys.argv[1]), max_batch_size=8, max_wait_ms=1.0, timeout_s=5)\n"
+    )
+    from tests.servers import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(script), str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        import time
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        assert httpx.post(f"http://127.0.0.1:{port}/predict", json={"xs": [1, 2]}).json() == [2.0, 4.0]
+        info = httpx.get(f"http://127.0.0.1:{port}/").json()
+        assert info["endpoints"][0]["max_batch_size"] == 8
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
