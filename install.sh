@@ -11,5 +11,9 @@ else
     echo "kaon: installing torch==2.13.0"
     "$PYTHON" -m pip install --quiet "torch==2.13.0"
 fi
-"$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[all,dev]"
+# Pin the torch now present, so no extra (sentence-transformers, opacus, ...) can swap it for another build.
+constraints="$(mktemp)"
+trap 'rm -f "$constraints"' EXIT
+"$PYTHON" -c 'import torch; print(f"torch=={torch.__version__}")' > "$constraints"
+"$PYTHON" -m pip install --quiet --disable-pip-version-check -c "$constraints" -e ".[all,dev]"
 echo "kaon: installed $("$PYTHON" -c 'import kaon; print(kaon.__version__)'). Try: kaon quickstart"

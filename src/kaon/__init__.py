@@ -39,6 +39,12 @@ _EXPORTS = {
     "Trainer": "kaon.training",
     "DifferentialPrivacy": "kaon.training",
     "testing": "kaon.testing",
+    "explain": "kaon.explanation",
+    "Explanation": "kaon.explanation",
+    "audit": "kaon.robustness",
+    "AuditReport": "kaon.robustness",
+    "PGD": "kaon.robustness",
+    "FGSM": "kaon.robustness",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

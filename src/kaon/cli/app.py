@@ -57,10 +57,7 @@ def _register_commands() -> None:
         except (ImportError, AttributeError):
             continue
         app.add_typer(sub, name=name)
-    try:
-        from kaon.cli import quickstart_cmd  # noqa: F401 - registers `kaon quickstart`
-    except ImportError:
-        pass
+    from kaon.cli import audit_cmd, explain_cmd, quickstart_cmd  # noqa: F401 - register their commands
 
 
 def main() -> None:

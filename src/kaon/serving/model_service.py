@@ -1,4 +1,4 @@
-"""The Service kaon generates to serve a Model: `POST /predict` plus the V2 routes."""
+"""The Service kaon generates to serve a Model: `POST /predict`, `POST /explain` and the V2 routes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ from typing import Any
 import numpy as np
 
 from kaon.models import Model
+from kaon.serving.explain import ExplainMethod, ExplainQueue, ExplainTarget
 from kaon.serving.service import Service, endpoint
 from kaon.serving.tensors import Tensor
+
+# Inputs per explained batch: integrated gradients runs 50 path points per input in one pass.
+EXPLAIN_MAX_BATCH_SIZE = 32
 
 
 def _looks_like_image(shape: tuple[int, ...]) -> bool:
@@ -46,13 +50,26 @@ def model_service(model: Model, version: str | None = None) -> type[Service]:
 
     def setup(self: Any) -> None:
         self.model = model
+        self.explainer = ExplainQueue(model, max_batch_size=EXPLAIN_MAX_BATCH_SIZE)
+
+    def teardown(self: Any) -> None:
+        explainer = getattr(self, "explainer", None)
+        if explainer is not None:
+            explainer.close()
 
     def predict(self: Any, inputs: list[item]) -> list[dict[str, Any]]:  # type: ignore[valid-type]
         batch: np.ndarray = np.stack(inputs)  # (N, *item shape)
         return rows_to_predictions(self.model.run({spec.name: batch}), labels)
 
+    async def explain(self: Any, inputs: list[item], method: ExplainMethod = "integrated_gradients",  # type: ignore[valid-type]
+                      target: ExplainTarget = None, heatmap: bool = False) -> list[dict[str, Any]]:
+        """Attributions for each input (see kaon.serving.explain); batched with concurrent requests."""
+        return await self.explainer.explain(inputs, method, target, heatmap)
+
     # Annotations are strings under `from __future__ import annotations`; give the real types.
     predict.__annotations__ = {"inputs": list[item], "return": list[dict[str, Any]]}  # type: ignore[valid-type]
+    explain.__annotations__ = {"inputs": list[item], "method": ExplainMethod, "target": ExplainTarget,  # type: ignore[valid-type]
+                               "heatmap": bool, "return": list[dict[str, Any]]}
 
     def models(self: Any) -> dict[str, Model]:
         return {model.name: model}
@@ -60,7 +77,9 @@ def model_service(model: Model, version: str | None = None) -> type[Service]:
     namespace = {
         "name": class_name,
         "setup": setup,
+        "teardown": teardown,
         "predict": endpoint(predict),
+        "explain": endpoint(explain),
         "models": property(models),
         "model_version": version,
         "__doc__": f"Serves the {model.framework} model '{model.name}'.",

@@ -1,0 +1,58 @@
+"""`kaon explain MODEL_REF --input FILE`: files written, top features printed, one-screen errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+import kaon.cli.explain_cmd  # noqa: F401 - registers `kaon explain` (until the lead lists it in _register_commands)
+from kaon.cli.app import _register_commands, app
+
+_register_commands()  # the other commands, so that `explain` is a subcommand as it is for users
+runner = CliRunner()
+
+
+def test_explain_a_program_on_a_npy_batch_writes_arrays_heatmaps_and_trust(model_files, probe, tmp_path):
+    x, y = probe
+    np.save(tmp_path / "batch.npy", x[:2])
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["explain", str(model_files["pt2"]), "--input", str(tmp_path / "batch.npy"),
+                                 "--method", "integrated_gradients", "--out", str(out), "--top", "3"])
+    assert result.exit_code == 0, result.output
+    assert np.load(out / "attributions.npy").shape == (2, 1, 8, 8)
+    assert Image.open(out / "heatmap_1.png").size == (256, 256)
+    report = json.loads((out / "explanation.json").read_text())
+    assert report["targets"] == y[:2].tolist() and len(report["top_features"][0]) == 3
+    assert report["trust"]["faithfulness"]["faithfulness"] > 0 and report["trust"]["randomization"]["passed"]
+    assert "Top features" in result.output and "randomization check passed" in result.output
+
+
+def test_explain_a_png_on_onnx_with_a_forward_method(model_files, probe, tmp_path):
+    x, _ = probe
+    Image.fromarray((x[0, 0] * 255).round().astype(np.uint8)).resize((32, 32)).save(tmp_path / "digit.png")
+    result = runner.invoke(app, ["explain", str(model_files["onnx"]), "-i", str(tmp_path / "digit.png"),
+                                 "-m", "occlusion", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "resized digit.png from 32x32" in result.output and "randomization check skipped" in result.output
+    assert (tmp_path / "out" / "heatmap_0.png").exists()
+
+
+def test_gradients_on_onnx_is_one_red_line_naming_the_methods_that_work(model_files, probe, tmp_path):
+    np.save(tmp_path / "x.npy", probe[0][:1])
+    result = runner.invoke(app, ["explain", str(model_files["onnx"]), "--input", str(tmp_path / "x.npy")])
+    assert result.exit_code == 1
+    assert "occlusion, kernel_shap, lime" in result.output and "Traceback" not in result.output
+
+
+def test_explain_a_text_model_writes_highlighted_tokens(minilm_path, tmp_path):
+    (tmp_path / "texts.txt").write_text("the movie was wonderful\n\nwhat a boring film\n")
+    result = runner.invoke(app, ["explain", str(minilm_path), "--input", str(tmp_path / "texts.txt"),
+                                 "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "out" / "tokens.html").read_text()
+    assert ">wonderful</span>" in page and ">boring</span>" in page
+    assert np.load(tmp_path / "out" / "attributions.npy").shape[0] == 2
+    assert "wonderful" in result.output
