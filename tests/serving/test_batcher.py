@@ -135,3 +135,29 @@ def test_async_handlers_are_awaited():
         return result
 
     assert _run(scenario()) == [2, 3]
+
+
+def test_fast_handlers_move_onto_the_event_loop_and_slow_ones_stay_on_the_worker_thread():
+    import threading
+    import time
+
+    def run(delay_s: float) -> list[str]:
+        threads: list[str] = []
+
+        def handler(items):
+            time.sleep(delay_s)
+            threads.append(threading.current_thread().name)
+            return items
+
+        async def scenario():
+            batcher = Batcher(handler, max_batch_size=4, max_wait_ms=1, max_queue=10)
+            for i in range(12):
+                await batcher.submit([i])
+            await batcher.stop()
+
+        _run(scenario())
+        return threads
+
+    fast = run(0.0)
+    assert fast[0].startswith("kaon-") and fast[-1] == threading.main_thread().name
+    assert all(name.startswith("kaon-") for name in run(0.002))

@@ -8,10 +8,11 @@ same pydantic models. Every response carries `x-request-id`.
 from __future__ import annotations
 
 import asyncio
+import gc
+import itertools
 import logging
 import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -42,6 +43,13 @@ Guard = Callable[[Request], Awaitable[None]]
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg")
 
 
+def _timeout_error(name: str, timeout_s: float) -> EndpointTimeoutError:
+    return EndpointTimeoutError(
+        f"endpoint '{name}' did not answer within {timeout_s:g} s (--timeout-s). "
+        f"Send smaller batches, or raise --timeout-s."
+    )
+
+
 def _depth_of(batcher: Batcher) -> Callable[[], float]:
     return lambda: float(batcher.queue_depth)
 
@@ -58,6 +66,10 @@ class KaonApp:
         self.guards = guards or []
         self.metrics = ServerMetrics()
         self.ready = False
+        self.in_flight = 0  # a plain int read by the gauge: a locked Gauge.inc per request costs more
+        self.metrics.in_flight.set_function(lambda: float(self.in_flight))
+        self._id_prefix = os.urandom(4).hex()  # request ids: a per-process prefix and a counter, no uuid4 per request
+        self._ids = itertools.count(1)
         self.batchers: dict[str, Batcher] = {}
         self._batcher_by_path: dict[str, Batcher] = {}
         self._executor = ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 1), thread_name_prefix="kaon")
@@ -92,6 +104,8 @@ class KaonApp:
         models = self.service.models
         if models:
             self._v2 = V2Routes(models, self.config, self.metrics, version=getattr(self.service, "model_version", None))
+        gc.collect()
+        gc.freeze()  # the model and app live for the whole process: keep them out of every GC pass
         self.ready = True
 
     async def shutdown(self) -> None:
@@ -135,11 +149,11 @@ class KaonApp:
         started = time.perf_counter()
         method, path = scope["method"], scope["path"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = headers.get("x-request-id") or f"{self._id_prefix}-{next(self._ids):x}"
         route = self.routes.get((method, path))
         is_v2 = path.startswith("/v2")
         label = route[0] if route else ("/v2" if is_v2 else "other")
-        self.metrics.in_flight.inc()
+        self.in_flight += 1
         arriving = self._batcher_by_path.get(path) if method == "POST" else None
         if arriving is not None:
             arriving.arriving()
@@ -169,7 +183,7 @@ class KaonApp:
                 request.settle_arrival()
             elif arriving is not None:
                 arriving.arrived()
-            self.metrics.in_flight.dec()
+            self.in_flight -= 1
         headers_out = [(b"content-type", response.content_type), (b"x-request-id", request_id.encode()),
                        (b"x-content-type-options", b"nosniff"), *response.headers]
         await send({"type": "http.response.start", "status": response.status, "headers": headers_out})
@@ -244,7 +258,7 @@ class KaonApp:
                     return Response(200, b"[]")
                 future = batcher.submit(items)
                 request.settle_arrival()  # queued now: no longer "on its way in"
-                result = await self._await(future, timeout_s, spec.name)
+                result = await self._await_future(future, timeout_s, spec.name)
             else:
                 if in_flight[0] >= self.config.max_queue:
                     raise OverloadedError(
@@ -266,14 +280,25 @@ class KaonApp:
 
         return handle
 
+    @staticmethod
+    async def _await_future(future: asyncio.Future[Any], timeout_s: float, name: str) -> Any:
+        """Like wait_for, without its extra task per request: a timer fails the future when late."""
+
+        def expire() -> None:
+            if not future.done():
+                future.set_exception(_timeout_error(name, timeout_s))
+
+        timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
     async def _await(self, awaitable: Any, timeout_s: float, name: str) -> Any:
         try:
             return await asyncio.wait_for(awaitable, timeout=timeout_s)
         except asyncio.TimeoutError:
-            raise EndpointTimeoutError(
-                f"endpoint '{name}' did not answer within {timeout_s:g} s (--timeout-s). "
-                f"Send smaller batches, or raise --timeout-s."
-            ) from None
+            raise _timeout_error(name, timeout_s) from None
 
     # operational routes ------------------------------------------------------------------------
 
