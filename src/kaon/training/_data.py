@@ -1,0 +1,202 @@
+"""Turn what fit/evaluate/predict receive into batches on the training device.
+
+In-memory arrays are moved to the device once and indexed with slices of a shuffled permutation:
+no DataLoader, no collate, no per-sample Python. Datasets and DataLoaders are iterated as given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from kaon.errors import InvalidInputError
+
+# Arrays up to this size move to an accelerator whole; larger ones move batch by batch.
+_MAX_DEVICE_BYTES = 1 << 30
+
+Batch = Any  # (x, y) or (x,) as tensors for the default steps; any structure for a custom step
+
+
+class ArrayBatches:
+    """Batches of in-memory tensors: x[perm[i:i + batch_size]]."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor | None, *, batch_size: int, shuffle: bool,
+                 generator: torch.Generator | None, device: torch.device) -> None:
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = generator
+        self.device = device
+        self.num_samples = int(x.shape[0])
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        x, y, size = self.x, self.y, self.batch_size
+        on_device = x.device == self.device
+        if self.shuffle:
+            order = torch.randperm(self.num_samples, generator=self.generator)
+            if x.device != order.device:
+                order = order.to(x.device)
+            for start in range(0, self.num_samples, size):
+                index = order[start:start + size]
+                xb = x[index]
+                yb = None if y is None else y[index]
+                yield (xb, yb) if on_device else _to_device((xb, yb), self.device)
+        else:
+            for start in range(0, self.num_samples, size):
+                xb = x[start:start + size]
+                yb = None if y is None else y[start:start + size]
+                yield (xb, yb) if on_device else _to_device((xb, yb), self.device)
+
+    def sample(self, count: int = 2) -> Batch:
+        y = None if self.y is None else self.y[:count]
+        return _to_device((self.x[:count], y), self.device)
+
+    def labels(self) -> torch.Tensor | None:
+        return self.y
+
+
+class PoissonBatches(ArrayBatches):
+    """Poisson sampling, as differential privacy's accounting assumes: each sample joins each batch
+    independently with probability `sample_rate`, for `steps` batches per epoch (sizes vary)."""
+
+    def __init__(self, batches: ArrayBatches, *, sample_rate: float, steps: int) -> None:
+        super().__init__(batches.x, batches.y, batch_size=batches.batch_size, shuffle=True,
+                         generator=batches.generator, device=batches.device)
+        self.sample_rate = sample_rate
+        self.steps = steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[Batch]:
+        x, y = self.x, self.y
+        for _ in range(self.steps):
+            chosen = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
+            index = chosen.nonzero().reshape(-1).to(x.device)
+            batch = (x[index], None if y is None else y[index])
+            yield batch if x.device == self.device else _to_device(batch, self.device)
+
+
+class LoaderBatches:
+    """Batches from a DataLoader, moved to the device; `check` sees each batch first (on the host)."""
+
+    def __init__(self, loader: DataLoader, *, device: torch.device,
+                 check: Callable[[Batch, int], None] | None = None) -> None:
+        self.loader = loader
+        self.device = device
+        self.check = check
+        try:
+            self.num_samples: int | None = len(loader.dataset)  # type: ignore[arg-type]
+        except TypeError:
+            self.num_samples = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        check, device = self.check, self.device
+        for step, batch in enumerate(self.loader):
+            if check is not None:
+                check(batch, step)
+            yield _to_device(batch, device)
+
+    def sample(self, count: int = 2) -> Batch | None:
+        """A batch of the first `count` samples, read without touching the loader's sampler."""
+        dataset = self.loader.dataset
+        try:
+            items = [dataset[i] for i in range(min(count, len(dataset)))]  # type: ignore[arg-type]
+        except (TypeError, NotImplementedError, IndexError, KeyError):
+            return None  # an iterable dataset: no random access
+        collate = self.loader.collate_fn or torch.utils.data.default_collate
+        return _to_device(collate(items), self.device)
+
+    def labels(self) -> torch.Tensor | None:
+        return None
+
+
+Batches = ArrayBatches | PoissonBatches | LoaderBatches
+
+
+def make_batches(x: Any, y: Any, *, batch_size: int, shuffle: bool, device: torch.device,
+                 dtype: torch.dtype, generator: torch.Generator | None = None,
+                 check: Callable[[Batch, int], None] | None = None, name: str = "x") -> Batches:
+    """Batches over arrays (x, y), a Dataset (y=None) or a DataLoader (y=None)."""
+    if isinstance(x, DataLoader | Dataset):
+        if y is not None:
+            raise InvalidInputError(
+                f"y must be None when {name} is a {type(x).__name__}: it yields the targets itself. "
+                f"Received: y of type {type(y).__name__}. Pass the dataset alone, or pass arrays for both."
+            )
+        iterable = isinstance(x, torch.utils.data.IterableDataset)  # no random access: no shuffling
+        loader = x if isinstance(x, DataLoader) else DataLoader(
+            x, batch_size=batch_size, shuffle=shuffle and not iterable, generator=generator)
+        return LoaderBatches(loader, device=device, check=check)
+    x_t = as_tensor(x, name, dtype)
+    y_t = None if y is None else as_tensor(y, "y" if name == "x" else f"{name} y", dtype)
+    if y_t is not None and y_t.shape[0] != x_t.shape[0]:
+        raise InvalidInputError(
+            f"{name} and its targets must have the same number of samples. "
+            f"Received: len(x)={x_t.shape[0]}, len(y)={y_t.shape[0]}. "
+            "Check that both come from the same split, in the same order.",
+            fields=[{"name": "y", "expected": int(x_t.shape[0]), "received": int(y_t.shape[0])}],
+        )
+    if x_t.shape[0] == 0:
+        raise InvalidInputError(f"{name} has no samples. Received: shape={tuple(x_t.shape)}")
+    nbytes = x_t.element_size() * x_t.nelement() + (0 if y_t is None else y_t.element_size() * y_t.nelement())
+    if device.type == "cpu" or nbytes <= _MAX_DEVICE_BYTES:
+        x_t = x_t.to(device)
+        y_t = None if y_t is None else y_t.to(device)
+    elif device.type == "cuda":
+        x_t, y_t = x_t.pin_memory(), None if y_t is None else y_t.pin_memory()
+    return ArrayBatches(x_t, y_t, batch_size=batch_size, shuffle=shuffle, generator=generator, device=device)
+
+
+def validation_pair(data: Any) -> tuple[Any, Any]:
+    """(x, y) from validation_data given as a pair, a Dataset or a DataLoader."""
+    if isinstance(data, DataLoader | Dataset):
+        return data, None
+    if isinstance(data, tuple | list) and len(data) == 2:
+        return data[0], data[1]
+    raise InvalidInputError(
+        "validation_data must be a pair (x_val, y_val), a torch Dataset or a DataLoader. "
+        f"Received: {type(data).__name__}"
+        + (f" of length {len(data)}" if isinstance(data, tuple | list) else "")
+    )
+
+
+def as_tensor(data: Any, name: str, float_dtype: torch.dtype) -> torch.Tensor:
+    """A tensor from an array-like: floats in the model's dtype, integers as int64."""
+    if isinstance(data, torch.Tensor):
+        tensor = data
+    else:
+        array = np.asarray(data)
+        if array.dtype.kind not in "fiub":
+            raise InvalidInputError(
+                f"{name} must hold numbers. Received: dtype={array.dtype}, shape={array.shape}. "
+                "Convert it with np.asarray(..., dtype=np.float32) first."
+            )
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if tensor.ndim == 0:
+        raise InvalidInputError(f"{name} must have a batch axis. Received: a scalar ({tensor!r})")
+    if tensor.is_floating_point():
+        return tensor.to(float_dtype)
+    if tensor.dtype == torch.bool:
+        return tensor.to(float_dtype)
+    return tensor.long()
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True) if batch.device != device else batch
+    if isinstance(batch, tuple | list):
+        return type(batch)(_to_device(item, device) for item in batch)
+    if isinstance(batch, dict):
+        return {key: _to_device(value, device) for key, value in batch.items()}
+    return batch

@@ -1,0 +1,118 @@
+"""Turn PyTorch's low-level failures into errors that say what was received and how to fix it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from kaon.errors import InvalidInputError, TrainingError
+
+_SHAPE_HINTS = ("shape", "size", "mat1", "mat2", "expected input", "channels", "dimension",
+                "Expected", "must match", "Input 0 of layer", "incompatible")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def first_layer(model: nn.Module) -> nn.Module | None:
+    for module in model.modules():
+        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Embedding):
+            return module
+    return None
+
+
+def expected_input(model: nn.Module) -> str | None:
+    """What the model's first layer reads, in words, e.g. '(N, 1, H, W)' for Conv2d(1, 32, 3)."""
+    layer = first_layer(model)
+    if isinstance(layer, nn.Conv2d):
+        return f"(N, {layer.in_channels}, H, W) for its first layer {layer}"
+    if isinstance(layer, nn.Conv1d):
+        return f"(N, {layer.in_channels}, L) for its first layer {layer}"
+    if isinstance(layer, nn.Conv3d):
+        return f"(N, {layer.in_channels}, D, H, W) for its first layer {layer}"
+    if isinstance(layer, nn.Linear):
+        return f"(N, ..., {layer.in_features}) for its first layer {layer}"
+    if isinstance(layer, nn.Embedding):
+        return f"integer token ids (N, L) below {layer.num_embeddings} for its first layer {layer}"
+    return None
+
+
+def forward_error(exc: BaseException, model: nn.Module, x: Any, *, where: str) -> BaseException:
+    """A TrainingError for a forward pass that failed on the input's shape; else `exc` unchanged."""
+    message = _first_line(exc)
+    if not any(hint in message for hint in _SHAPE_HINTS):
+        return exc
+    if isinstance(x, torch.Tensor):
+        sample = tuple(x.shape[1:])
+        shape_text = "(N, " + ", ".join(str(d) for d in sample) + ")" if sample else "(N,)"
+        received = f"x of shape {shape_text}, {str(x.dtype).removeprefix('torch.')}"
+    else:
+        sample, received = (), f"x of type {type(x).__name__}"
+    expected = expected_input(model)
+    layer = first_layer(model)
+    dims = ", ".join(str(d) for d in sample)
+    if isinstance(layer, nn.Conv2d) and len(sample) == 2:
+        fix = f"Add the channel axis: x.reshape(-1, {layer.in_channels}, {dims})."
+    elif isinstance(layer, nn.Conv2d) and len(sample) == 3 and sample[-1] == layer.in_channels:
+        fix = "x looks channels-last (N, H, W, C): move the axis with x.transpose(0, 3, 1, 2)."
+    elif isinstance(layer, nn.Linear) and len(sample) > 1:
+        fix = "Flatten the sample axes: x.reshape(len(x), -1), or start the model with nn.Flatten()."
+    else:
+        fix = "Reshape x to what the model reads, or change the model's first layer to fit the data."
+    return TrainingError(
+        f"the model could not run on the input ({where}). "
+        f"Expected: {expected or 'an input the model accepts'}. Received: {received}. "
+        f"PyTorch said: {message.rstrip('.')}. {fix}"
+    )
+
+
+def check_class_labels(y: torch.Tensor, num_classes: int, *, where: str) -> None:
+    """Integer labels must lie in [0, num_classes): the model has one output per class."""
+    if y.is_floating_point() or y.numel() == 0:
+        return
+    low, high = int(y.min()), int(y.max())
+    if low >= 0 and high < num_classes:
+        return
+    bad = high if high >= num_classes else low
+    raise InvalidInputError(
+        f"labels must be class indices in [0, {num_classes - 1}]: the model has {num_classes} outputs. "
+        f"Received: label {bad} ({where}; labels range from {low} to {high}). "
+        f"Fix the labels (e.g. map them to 0..{num_classes - 1}), or give the model "
+        f"{high + 1} outputs if there are {high + 1} classes.",
+        fields=[{"name": "y", "expected": [0, num_classes - 1], "received": bad}],
+    )
+
+
+def check_targets(y: torch.Tensor, y_pred: torch.Tensor, loss_name: str, *, where: str) -> None:
+    """Targets that cannot fit the loss: out-of-range labels, or a one-hot width that differs."""
+    if loss_name in ("cross_entropy", "sparse_categorical_crossentropy") and y_pred.ndim >= 2:
+        if not y.is_floating_point():
+            check_class_labels(y, int(y_pred.shape[1]), where=where)
+    elif loss_name == "categorical_crossentropy":
+        if y.ndim != y_pred.ndim or y.shape[-1] != y_pred.shape[-1]:
+            raise InvalidInputError(
+                f"categorical_crossentropy reads one-hot targets of shape (N, {y_pred.shape[-1]}) "
+                f"like the model's output. Received: y.shape={tuple(y.shape)}. "
+                "Pass integer labels with loss='cross_entropy', or one-hot encode them."
+            )
+    elif loss_name == "binary_crossentropy" and y.numel():
+        low, high = float(y.min()), float(y.max())
+        if low < 0 or high > 1:
+            raise InvalidInputError(
+                f"binary_crossentropy reads targets in [0, 1]. Received: values from {low:g} to {high:g} "
+                f"({where}). Map the labels to 0 and 1."
+            )
+
+
+def non_finite_loss(epoch: int, step: int | None, value: float, lr: float | None) -> TrainingError:
+    at = f"epoch {epoch + 1}, step {step + 1}" if step is not None else f"epoch {epoch + 1}"
+    lr_text = f" (lr={lr:g})" if lr is not None else ""
+    return TrainingError(
+        f"the loss became {value} at {at}; training stopped. Expected: a finite loss. "
+        f"Lower the learning rate{lr_text}, e.g. by 10x; check the inputs for NaN or inf and scale them "
+        "to about [-1, 1]; with precision='fp16', try 'bf16' or 'fp32'."
+    )

@@ -1,0 +1,259 @@
+"""Callbacks: code that runs at fixed points of fit, with the Trainer at hand as `self.trainer`.
+
+    >>> class PrintLoss(Callback):
+    ...     def on_epoch_end(self, epoch, logs):
+    ...         print(epoch, round(logs["loss"], 2))
+
+Epoch logs are floats. Batch logs (`on_train_batch_end`) hold tensors: reading one with float()
+makes the host wait for the device, so a callback that does it every step slows training down.
+A callback that raises stops fit with a TrainingError naming it; `close()` still runs for all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TextIO
+
+from kaon.errors import ConfigError, require
+
+if TYPE_CHECKING:
+    from kaon.training.trainer import Trainer
+
+Mode = Literal["auto", "min", "max"]
+
+
+class Callback:
+    """Base class: override the hooks you need; each default does nothing."""
+
+    def __init__(self) -> None:
+        self.trainer: Trainer | None = None
+
+    def set_trainer(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, logs: dict[str, float]) -> None: ...
+
+    def on_train_end(self, logs: dict[str, float]) -> None: ...
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float]) -> None: ...
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None: ...
+
+    def on_train_batch_end(self, step: int, logs: Mapping[str, Any]) -> None: ...
+
+    def close(self) -> None:
+        """Release files and writers; runs once when fit ends, whether it succeeded or failed."""
+
+
+class _Monitor(Callback):
+    """Shared by the callbacks that watch one logged value and act when it stops improving."""
+
+    def __init__(self, monitor: str, mode: Mode, min_delta: float) -> None:
+        super().__init__()
+        if mode not in ("auto", "min", "max"):
+            raise ConfigError(f"mode must be 'auto', 'min' or 'max'. Received: mode={mode!r}")
+        self.monitor = monitor
+        self.min_delta = abs(min_delta)
+        if mode == "auto":
+            name = monitor.removeprefix("val_")
+            mode = "max" if ("acc" in name or name in ("auc", "precision", "recall", "f1")) else "min"
+        self.mode: Literal["min", "max"] = mode
+        self.best = math.inf if mode == "min" else -math.inf
+
+    def current(self, logs: Mapping[str, float]) -> float:
+        if self.monitor not in logs:
+            raise ConfigError(
+                f"{type(self).__name__} monitors {self.monitor!r}, which fit does not log. "
+                f"Expected one of: {', '.join(logs)}. Received: monitor={self.monitor!r}"
+                + (" (val_* values need validation_data=...)" if self.monitor.startswith("val_") else "")
+            )
+        return float(logs[self.monitor])
+
+    def improved(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+
+class EarlyStopping(_Monitor):
+    """Stop when `monitor` has not improved for `patience` epochs; optionally keep the best weights."""
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 0, *, min_delta: float = 0.0,
+                 mode: Mode = "auto", restore_best_weights: bool = False) -> None:
+        super().__init__(monitor, mode, min_delta)
+        self.patience = patience
+        self.restore_best_weights = restore_best_weights
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+        self.best_epoch: int | None = None
+        self.best_weights: dict[str, Any] | None = None
+
+    def on_train_begin(self, logs: dict[str, float]) -> None:
+        self.wait, self.stopped_epoch, self.best_epoch, self.best_weights = 0, None, None, None
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        value = self.current(logs)
+        if self.improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                from kaon.training._weights import snapshot
+
+                assert self.trainer is not None
+                self.best_weights = snapshot(self.trainer.model)
+            return
+        self.wait += 1
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            assert self.trainer is not None
+            self.trainer.stop_training = True
+
+    def on_train_end(self, logs: dict[str, float]) -> None:
+        if self.restore_best_weights and self.best_weights is not None:
+            from kaon.training._weights import restore
+
+            assert self.trainer is not None
+            restore(self.trainer.model, self.best_weights)
+
+
+class ModelCheckpoint(_Monitor):
+    """Write the weights as safetensors after each epoch, or only when `monitor` improves.
+
+    `path` may hold fields filled from the epoch and the logs: "ckpt/{epoch:02d}-{val_loss:.3f}.safetensors".
+    The file is written to a temp file and renamed, so it is never half-written.
+    """
+
+    def __init__(self, path: str | Path, monitor: str = "val_loss", *, save_best_only: bool = False,
+                 mode: Mode = "auto") -> None:
+        super().__init__(monitor, mode, 0.0)
+        self.path = str(path)
+        self.save_best_only = save_best_only
+        self.last_path: Path | None = None
+        self.best_path: Path | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        from kaon._internal.files import atomic_write_bytes
+        from kaon.training._weights import snapshot, to_safetensors
+
+        assert self.trainer is not None
+        value = self.current(logs) if (self.save_best_only or self.monitor in logs) else math.nan
+        is_best = self.improved(value)
+        if self.save_best_only and not is_best:
+            return
+        if is_best:
+            self.best = value
+        target = Path(self.path.format(epoch=epoch + 1, **logs))
+        metadata = {"epoch": str(epoch + 1), **{k: repr(float(v)) for k, v in logs.items()}}
+        atomic_write_bytes(target, to_safetensors(snapshot(self.trainer.model), metadata))
+        self.last_path = target
+        if is_best:
+            self.best_path = target
+
+
+class ReduceLROnPlateau(_Monitor):
+    """Multiply the learning rate by `factor` when `monitor` has not improved for `patience` epochs.
+
+    Adds the current rate to the logs as 'lr'.
+    """
+
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, *,
+                 min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0,
+                 mode: Mode = "auto") -> None:
+        super().__init__(monitor, mode, min_delta)
+        if not 0.0 < factor < 1.0:
+            raise ConfigError(f"factor must be in (0, 1). Received: factor={factor!r}")
+        self.factor = factor
+        self.patience = patience
+        self.cooldown = cooldown
+        self.min_lr = min_lr
+        self.wait = 0
+        self.cooldown_left = 0
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        assert self.trainer is not None
+        groups = self.trainer.optimizer_.param_groups
+        value = self.current(logs)
+        if self.cooldown_left > 0:
+            self.cooldown_left -= 1
+            self.wait = 0
+        if self.improved(value):
+            self.best, self.wait = value, 0
+        elif self.cooldown_left == 0:
+            self.wait += 1
+            if self.wait >= self.patience:
+                for group in groups:
+                    group["lr"] = max(float(group["lr"]) * self.factor, self.min_lr)
+                self.wait, self.cooldown_left = 0, self.cooldown
+        logs["lr"] = float(groups[0]["lr"])
+
+
+class TensorBoard(Callback):
+    """Write epoch scalars as TensorBoard event files: log_dir/train and log_dir/validation.
+
+    Tags are `epoch_<name>` (e.g. epoch_loss), as Keras writes them, so training and validation
+    curves overlay in TensorBoard. View with: tensorboard --logdir <log_dir>
+    """
+
+    def __init__(self, log_dir: str | Path = "logs") -> None:
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self._writers: dict[str, Any] = {}
+
+    def on_train_begin(self, logs: dict[str, float]) -> None:
+        require("tensorboard", "tensorboard", "The TensorBoard callback")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writers = {split: SummaryWriter(log_dir=str(self.log_dir / split))
+                         for split in ("train", "validation")}
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        for key, value in logs.items():
+            split, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            self._writers[split].add_scalar(f"epoch_{name}", float(value), global_step=epoch)
+        for writer in self._writers.values():
+            writer.flush()
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
+
+class CSVLogger(Callback):
+    """Append one row per epoch to a CSV file: epoch, then each logged value (NA where missing)."""
+
+    def __init__(self, path: str | Path, *, separator: str = ",", append: bool = False) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.separator = separator
+        self.append = append
+        self._file: TextIO | None = None
+        self._keys: list[str] | None = None
+
+    def on_train_begin(self, logs: dict[str, float]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        has_rows = self.append and self.path.exists() and self.path.stat().st_size > 0
+        if has_rows:
+            with open(self.path, encoding="utf-8") as fh:
+                self._keys = fh.readline().strip().split(self.separator)[1:]
+        else:
+            self._keys = None
+        self._file = open(self.path, "a" if self.append else "w", encoding="utf-8", newline="")  # noqa: SIM115
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        assert self._file is not None
+        if self._keys is None:
+            self._keys = list(logs)
+            self._file.write(self.separator.join(["epoch", *self._keys]) + "\n")
+        cells = [str(epoch)] + [repr(float(logs[k])) if k in logs else "NA" for k in self._keys]
+        self._file.write(self.separator.join(cells) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,406 @@
+"""Trainer: Keras-style fit/evaluate/predict for any torch.nn.Module (and Keras 3 models on torch).
+
+    >>> from kaon.training import Trainer
+    >>> from kaon.training.data import load_digits
+    >>> from kaon.training.models import DigitsCNN
+    >>> x_train, y_train, x_test, y_test = load_digits()
+    >>> trainer = Trainer(DigitsCNN(), metrics=["accuracy"], seed=0, track=False)
+    >>> history = trainer.fit(x_train, y_train, epochs=2, verbose=False)
+    >>> sorted(trainer.evaluate(x_test, y_test))
+    ['accuracy', 'loss']
+
+Progressive disclosure: call fit(); override train_step (and test_step) for custom logic, using
+compute_loss and compute_metrics; or write your own loop around the same model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from kaon.errors import ConfigError, InvalidInputError, KaonError
+from kaon.training import _catalog, _diagnose
+from kaon.training._callback_list import CallbackList, check_callbacks
+from kaon.training._data import Batches, LoaderBatches, make_batches, validation_pair
+from kaon.training._logs import LiveLogs, LossMean
+from kaon.training._progress import make_progress
+from kaon.training._tracking import RunTracker, run_params, run_summary
+from kaon.training._weights import is_keras_model, outputs_probabilities, parameters
+from kaon.training.callbacks import Callback
+from kaon.training.history import History
+from kaon.training.metrics import Metric
+from kaon.training.privacy import DifferentialPrivacy, PrivateTraining, make_private, quiet_opacus
+
+Precision = Literal["fp32", "bf16", "fp16"]
+_CHECK_LOSS_EVERY = 64  # steps between NaN checks; each check waits for the device once
+
+
+class Trainer:
+    """Fit a model on arrays, a Dataset or a DataLoader; record the run in the registry.
+
+    `optimizer` is a name ('adam', 'adamw', 'sgd', 'rmsprop', built with `lr`), an optimizer, or a
+    function params -> optimizer. `loss` is a name (see kaon.training.losses.LOSSES) or a function
+    (y_pred, y) -> scalar tensor; named losses read logits. `metrics` defaults to ['accuracy'] for a
+    classification loss. `precision` 'bf16'/'fp16' autocasts on CUDA (fp32 elsewhere). `seed` makes
+    runs reproducible. `track` records each fit as a Run in the registry (KAON_HOME).
+    """
+
+    # Learned state, set by the first fit/evaluate/predict (names end in _ as in scikit-learn).
+    device_: torch.device
+    optimizer_: torch.optim.Optimizer
+    loss_fn_: Callable[[torch.Tensor, torch.Tensor], Any]
+    metrics_: list[Metric]
+    logs_: LiveLogs
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: _catalog.OptimizerSpec = "adam",
+        loss: _catalog.LossSpec = "cross_entropy",
+        metrics: Sequence[_catalog.MetricSpec] | None = None,
+        lr: float = 1e-3,
+        device: str | None = None,
+        precision: Precision = "fp32",
+        seed: int | None = None,
+        privacy: DifferentialPrivacy | None = None,
+        run_name: str | None = None,
+        track: bool = True,
+    ) -> None:
+        metrics = _catalog.check_arguments(model=model, optimizer=optimizer, loss=loss, metrics=metrics, lr=lr,
+                                           device=device, precision=precision, seed=seed, privacy=privacy)
+        self.model = model
+        self.optimizer = optimizer
+        self.loss = loss
+        self.metrics = list(metrics)
+        self.lr = float(lr)
+        self.device = device
+        self.precision = precision
+        self.seed = seed
+        self.privacy = privacy
+        self.run_name = run_name
+        self.track = track
+        self.stop_training = False  # a callback sets it to end fit after the current epoch
+        self._built = False
+
+    # ---- the steps: override these ------------------------------------------------------------
+
+    def train_step(self, batch: Any) -> Mapping[str, float | torch.Tensor]:
+        """One optimization step on `batch` ((x, y) tensors on the device); return the logs so far."""
+        x, y = _unpack(batch)
+        if x.shape[0] == 0:  # Poisson sampling (privacy) can draw an empty batch
+            return self.logs_
+        with self._autocast():
+            y_pred = self._forward(x)
+            loss = self.compute_loss(y_pred, y)
+        self.optimizer_.zero_grad(set_to_none=True)
+        if self._scaler is not None:
+            self._scaler.scale(loss).backward()
+            self._scaler.step(self.optimizer_)
+            self._scaler.update()
+        else:
+            loss.backward()
+            self.optimizer_.step()
+        return self.compute_metrics(loss, y_pred, y)
+
+    def test_step(self, batch: Any) -> Mapping[str, float | torch.Tensor]:
+        """Loss and metrics on one batch, without gradients; return the logs so far."""
+        x, y = _unpack(batch)
+        with self._autocast():
+            y_pred = self._forward(x)
+            loss = self.compute_loss(y_pred, y)
+        return self.compute_metrics(loss, y_pred, y)
+
+    def compute_loss(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._loss_in_use(y_pred, y)
+
+    def compute_metrics(self, loss: torch.Tensor, y_pred: torch.Tensor,
+                        y: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        """Add this batch to the running loss and metrics; return the live logs (read = device sync)."""
+        self._loss_mean.update(loss.detach(), int(y_pred.shape[0]))
+        y_pred = y_pred.detach()
+        for metric in self.metrics_:
+            metric.update(y_pred, y)
+        return self.logs_
+
+    # ---- public entry points -------------------------------------------------------------------
+
+    def fit(self, x: Any, y: Any = None, *, epochs: int = 1, batch_size: int = 32,
+            validation_data: Any = None, callbacks: Sequence[Callback] = (), shuffle: bool = True,
+            verbose: bool | None = None) -> History:
+        """Train for `epochs` passes over (x, y), a Dataset or a DataLoader; return the History.
+
+        `validation_data` ((x, y), a Dataset or a DataLoader) is evaluated after each epoch into
+        val_* values. `shuffle` applies to arrays and Datasets; a DataLoader keeps its own sampler.
+        `verbose`: None or True prints a live bar on a terminal and a line per epoch elsewhere;
+        False prints nothing. On an error the exception carries the History so far as `.history`.
+        """
+        _check_count("epochs", epochs)
+        _check_count("batch_size", batch_size)
+        self._build()
+        train = self._batches(x, y, batch_size, shuffle=shuffle, name="x")
+        val = None
+        if validation_data is not None:
+            vx, vy = validation_pair(validation_data)
+            val = self._batches(vx, vy, batch_size, shuffle=False, name="validation_data")
+        check_callbacks(callbacks)
+        private = None
+        if self.privacy is not None:
+            self._set_training(True)  # Opacus validates a model in training mode
+            private, train = make_private(self.privacy, model=self.model, optimizer=self.optimizer_,
+                                          loss_fn=self.loss_fn_, train=train, batch_size=batch_size,
+                                          epochs=epochs)
+            self.optimizer_ = private.optimizer  # clips and noises; the plain one is back when fit ends
+        history = History()
+        history.params = run_params(self, epochs=epochs, batch_size=batch_size, num_samples=train.num_samples)
+        progress = make_progress(verbose, epochs=epochs, steps=_steps(train))
+        chain = CallbackList([*callbacks, history, *([progress] if progress else [])], self)
+        tracker = None
+        if self.track:
+            tracker = RunTracker(self.run_name or type(self.model).__name__, history.params)
+            history.run_id = tracker.run_id
+        self.stop_training = False
+        started, error = time.perf_counter(), None
+        try:
+            with quiet_opacus() if private is not None else contextlib.nullcontext():
+                self._run_epochs(train, val, epochs, chain, private, history, tracker)
+        except BaseException as exc:
+            error = exc
+            with contextlib.suppress(AttributeError):
+                exc.history = history  # type: ignore[attr-defined]
+            raise
+        finally:
+            problems = chain.close()
+            if private is not None:
+                private.close()
+                self.optimizer_ = private.original_optimizer
+                self._loss_in_use = self.loss_fn_
+            if tracker is not None:
+                summary = run_summary(history, stopped_early=self.stop_training, private=private,
+                                      duration_s=time.perf_counter() - started, error=error, problems=problems)
+                tracker.finish(history, summary, failed=error is not None)
+            if problems and error is None:
+                warnings.warn("closing callbacks failed: " + "; ".join(problems), RuntimeWarning, stacklevel=2)
+        return history
+
+    def evaluate(self, x: Any, y: Any = None, *, batch_size: int = 256) -> dict[str, float]:
+        """Loss and metrics over (x, y), a Dataset or a DataLoader, in eval mode."""
+        _check_count("batch_size", batch_size)
+        self._build()
+        return self._evaluate(self._batches(x, y, batch_size, shuffle=False, name="x"))
+
+    def predict(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
+        """The model's outputs for x (arrays, a Dataset or a DataLoader of (x, ...)), as a numpy array."""
+        _check_count("batch_size", batch_size)
+        self._build()
+        batches = self._batches(x, None, batch_size, shuffle=False, name="x")
+        self._set_training(False)
+        outputs = []
+        with torch.no_grad():
+            for step, batch in enumerate(batches):
+                inputs = batch[0] if isinstance(batch, tuple | list) else batch
+                try:
+                    with self._autocast():
+                        outputs.append(self._forward(inputs).float())
+                except (RuntimeError, ValueError) as exc:
+                    raise self._explain(exc, inputs, f"predict, batch {step + 1}") from exc
+        return torch.cat(outputs).cpu().numpy()
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def _run_epochs(self, train: Batches, val: Batches | None, epochs: int, chain: CallbackList,
+                    private: PrivateTraining | None, history: History, tracker: RunTracker | None) -> None:
+        logs: dict[str, float] = {}
+        chain.on_train_begin({})
+        for epoch in range(epochs):
+            chain.on_epoch_begin(epoch, {})
+            logs = self._train_epoch(train, epoch, chain, private)
+            if val is not None:
+                logs.update({f"val_{k}": v for k, v in self._evaluate(val).items()})
+            if private is not None:
+                logs["epsilon"] = history.epsilon = private.epsilon()
+            chain.on_epoch_end(epoch, logs)
+            if tracker is not None:
+                tracker.log(epoch, logs)
+            if self.stop_training:
+                break
+        chain.on_train_end(logs)
+
+    def _train_epoch(self, batches: Batches, epoch: int, chain: CallbackList,
+                     private: PrivateTraining | None) -> dict[str, float]:
+        self._set_training(True)
+        self._reset_logs()
+        self._loss_in_use = private.loss_fn if private is not None else self.loss_fn_
+        train_step, batch_end = self.train_step, chain.wants_batch_end
+        logs: Mapping[str, Any] = self.logs_
+        step = -1
+        for step, batch in enumerate(batches):
+            try:
+                logs = train_step(batch)
+            except (RuntimeError, ValueError, IndexError) as exc:
+                raise self._explain(exc, batch, f"epoch {epoch + 1}, step {step + 1}") from exc
+            if batch_end:
+                chain.on_train_batch_end(step, logs)
+            if step % _CHECK_LOSS_EVERY == _CHECK_LOSS_EVERY - 1:
+                self._check_loss(epoch, None)
+        if step < 0:
+            raise InvalidInputError("the training data yielded no batches. Received: an empty dataset or "
+                                    "DataLoader; check its length and drop_last.")
+        return self._check_loss(epoch, {k: float(v) for k, v in logs.items()})
+
+    def _evaluate(self, batches: Batches) -> dict[str, float]:
+        self._set_training(False)
+        self._reset_logs()
+        self._loss_in_use = self.loss_fn_
+        logs: Mapping[str, Any] = self.logs_
+        with torch.no_grad():
+            for step, batch in enumerate(batches):
+                try:
+                    logs = self.test_step(batch)
+                except (RuntimeError, ValueError, IndexError) as exc:
+                    raise self._explain(exc, batch, f"evaluation, batch {step + 1}") from exc
+        return {k: float(v) for k, v in logs.items()}
+
+    def _check_loss(self, epoch: int, logs: dict[str, float] | None) -> dict[str, float]:
+        """Stop on a NaN/inf loss, naming the first bad step when the default step tracked it."""
+        bad_step = self._loss_mean.first_non_finite()
+        value = logs.get("loss") if logs is not None else None
+        if bad_step is not None or (value is not None and not np.isfinite(value)):
+            loss = float(self._loss_mean.losses[bad_step]) if bad_step is not None else value
+            lr = float(self.optimizer_.param_groups[0]["lr"])
+            raise _diagnose.non_finite_loss(epoch, bad_step, float(loss if loss is not None else "nan"), lr)
+        return logs or {}
+
+    # ---- setup ---------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        """Resolve names into objects once, at the first fit/evaluate/predict."""
+        if self._built:
+            return
+        model = self.model
+        self._is_keras = is_keras_model(model)
+        params = parameters(model)
+        if not params:
+            raise ConfigError(f"the model has no trainable parameters. Received: {type(model).__name__} "
+                              "(for a Keras model, give it an Input so that it is built)")
+        if self._is_keras:  # Keras placed its variables itself
+            self.device_ = params[0].device
+            self._forward_train: Callable[..., Any] = partial(model, training=True)
+            self._forward_eval: Callable[..., Any] = partial(model, training=False)
+        else:
+            self.device_ = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            if self.device_.type == "cuda" and not torch.cuda.is_available():
+                raise ConfigError(f"device={self.device!r} but this torch has no CUDA device. "
+                                  "Received: torch.cuda.is_available()=False; pass device='cpu' or None.")
+            model.to(self.device_)
+            params = parameters(model)
+            self._forward_train = self._forward_eval = model
+        self._forward: Callable[..., Any] = self._forward_train
+        from_logits = not (self._is_keras and outputs_probabilities(model))
+        self.optimizer_ = _catalog.build_optimizer(self.optimizer, params, self.lr)
+        self.loss_fn_ = _catalog.build_loss(self.loss, from_logits=from_logits)
+        self._loss_in_use = self.loss_fn_
+        self.metrics_ = _catalog.build_metrics(self.metrics, from_logits=from_logits)
+        self._loss_mean = LossMean()
+        self.logs_ = LiveLogs(self._loss_mean, self.metrics_)
+        self._autocast_dtype = None
+        self._scaler = None
+        if self.precision != "fp32":
+            if self.device_.type == "cuda":
+                self._autocast_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+                if self.precision == "fp16":
+                    self._scaler = torch.amp.GradScaler("cuda")
+            else:
+                warnings.warn(f"precision={self.precision!r} applies on CUDA only; training on "
+                              f"{self.device_} in fp32.", RuntimeWarning, stacklevel=3)
+        self._generator = None
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
+            self._generator = torch.Generator().manual_seed(self.seed)
+            if self._is_keras:
+                import keras
+
+                keras.utils.set_random_seed(self.seed)
+        self._built = True
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self._autocast_dtype)
+
+    def _set_training(self, training: bool) -> None:
+        self.model.train(training)
+        self._forward = self._forward_train if training else self._forward_eval
+
+    def _reset_logs(self) -> None:
+        self._loss_mean.reset()
+        for metric in self.metrics_:
+            metric.reset()
+
+    def _batches(self, x: Any, y: Any, batch_size: int, *, shuffle: bool, name: str) -> Batches:
+        dtype = parameters(self.model)[0].dtype
+        batches = make_batches(x, y, batch_size=batch_size, shuffle=shuffle, device=self.device_,
+                               dtype=dtype, generator=self._generator, name=name)
+        self._probe(batches, name)
+        return batches
+
+    def _probe(self, batches: Batches, name: str) -> None:
+        """Run two samples through the model first: a clear error for a wrong shape or bad labels."""
+        sample = batches.sample(2)
+        if sample is None or not isinstance(sample, tuple | list):
+            return
+        x = sample[0]
+        self._set_training(False)
+        try:
+            with torch.no_grad(), self._autocast():
+                y_pred = self._forward(x)
+        except (RuntimeError, ValueError) as exc:
+            raise self._explain(exc, x, f"the first batch of {name}") from exc
+        if len(sample) < 2 or sample[1] is None or not isinstance(y_pred, torch.Tensor):
+            return
+        loss = _catalog.loss_name(self.loss)
+        labels = batches.labels()
+        if labels is not None:
+            _diagnose.check_targets(labels, y_pred, loss, where=f"in {'y' if name == 'x' else name}")
+        elif isinstance(batches, LoaderBatches):
+            def check(batch: Any, step: int) -> None:
+                if isinstance(batch, tuple | list) and len(batch) > 1 and isinstance(batch[1], torch.Tensor):
+                    _diagnose.check_targets(batch[1], y_pred, loss, where=f"{name} batch {step + 1}")
+
+            batches.check = check
+
+    def _explain(self, exc: BaseException, batch: Any, where: str) -> BaseException:
+        if isinstance(exc, KaonError):
+            return exc
+        x = batch[0] if isinstance(batch, tuple | list) else batch
+        return _diagnose.forward_error(exc, self.model, x, where=where)
+
+
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1. Received: {name}={value!r}")
+
+
+def _steps(batches: Batches) -> int | None:
+    try:
+        return len(batches)
+    except TypeError:
+        return None
+
+
+def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, tuple | list) and len(batch) >= 2 and batch[1] is not None:
+        return batch[0], batch[1]
+    raise InvalidInputError(
+        "the default train_step and test_step need targets: batches of (x, y). Received: "
+        + (f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, tuple | list) else type(batch).__name__)
+        + (" with y=None" if isinstance(batch, tuple | list) and len(batch) >= 2 else "")
+        + ". Pass y=..., or override train_step for training without targets."
+    )

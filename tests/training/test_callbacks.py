@@ -1,0 +1,169 @@
+"""Callbacks on real fits: early stopping, checkpoints, LR schedule, CSV and TensorBoard files."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kaon.errors import TrainingError
+from kaon.training import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+    TensorBoard,
+    Trainer,
+)
+
+from .conftest import make_model
+
+
+class ScriptedLoss(Callback):
+    """Overwrites val_loss with scripted values, so the monitored curve is known in advance."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+
+    def on_epoch_end(self, epoch, logs):
+        logs["val_loss"] = self.values[epoch]
+
+
+class KeepWeights(Callback):
+    def __init__(self):
+        super().__init__()
+        self.by_epoch = {}
+
+    def on_epoch_end(self, epoch, logs):
+        self.by_epoch[epoch] = {k: v.detach().clone() for k, v in self.trainer.model.state_dict().items()}
+
+
+def test_early_stopping_stops_after_patience_and_restores_the_best_weights(small):
+    x_train, y_train, _, _ = small
+    keep = KeepWeights()
+    stopper = EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
+    trainer = Trainer(make_model(), track=False)
+    history = trainer.fit(x_train, y_train, epochs=20, verbose=False,
+                          callbacks=[ScriptedLoss([1.0, 0.5, 0.7, 0.8, 0.9] + [1.0] * 15), keep, stopper])
+    assert history.epoch == [0, 1, 2, 3]
+    assert stopper.stopped_epoch == 3 and stopper.best_epoch == 1
+    assert trainer.stop_training
+    restored = trainer.model.state_dict()
+    assert all(torch.equal(restored[k], keep.by_epoch[1][k]) for k in restored)
+
+
+def test_early_stopping_on_accuracy_maximizes(small):
+    x_train, y_train, x_test, y_test = small
+    stopper = EarlyStopping(monitor="val_accuracy", patience=0)
+    assert stopper.mode == "max"
+    Trainer(make_model(), track=False).fit(x_train, y_train, epochs=2, validation_data=(x_test, y_test),
+                                           callbacks=[stopper], verbose=False)
+    assert stopper.best > 0.1
+
+
+def test_model_checkpoint_keeps_the_best_weights_in_safetensors(small, tmp_path):
+    x_train, y_train, _, _ = small
+    keep = KeepWeights()
+    path = tmp_path / "ckpt" / "best.safetensors"
+    checkpoint = ModelCheckpoint(path, monitor="val_loss", save_best_only=True)
+    trainer = Trainer(make_model(), track=False)
+    trainer.fit(x_train, y_train, epochs=4, verbose=False,
+                callbacks=[ScriptedLoss([0.9, 0.4, 0.6, 0.5]), keep, checkpoint])
+    saved = load_file(path)
+    assert set(saved) == set(keep.by_epoch[1])
+    assert all(torch.equal(saved[k], keep.by_epoch[1][k]) for k in saved)
+    assert not all(torch.equal(saved[k], keep.by_epoch[3][k]) for k in saved)
+    model = make_model(seed=1)
+    model.load_state_dict(saved)  # loads into a fresh model
+    assert checkpoint.best_path == path and checkpoint.best == 0.4
+
+
+def test_model_checkpoint_every_epoch_with_a_name_pattern(small, tmp_path):
+    x_train, y_train, _, _ = small
+    pattern = str(tmp_path / "epoch{epoch:02d}-{loss:.2f}.safetensors")
+    Trainer(make_model(), track=False).fit(x_train, y_train, epochs=3, verbose=False,
+                                           callbacks=[ModelCheckpoint(pattern, monitor="loss")])
+    files = sorted(p.name for p in tmp_path.glob("epoch*.safetensors"))
+    assert [f[:7] for f in files] == ["epoch01", "epoch02", "epoch03"]
+
+
+def test_reduce_lr_on_plateau_lowers_the_rate_and_logs_it(small):
+    x_train, y_train, _, _ = small
+    trainer = Trainer(make_model(), lr=0.01, track=False)
+    reduce = ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, min_lr=0.003)
+    history = trainer.fit(x_train, y_train, epochs=6, verbose=False,
+                          callbacks=[ScriptedLoss([1.0, 1.0, 1.0, 1.0, 1.0, 1.0]), reduce])
+    assert history.history["lr"] == pytest.approx([0.01, 0.005, 0.003, 0.003, 0.003, 0.003])
+    assert trainer.optimizer_.param_groups[0]["lr"] == pytest.approx(0.003)
+
+
+def test_csv_logger_writes_one_row_per_epoch(small, tmp_path):
+    x_train, y_train, x_test, y_test = small
+    path = tmp_path / "log.csv"
+    history = Trainer(make_model(), track=False).fit(
+        x_train, y_train, epochs=3, validation_data=(x_test, y_test), callbacks=[CSVLogger(path)], verbose=False)
+    rows = list(csv.DictReader(path.open()))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    assert list(rows[0]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+    assert [float(r["val_loss"]) for r in rows] == pytest.approx(history.history["val_loss"])
+
+
+def test_csv_logger_appends_to_an_existing_log(small, tmp_path):
+    x_train, y_train, _, _ = small
+    path = tmp_path / "log.csv"
+    trainer = Trainer(make_model(), track=False)
+    trainer.fit(x_train, y_train, epochs=2, callbacks=[CSVLogger(path)], verbose=False)
+    trainer.fit(x_train, y_train, epochs=1, callbacks=[CSVLogger(path, append=True)], verbose=False)
+    assert len(list(csv.DictReader(path.open()))) == 3
+
+
+def test_tensorboard_writes_event_files_that_tensorboard_reads(small, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    x_train, y_train, x_test, y_test = small
+    history = Trainer(make_model(), track=False).fit(
+        x_train, y_train, epochs=3, validation_data=(x_test, y_test),
+        callbacks=[TensorBoard(tmp_path / "tb")], verbose=False)
+    train = EventAccumulator(str(tmp_path / "tb" / "train"))
+    train.Reload()
+    validation = EventAccumulator(str(tmp_path / "tb" / "validation"))
+    validation.Reload()
+    assert {"epoch_loss", "epoch_accuracy"} <= set(train.Tags()["scalars"])
+    losses = train.Scalars("epoch_loss")
+    assert [e.step for e in losses] == [0, 1, 2]
+    assert [e.value for e in losses] == pytest.approx(history.history["loss"])
+    assert [e.value for e in validation.Scalars("epoch_accuracy")] == pytest.approx(
+        history.history["val_accuracy"])
+
+
+def test_a_callback_that_raises_is_named_and_the_history_is_kept(small, tmp_path):
+    x_train, y_train, _, _ = small
+
+    class Broken(Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 1:
+                raise ZeroDivisionError("boom")
+
+    csv_path = tmp_path / "log.csv"
+    with pytest.raises(TrainingError) as info:
+        Trainer(make_model(), track=False).fit(
+            x_train, y_train, epochs=5, verbose=False, callbacks=[CSVLogger(csv_path), Broken()])
+    message = str(info.value)
+    assert "callback Broken raised ZeroDivisionError in on_epoch_end (epoch 2): boom" in message
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+    assert info.value.history.epoch == [0]  # type: ignore[attr-defined]
+    assert len(csv_path.read_text().splitlines()) == 3  # header + epochs 0 and 1, flushed and closed
+
+
+def test_monitoring_a_value_that_is_not_logged_lists_the_logged_ones(small):
+    x_train, y_train, _, _ = small
+    with pytest.raises(TrainingError) as info:
+        Trainer(make_model(), track=False).fit(
+            x_train, y_train, verbose=False, callbacks=[EarlyStopping(monitor="val_loss")])
+    message = str(info.value)
+    assert "EarlyStopping monitors 'val_loss', which fit does not log" in message
+    assert "Expected one of: loss, accuracy" in message and "validation_data" in message

@@ -1,0 +1,76 @@
+"""fit records a Run in the registry: params, per-epoch metrics, the curves PNG, and failures."""
+
+from __future__ import annotations
+
+import pytest
+
+from kaon.errors import TrainingError
+from kaon.training import Callback, Trainer
+from kaon.training._tracking import _registry_class
+
+from .conftest import make_model
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def registry():
+    return _registry_class()()
+
+
+def test_fit_records_a_completed_run_with_params_metrics_and_curves(small):
+    x_train, y_train, x_test, y_test = small
+    history = Trainer(make_model(), seed=5, run_name="digits-cnn").fit(
+        x_train, y_train, epochs=3, batch_size=50, validation_data=(x_test, y_test), verbose=False)
+    reg = registry()
+    run = reg.get_run(history.run_id)
+    assert run.name == "digits-cnn" and run.kind == "train" and run.status == "completed"
+    assert run.params["optimizer"] == "adam" and run.params["lr"] == 1e-3
+    assert run.params["epochs"] == 3 and run.params["batch_size"] == 50 and run.params["seed"] == 5
+    assert run.params["model_class"] == "DigitsCNN"
+    assert run.params["num_params"] == sum(p.numel() for p in make_model().parameters())
+    metrics = reg.metric_history(history.run_id)
+    assert set(metrics) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert [step for step, _ in metrics["val_loss"]] == [0, 1, 2]
+    assert [value for _, value in metrics["loss"]] == pytest.approx(history.history["loss"])
+    assert run.summary["epochs_completed"] == 3
+    assert run.summary["val_accuracy"] == pytest.approx(history.history["val_accuracy"][-1])
+    artifacts = reg.run_artifacts(history.run_id)
+    assert list(artifacts) == ["curves.png"]
+    assert reg.artifact_path(artifacts["curves.png"]).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_failed_fit_marks_the_run_failed_with_the_error_and_reraises(small):
+    x_train, y_train, _, _ = small
+
+    class Broken(Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 1:
+                raise RuntimeError("disk full")
+
+    with pytest.raises(TrainingError, match="callback Broken") as info:
+        Trainer(make_model()).fit(x_train, y_train, epochs=4, callbacks=[Broken()], verbose=False)
+    run_id = info.value.history.run_id  # type: ignore[attr-defined]
+    reg = registry()
+    run = reg.get_run(run_id)
+    assert run.status == "failed"
+    assert "callback Broken raised RuntimeError" in run.summary["error"]
+    assert [step for step, _ in reg.metric_history(run_id)["loss"]] == [0]
+    assert "curves.png" in reg.run_artifacts(run_id)
+
+
+def test_training_goes_on_when_the_registry_is_broken(small, monkeypatch):
+    x_train, y_train, _, _ = small
+
+    def broken():
+        raise OSError("database is locked")
+
+    monkeypatch.setattr("kaon.training._tracking._registry_class", broken)
+    with pytest.warns(RuntimeWarning, match="training goes on without tracking"):
+        history = Trainer(make_model()).fit(x_train, y_train, epochs=1, verbose=False)
+    assert history.run_id is None and len(history.epoch) == 1
+
+
+def test_track_false_writes_no_run(small):
+    x_train, y_train, _, _ = small
+    Trainer(make_model(), track=False).fit(x_train, y_train, verbose=False)
+    assert registry().list_runs() == []

@@ -1,0 +1,257 @@
+"""fit/evaluate/predict on real data: learning, History, inputs, custom steps, seeds, output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from kaon.errors import ConfigError
+from kaon.training import Callback, History, Trainer
+from kaon.training.metrics import TopKAccuracy
+
+from .conftest import make_model
+
+
+def test_fit_digits_cnn_reaches_95_percent_test_accuracy_in_10_epochs(digits):
+    x_train, y_train, x_test, y_test = digits
+    # lr=3e-3: 0.956..0.978 over seeds 0-5 (lr=1e-3 gives 0.950..0.967), a margin for other CPUs
+    trainer = Trainer(make_model(), lr=3e-3, seed=0, track=False)
+    trainer.fit(x_train, y_train, epochs=10, verbose=False)
+    assert trainer.evaluate(x_test, y_test)["accuracy"] >= 0.95
+
+
+def test_history_has_one_value_per_epoch_for_loss_metrics_and_validation(small):
+    x_train, y_train, x_test, y_test = small
+    history = Trainer(make_model(), seed=0, track=False).fit(
+        x_train, y_train, epochs=3, validation_data=(x_test, y_test), verbose=False)
+    assert isinstance(history, History)
+    assert list(history.history) == ["loss", "accuracy", "val_loss", "val_accuracy"]
+    assert all(len(values) == 3 for values in history.history.values())
+    assert history.epoch == [0, 1, 2]
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert history.epsilon is None and history.run_id is None
+    assert history.params["epochs"] == 3 and history.params["batch_size"] == 32
+
+
+def test_validation_values_equal_evaluate_on_the_same_data(small):
+    x_train, y_train, x_test, y_test = small
+    trainer = Trainer(make_model(), seed=0, track=False)
+    history = trainer.fit(x_train, y_train, epochs=1, validation_data=(x_test, y_test), verbose=False)
+    scores = trainer.evaluate(x_test, y_test, batch_size=32)
+    assert scores["loss"] == pytest.approx(history.history["val_loss"][-1], rel=1e-5)
+    assert scores["accuracy"] == pytest.approx(history.history["val_accuracy"][-1])
+
+
+def test_evaluate_returns_floats_and_predict_returns_one_row_per_sample(small):
+    x_train, y_train, x_test, y_test = small
+    trainer = Trainer(make_model(), metrics=["accuracy", "top_k_accuracy"], track=False)
+    trainer.fit(x_train, y_train, epochs=1, verbose=False)
+    scores = trainer.evaluate(x_test, y_test)
+    assert set(scores) == {"loss", "accuracy", "top_k_accuracy"}
+    assert all(isinstance(v, float) for v in scores.values())
+    assert scores["top_k_accuracy"] >= scores["accuracy"]
+    predictions = trainer.predict(x_test, batch_size=64)
+    assert isinstance(predictions, np.ndarray)
+    assert predictions.shape == (200, 10) and predictions.dtype == np.float32
+    assert (predictions.argmax(1) == y_test).mean() == pytest.approx(scores["accuracy"])
+
+
+def test_fit_accepts_a_dataset_and_a_dataloader(small):
+    x_train, y_train, x_test, y_test = small
+    dataset = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
+    val_loader = DataLoader(TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test)), batch_size=50)
+    trainer = Trainer(make_model(), track=False)
+    history = trainer.fit(dataset, epochs=2, batch_size=40, validation_data=val_loader, verbose=False)
+    assert len(history.history["val_accuracy"]) == 2
+    history = trainer.fit(DataLoader(dataset, batch_size=40, shuffle=True), epochs=1, verbose=False)
+    assert history.history["accuracy"][0] > 0.3  # chance is 0.1
+    assert trainer.predict(DataLoader(TensorDataset(torch.from_numpy(x_test)), batch_size=64)).shape == (200, 10)
+
+
+def test_float64_inputs_and_int32_labels_are_converted(small):
+    x_train, y_train, _, _ = small
+    history = Trainer(make_model(), track=False).fit(
+        x_train.astype(np.float64), y_train.astype(np.int32), epochs=1, verbose=False)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_overridden_train_step_is_used_and_its_logs_reach_history(small):
+    x_train, y_train, _, _ = small
+
+    class PenalizedTrainer(Trainer):
+        steps = 0
+
+        def train_step(self, batch):
+            x, y = batch
+            self.steps += 1
+            y_pred = self.model(x)
+            penalty = 1e-4 * sum(p.square().sum() for p in self.model.parameters())
+            loss = self.compute_loss(y_pred, y) + penalty
+            self.optimizer_.zero_grad()
+            loss.backward()
+            self.optimizer_.step()
+            return {"loss": float(loss.detach()), "penalty": float(penalty.detach())}
+
+    trainer = PenalizedTrainer(make_model(), track=False)
+    history = trainer.fit(x_train, y_train, epochs=2, batch_size=100, verbose=False)
+    assert trainer.steps == 8
+    assert set(history.history) == {"loss", "penalty"}
+    assert history.history["penalty"][0] > 0
+
+
+def test_same_seed_gives_bit_identical_weights_and_another_seed_does_not(small):
+    x_train, y_train, _, _ = small
+
+    def weights(seed: int) -> list[torch.Tensor]:
+        model = make_model(0)
+        Trainer(model, seed=seed, track=False).fit(x_train, y_train, epochs=2, verbose=False)
+        return [p.detach().clone() for p in model.parameters()]
+
+    first, second, other = weights(7), weights(7), weights(8)
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert not all(torch.equal(a, c) for a, c in zip(first, other, strict=True))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "rmsprop"])
+def test_each_named_optimizer_trains(small, optimizer):
+    x_train, y_train, _, _ = small
+    trainer = Trainer(make_model(), optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 1e-3, track=False)
+    history = trainer.fit(x_train, y_train, epochs=2, verbose=False)
+    assert history.history["loss"][1] < history.history["loss"][0]
+
+
+def test_optimizer_object_factory_and_metric_objects_and_functions(small):
+    x_train, y_train, _, _ = small
+    model = make_model()
+
+    def error_rate(y_pred, y):
+        return (y_pred.argmax(1) != y).float().mean()
+
+    trainer = Trainer(model, optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+                      metrics=[TopKAccuracy(k=3), error_rate], track=False)
+    history = trainer.fit(x_train, y_train, epochs=2, verbose=False)
+    assert set(history.history) == {"loss", "top_3_accuracy", "error_rate"}
+    assert isinstance(trainer.optimizer_, torch.optim.SGD)
+    own = torch.optim.Adam(model.parameters(), lr=1e-3)
+    assert Trainer(model, optimizer=own, track=False).fit(x_train, y_train, verbose=False)
+    assert own.state  # the given optimizer object did the steps
+
+
+def test_regression_with_mse_has_no_accuracy_by_default():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 4)).astype(np.float32)
+    y = x @ np.array([1.0, -2.0, 0.5, 3.0], dtype=np.float32)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    history = Trainer(model, loss="mse", metrics=["mae"], lr=0.05, track=False).fit(
+        x, y, epochs=20, verbose=False)
+    assert set(history.history) == {"loss", "mae"}
+    assert history.history["loss"][-1] < 0.05 * history.history["loss"][0]
+
+
+def test_one_hot_targets_with_categorical_crossentropy(small):
+    x_train, y_train, _, _ = small
+    one_hot = np.eye(10, dtype=np.float32)[y_train]
+    history = Trainer(make_model(), loss="categorical_crossentropy", track=False).fit(
+        x_train, one_hot, epochs=3, verbose=False)
+    assert history.history["accuracy"][-1] > 0.5
+
+
+def test_binary_crossentropy_on_one_logit():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.float32)
+    torch.manual_seed(0)
+    history = Trainer(torch.nn.Linear(2, 1), loss="binary_crossentropy", lr=0.05, track=False).fit(
+        x, y, epochs=10, verbose=False)
+    assert history.history["accuracy"][-1] > 0.9
+
+
+def test_a_callback_sees_batches_and_can_stop_training(small):
+    x_train, y_train, _, _ = small
+
+    class StopAfterFiveSteps(Callback):
+        def __init__(self):
+            super().__init__()
+            self.steps = []
+
+        def on_train_batch_end(self, step, logs):
+            self.steps.append((step, float(logs["loss"])))
+            if len(self.steps) == 5:
+                self.trainer.stop_training = True
+
+    callback = StopAfterFiveSteps()
+    history = Trainer(make_model(), track=False).fit(x_train, y_train, epochs=5, callbacks=[callback],
+                                                     verbose=False)
+    assert len(history.epoch) == 1  # stops at the end of the epoch in which it was asked
+    assert [s for s, _ in callback.steps[:3]] == [0, 1, 2]
+
+
+def test_output_is_one_line_per_epoch_when_not_a_terminal_and_nothing_when_quiet(small, capsys):
+    x_train, y_train, _, _ = small
+    trainer = Trainer(make_model(), track=False)
+    trainer.fit(x_train, y_train, epochs=2)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2") and "loss=" in lines[0]
+    trainer.fit(x_train, y_train, epochs=2, verbose=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_progress_bar_runs_on_a_terminal(small, monkeypatch):
+    x_train, y_train, _, _ = small
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    history = Trainer(make_model(), track=False).fit(x_train, y_train, epochs=1)
+    assert len(history.epoch) == 1
+
+
+def test_unknown_names_are_config_errors_that_list_the_valid_ones():
+    model = make_model()
+    with pytest.raises(ConfigError, match=r"unknown optimizer 'adma'\. Expected one of: adam, adamw.*"
+                                          r"Received: optimizer='adma'"):
+        Trainer(model, optimizer="adma")
+    with pytest.raises(ConfigError, match=r"unknown loss 'crossentropy'.*cross_entropy.*Received: loss="):
+        Trainer(model, loss="crossentropy")
+    with pytest.raises(ConfigError, match=r"unknown metric 'acuracy'.*accuracy.*Received: metric="):
+        Trainer(model, metrics=["acuracy"])
+    with pytest.raises(ConfigError, match="metrics must be a list"):
+        Trainer(model, metrics="accuracy")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="precision"):
+        Trainer(model, precision="fp8")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="lr must be"):
+        Trainer(model, lr=0)
+    with pytest.raises(ConfigError, match="torch.nn.Module"):
+        Trainer("model")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="Received: device='gpu0'"):
+        Trainer(model, device="gpu0")
+
+
+def test_bad_fit_arguments_are_config_errors(small):
+    x_train, y_train, _, _ = small
+    trainer = Trainer(make_model(), track=False)
+    with pytest.raises(ConfigError, match="epochs must be an integer >= 1. Received: epochs=0"):
+        trainer.fit(x_train, y_train, epochs=0)
+    with pytest.raises(ConfigError, match="batch_size"):
+        trainer.fit(x_train, y_train, batch_size=0)
+    with pytest.raises(ConfigError, match="add the parentheses"):
+        trainer.fit(x_train, y_train, callbacks=[Callback])  # type: ignore[list-item]
+
+
+def test_precision_bf16_on_cpu_warns_and_trains_in_fp32(small):
+    x_train, y_train, _, _ = small
+    trainer = Trainer(make_model(), precision="bf16", device="cpu", track=False)
+    with pytest.warns(RuntimeWarning, match="CUDA only"):
+        history = trainer.fit(x_train, y_train, epochs=1, verbose=False)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_fit_accepts_an_iterable_dataset(small):
+    x_train, y_train, _, _ = small
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(zip(torch.from_numpy(x_train), torch.from_numpy(y_train), strict=True))
+
+    history = Trainer(make_model(), track=False).fit(Stream(), epochs=2, batch_size=50, verbose=False)
+    assert history.history["loss"][1] < history.history["loss"][0]
