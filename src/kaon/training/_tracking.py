@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,7 +111,15 @@ def run_params(trainer: Trainer, *, epochs: int, batch_size: int, num_samples: i
         "precision": trainer.precision,
         "device": str(trainer.device_),
         "privacy": asdict(trainer.privacy) if trainer.privacy is not None else None,
+        "adversarial": _describe(trainer.adversarial),
     }
+
+
+def _describe(adversary: Any) -> dict[str, Any] | None:
+    if adversary is None:
+        return None
+    fields = asdict(adversary) if is_dataclass(adversary) and not isinstance(adversary, type) else {}
+    return {"type": type(adversary).__name__, **fields}
 
 
 def run_summary(history: History, *, stopped_early: bool, private: PrivateTraining | None,

@@ -20,7 +20,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -73,7 +73,9 @@ class Trainer:
         privacy: DifferentialPrivacy | None = None,
         run_name: str | None = None,
         track: bool = True,
+        adversarial: Adversary | None = None,
     ) -> None:
+        _check_adversary(adversarial, privacy)
         metrics = _catalog.check_arguments(model=model, optimizer=optimizer, loss=loss, metrics=metrics, lr=lr,
                                            device=device, precision=precision, seed=seed, privacy=privacy)
         self.model = model
@@ -87,6 +89,7 @@ class Trainer:
         self.privacy = privacy
         self.run_name = run_name
         self.track = track
+        self.adversarial = adversarial
         self.stop_training = False  # a callback sets it to end fit after the current epoch
         self._built = False
 
@@ -97,6 +100,10 @@ class Trainer:
         x, y = _unpack(batch)
         if x.shape[0] == 0:  # Poisson sampling (privacy) can draw an empty batch
             return self.logs_
+        if self.adversarial is not None:
+            # Clean and adversarial examples side by side: keeps clean accuracy, costs one more forward pass.
+            x_adv = self.adversarial.perturb(self.model, x, y, self.compute_loss)
+            x, y = torch.cat([x, x_adv]), torch.cat([y, y])
         with self._autocast():
             y_pred = self._forward(x)
             loss = self.compute_loss(y_pred, y)
@@ -404,3 +411,21 @@ def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         + (" with y=None" if isinstance(batch, tuple | list) and len(batch) >= 2 else "")
         + ". Pass y=..., or override train_step for training without targets."
     )
+
+
+class Adversary(Protocol):
+    """What `Trainer(adversarial=...)` needs, e.g. kaon.PGD(epsilon=0.1): adversarial inputs for a batch."""
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor: ...
+
+
+def _check_adversary(adversarial: object, privacy: object) -> None:
+    if adversarial is None:
+        return
+    if not callable(getattr(adversarial, "perturb", None)):
+        raise ConfigError("adversarial must have a perturb(model, x, y, loss_fn) method, e.g. kaon.PGD(epsilon=0.1). "
+                          f"Received: adversarial={adversarial!r}")
+    if privacy is not None:
+        raise ConfigError("adversarial training cannot be combined with privacy: Opacus would record the attack's "
+                          "forward passes. Received: adversarial and privacy both set; drop one.")
