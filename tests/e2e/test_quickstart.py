@@ -32,6 +32,8 @@ def test_quickstart_trains_registers_and_serves_digits(tmp_path):
     assert code == 0, output
     assert "test accuracy" in output and "curl" in output and "kaon.Client" in output
     assert (home / "quickstart" / "curves.png").stat().st_size > 1000
+    assert (home / "quickstart" / "explanation.png").stat().st_size > 100
+    assert "FGSM@0.1" in output and "ECE" in output
     assert (home / "kaon.db").exists()
 
 

@@ -63,13 +63,29 @@ def quickstart(
                        run_id=history.run_id if isinstance(history.run_id, int) else None,
                        description="kaon quickstart: DigitsCNN on sklearn digits")
     console.print(f"   registered {version.ref} (run {history.run_id}); curves: {curves}")
+
+    console.print("[bold]4. explain[/] one prediction with integrated gradients")
+    from kaon.explanation import explain
+
+    explanation = explain(version.ref, x_test[:1], method="integrated_gradients", heatmap=True)
+    heatmap = home / "quickstart" / "explanation.png"
+    heatmap.write_bytes(explanation.heatmaps[0])
+    (row, col), weight = _pixel(explanation.top_features(1)[0][0])
+    console.print(f"   predicted {int(explanation.targets[0])}; the pixel that mattered most is row {row}, "
+                  f"column {col} (attribution {weight:+.3f}); heatmap: {heatmap}")
+
+    console.print("[bold]5. audit[/] robustness and calibration")
+    from kaon.robustness import audit
+
+    report = audit(version.ref, (x_test, y_test), epsilons=(0.05, 0.1), pgd_steps=5)
+    console.print(f"   {report.summary()}")
     sample = np.asarray(x_test[:1]).tolist()
     elapsed = time.perf_counter() - started
     console.print(f"   done in {elapsed:.1f} s. Inspect: kaon models show digits   kaon runs show {history.run_id}")
     if not serve:
         return
 
-    console.print("[bold]4. serve[/] it (the V2 routes answer at /v2/models/digits)\n")
+    console.print("[bold]6. serve[/] it (the V2 routes answer at /v2/models/digits)\n")
     from kaon.serving import serve as run
     from kaon.serving.targets import resolve_target
 
@@ -77,6 +93,11 @@ def quickstart(
     console.print(f"   a real digit to send: curl -s -X POST http://{host}:{port}/predict "
                   f"-H 'content-type: application/json' -d '{{\"inputs\": {_round(sample)}}}'\n", soft_wrap=True)
     run(resolve_target(version.ref, name="digits"), config)
+
+
+def _pixel(feature: tuple[tuple[int, ...], float]) -> tuple[tuple[int, int], float]:
+    index, weight = feature  # index within one (1, 8, 8) image
+    return (int(index[-2]), int(index[-1])), float(weight)
 
 
 def _round(value: object) -> object:
