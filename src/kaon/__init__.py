@@ -45,6 +45,7 @@ _EXPORTS = {
     "AuditReport": "kaon.robustness",
     "PGD": "kaon.robustness",
     "FGSM": "kaon.robustness",
+    "optimize": "kaon.optimization",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

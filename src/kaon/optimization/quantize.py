@@ -1,0 +1,190 @@
+"""int8 with onnxruntime: dynamic (weights int8, activations quantized on the fly) or static (QDQ, calibrated).
+
+Quantization works per *operator group*: the quantizable operators of a graph, grouped by what
+makes int8 pay or not (`Conv (1 input channel)` vs `Conv`, dense layers by weight shape
+`MatMul [384x1536]` / `Gemm [288x64]`, `MatMul (activations)`, `Gather (embedding)`).
+`profile.py` times (and scores) each group alone; `plan.py` decides which to quantize;
+`quantize_model` quantizes exactly those nodes.
+
+    >>> groups = op_groups(prepared, "dynamic")                                                    # doctest: +SKIP
+    >>> quantize_model(prepared, Path("int8.onnx"), scheme="dynamic", groups=groups[:1])          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from kaon.errors import require
+from kaon.optimization.export import _quiet, clean_metadata, save_onnx
+
+Scheme = Literal["dynamic", "static"]
+# Operators each onnxruntime quantizer turns into int8 kernels that carry weights.
+_QUANTIZABLE: dict[str, tuple[str, ...]] = {
+    "dynamic": ("Conv", "MatMul", "Gemm", "Gather"),
+    "static": ("Conv", "MatMul", "Gemm", "Gather"),
+}
+_CALIBRATION_BATCH = 32
+
+
+@dataclass(frozen=True)
+class OpGroup:
+    """Operators of one kind that int8 treats alike, e.g. every Conv on a single input channel."""
+
+    label: str
+    op_type: str
+    nodes: tuple[str, ...]
+    num_weights: int  # elements in the groups' weight tensors (what int8 shrinks 4x)
+
+
+def prepare(source: Path, target: Path, *, optimize_graph: bool = False) -> tuple[Path, str]:
+    """Shape inference the quantizer needs; (path, note). Falls back to a plain copy.
+
+    `optimize_graph` also saves onnxruntime's basic graph optimizations into the file: static
+    quantization needs them (a BatchNormalization must be folded into its Conv before QDQ nodes
+    separate the two), while for dynamic int8 a graph saved that way ran slower on MiniLM than the
+    exported one optimized when the session loads it.
+    """
+    onnx = require("onnx", "onnx", "Quantizing an ONNX model")
+    pre = require("onnxruntime.quantization.shape_inference", "onnx", "Quantizing an ONNX model")
+    note = ""
+    source, target = source.resolve(), target.resolve()
+    try:
+        with _quiet(), _scratch_cwd():
+            pre.quant_pre_process(str(source), str(target), skip_optimization=not optimize_graph)
+    except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs (capped dims)
+        try:
+            with _quiet(), _scratch_cwd():
+                pre.quant_pre_process(str(source), str(target), skip_symbolic_shape=True,
+                                      skip_optimization=not optimize_graph)
+        except Exception as exc:  # noqa: BLE001 - then quantize the graph as exported
+            shutil.copyfile(source, target)
+            note = f"quantization pre-processing skipped ({type(exc).__name__}: {str(exc)[:200]})"
+    proto = onnx.load(str(target))
+    for i, node in enumerate(proto.graph.node):  # nodes_to_quantize selects by name: every node needs one
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+    clean_metadata(proto)
+    save_onnx(proto, target)
+    return target, note
+
+
+@contextlib.contextmanager
+def _scratch_cwd() -> Iterator[None]:
+    """Run in a temporary working folder: onnxruntime's symbolic shape inference, when it gives up,
+    dumps the whole model (weights included) as sym_shape_infer_temp.onnx + <uuid>.data into the
+    current folder."""
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="kaon-quant-") as scratch:
+        os.chdir(scratch)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
+
+
+def op_groups(path: Path, scheme: Scheme) -> list[OpGroup]:
+    """The quantizable operator groups of the model at `path`, in graph order."""
+    onnx = require("onnx", "onnx", "Quantizing an ONNX model")
+    proto = onnx.load(str(path), load_external_data=False)
+    shapes = {init.name: tuple(init.dims) for init in proto.graph.initializer}
+    groups: dict[str, tuple[str, list[str], int]] = {}
+    for node in proto.graph.node:
+        if node.op_type not in _QUANTIZABLE[scheme]:
+            continue
+        label, weights = _label(node, shapes)
+        if label is None:
+            continue
+        op_type, names, count = groups.get(label, (node.op_type, [], 0))
+        groups[label] = (op_type, [*names, node.name], count + weights)
+    return [OpGroup(label, op_type, tuple(names), count) for label, (op_type, names, count) in groups.items()]
+
+
+def _label(node: Any, shapes: dict[str, tuple[int, ...]]) -> tuple[str | None, int]:
+    inputs = list(node.input)
+    if node.op_type == "Conv":
+        weight = shapes.get(inputs[1]) if len(inputs) > 1 else None
+        if weight is None:
+            return None, 0
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        single = weight[1] * group == 1
+        return ("Conv (1 input channel)" if single else "Conv"), int(np.prod(weight))
+    if node.op_type in ("MatMul", "Gemm"):
+        weight = shapes.get(inputs[1]) if len(inputs) > 1 else None
+        if weight is None or len(weight) != 2:
+            return ("MatMul (activations)", 0) if node.op_type == "MatMul" else (None, 0)
+        transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+        k, n = (weight[1], weight[0]) if transposed else weight
+        return f"{node.op_type} [{k}x{n}]", int(np.prod(weight))  # [inputs x outputs], as nn.Linear(k, n)
+    if node.op_type == "Gather":
+        table = shapes.get(inputs[0])
+        return ("Gather (embedding)", int(np.prod(table))) if table is not None and len(table) >= 2 else (None, 0)
+    return None, 0
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over in-memory batches."""
+
+    def __init__(self, batches: Sequence[dict[str, np.ndarray]]) -> None:
+        self._batches = list(batches)
+        self._next = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._next >= len(self._batches):
+            return None
+        self._next += 1
+        return self._batches[self._next - 1]
+
+    def rewind(self) -> None:
+        self._next = 0
+
+
+def calibration_batches(inputs: dict[str, np.ndarray], num_samples: int) -> list[dict[str, np.ndarray]]:
+    n = min(num_samples, len(next(iter(inputs.values()))))
+    return [{k: np.ascontiguousarray(v[i:i + _CALIBRATION_BATCH]) for k, v in inputs.items()}
+            for i in range(0, n, _CALIBRATION_BATCH)]
+
+
+def quantize_model(source: Path, target: Path, *, scheme: Scheme, groups: Sequence[OpGroup],
+                   calibration: Sequence[dict[str, np.ndarray]] | None = None) -> Path:
+    """Quantize exactly the nodes of `groups` in `source` (a `prepare`d model) and write `target`."""
+    quantization = require("onnxruntime.quantization", "onnx", "Quantizing an ONNX model")
+    onnx = require("onnx", "onnx", "Quantizing an ONNX model")
+    nodes = [n for g in groups for n in g.nodes]
+    op_types = {g.op_type for g in groups}
+    if scheme == "dynamic" and "Gemm" in op_types:
+        # The dynamic quantizer first rewrites each Gemm as MatMul '<name>_MatMul' (+ Add), then
+        # selects nodes by name: name the MatMuls it will quantize.
+        nodes += [f"{n}_MatMul" for g in groups if g.op_type == "Gemm" for n in g.nodes]
+        op_types.add("MatMul")
+    big = source.stat().st_size > 1_500_000_000
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet():
+        if scheme == "dynamic":
+            quantization.quantize_dynamic(
+                str(source), str(target), op_types_to_quantize=sorted(op_types), nodes_to_quantize=nodes,
+                weight_type=quantization.QuantType.QInt8, per_channel=True, use_external_data_format=big,
+                extra_options={"MatMulConstBOnly": "MatMul (activations)" not in {g.label for g in groups}},
+            )
+        else:
+            if not calibration:
+                raise ValueError("static quantization needs calibration batches")
+            quantization.quantize_static(
+                str(source), str(target), _Reader(calibration), quant_format=quantization.QuantFormat.QDQ,
+                op_types_to_quantize=sorted(op_types), nodes_to_quantize=nodes, per_channel=True,
+                activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
+                use_external_data_format=big,
+                extra_options={"MatMulConstBOnly": "MatMul (activations)" not in {g.label for g in groups}},
+            )
+    proto = onnx.load(str(target))
+    clean_metadata(proto)
+    save_onnx(proto, target)
+    return target
