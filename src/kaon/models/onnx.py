@@ -45,6 +45,10 @@ class OnnxModel(Model):
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        # Spinning worker threads wait for work by burning a core; beside a server's event loop that
+        # core is the one answering requests (measured at c64 on 2 cores: mean batch 3.8 with spinning,
+        # far larger batches and ~40% less CPU per request without).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=_providers(ort))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
