@@ -57,6 +57,14 @@ class ServeConfig:
     max_queue: int = 1024
     max_body_bytes: int = 16 * 1024 * 1024
     trust_pickle: bool = False
+    require_auth: bool = False  # auth is on anyway as soon as any token exists
+    max_tensor_elements: int = 50_000_000
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    request_log: str | None = None  # JSON lines, rotated and redacted (kaon.monitoring)
+    request_log_max_per_s: int = 100
+    monitor_max_per_s: int = 200
+    drift_window: int = 200
     name: str | None = None
     log_level: str = "warning"
     extra: dict[str, str] = field(default_factory=dict)

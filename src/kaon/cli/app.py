@@ -51,13 +51,23 @@ def _register_commands() -> None:
     from kaon.cli import serve_cmd  # noqa: F401 - registers `kaon serve`
 
     for module, attr, name in (("kaon.cli.registry_cmd", "runs_app", "runs"),
-                               ("kaon.cli.registry_cmd", "models_app", "models")):
+                               ("kaon.cli.registry_cmd", "models_app", "models"),
+                               ("kaon.cli.token_cmd", "token_app", "token")):
         try:
             sub = getattr(__import__(module, fromlist=[attr]), attr)
         except (ImportError, AttributeError):
             continue
         app.add_typer(sub, name=name)
-    from kaon.cli import audit_cmd, explain_cmd, optimize_cmd, quickstart_cmd  # noqa: F401 - register commands
+    from kaon.cli import (  # noqa: F401 - each module registers its commands
+        audit_cmd,
+        build_cmd,
+        cluster_cmd,
+        explain_cmd,
+        monitor_cmd,
+        optimize_cmd,
+        quickstart_cmd,
+        token_cmd,
+    )
 
 
 def main() -> None:

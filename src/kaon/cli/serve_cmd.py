@@ -21,7 +21,15 @@ def serve(
     max_queue: int = typer.Option(None, help="Queued inputs per endpoint; over it: 503. [default: 1024]"),
     max_body_bytes: int = typer.Option(None, help="Largest request body; over it: 413. [default: 16 MiB]"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle-based model files."),
+    require_auth: bool = typer.Option(False, "--require-auth",
+                                      help="Require a token even when none exists yet (see kaon token create)."),
     log_level: str = typer.Option(None, help="debug | info | warning | error. [default: warning]"),
+    tls_cert: str = typer.Option(None, help="PEM certificate: serve HTTPS (with --tls-key)."),
+    tls_key: str = typer.Option(None, help="PEM private key for --tls-cert."),
+    request_log: str = typer.Option(None, help="Write sampled, redacted request records (JSON lines) here."),
+    request_log_max_per_s: int = typer.Option(None, help="Most requests logged per second. [default: 100]"),
+    monitor_max_per_s: int = typer.Option(None, help="Most requests fed to drift detection per second. [default: 200]"),
+    drift_window: int = typer.Option(None, help="Inputs per drift test window. [default: 200]"),
 ) -> None:
     """Serve a model or a Service over HTTP (JSON, images and the Open Inference Protocol V2)."""
     from kaon.serving import serve as run
@@ -30,7 +38,9 @@ def serve(
     config = ServeConfig.from_env(
         name=name, host=host, port=port, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
         timeout_s=timeout_s, max_queue=max_queue, max_body_bytes=max_body_bytes,
-        trust_pickle=trust_pickle or None, log_level=log_level,
+        trust_pickle=trust_pickle or None, log_level=log_level, require_auth=require_auth or None,
+        tls_cert=tls_cert, tls_key=tls_key, request_log=request_log, request_log_max_per_s=request_log_max_per_s,
+        monitor_max_per_s=monitor_max_per_s, drift_window=drift_window,
     )
     service = resolve_target(target, name=name, trust_pickle=trust_pickle)
     run(service, config)

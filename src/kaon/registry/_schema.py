@@ -27,7 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # The Alembic revision this code was written against. Opening a database at another revision
 # runs `alembic upgrade head`; at this one, alembic is not even imported (keeps startup fast).
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0003"
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 NAME_LENGTH = 128
@@ -143,3 +143,71 @@ class EventRow(Base):
     kind: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(String(2 * NAME_LENGTH + 16))
     payload: Mapped[dict[str, Any]]
+
+
+class TokenRow(Base):
+    """An API token: its public id, scopes and limits, and only a salted hash of the token itself."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_id: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    scopes: Mapped[dict[str, Any]]  # {"scopes": [...]}: a JSON object, like every other JSON column
+    secret_hash: Mapped[str] = mapped_column(String(256))
+    rate_per_s: Mapped[float | None] = mapped_column(Float)
+    burst: Mapped[int | None] = mapped_column(Integer)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer)
+    created_by: Mapped[str] = mapped_column(String(NAME_LENGTH), default="")
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+# ---- deployments (kaon.cluster): what the control plane runs, so that it survives a restart ------
+
+
+class DeploymentRow(Base):
+    """A Deployment's spec as declared, whether it should run, and the autoscaler's last decision."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True)
+    spec: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16))  # 'running' | 'stopped'
+    decision: Mapped[dict[str, Any]]  # {replicas, reason, time, ...}; {} before the first
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class ReplicaRow(Base):
+    """One replica of a deployment as last seen by its backend."""
+
+    __tablename__ = "deployment_replicas"
+    __table_args__ = (UniqueConstraint("deployment_name", "replica"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment_name: Mapped[str] = mapped_column(ForeignKey("deployments.name", ondelete="CASCADE"))
+    replica: Mapped[int] = mapped_column(Integer)
+    node: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    state: Mapped[str] = mapped_column(String(16))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    port: Mapped[int | None] = mapped_column(Integer)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime]
+    ready_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+
+
+class NodeRow(Base):
+    """A machine replicas can be placed on, with its declared capacity."""
+
+    __tablename__ = "cluster_nodes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True)
+    backend: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str | None] = mapped_column(String(255))
+    capacity: Mapped[dict[str, Any]]  # {cpus, memory_mb, gpus}
+    updated_at: Mapped[datetime]

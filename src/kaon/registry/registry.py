@@ -17,7 +17,7 @@ import math
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
@@ -58,6 +58,9 @@ from kaon.registry._validation import check_limit, check_run_id, check_text, che
 from kaon.registry.artifacts import ArtifactStore, check_filename, check_source_file
 from kaon.registry.records import ModelVersionRecord, RunRecord
 from kaon.registry.refs import LATEST, check_alias, check_name, parse_ref
+
+if TYPE_CHECKING:
+    from kaon.registry.tokens import TokenStore
 
 RunStatus = Literal["completed", "failed"]
 # How often register_version retries when another process took the same row first (PostgreSQL).
@@ -386,6 +389,15 @@ class Registry:
                  "payload": row.payload}
                 for row in rows
             ]
+
+    # ---- tokens and the audit log ------------------------------------------------------------
+
+    @property
+    def tokens(self) -> TokenStore:
+        """API tokens (`kaon token create|list|revoke`) and the audit log of admin actions."""
+        from kaon.registry.tokens import TokenStore
+
+        return TokenStore(self)
 
     # ---- transactions ------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from kaon.errors import (
     PayloadTooLargeError,
 )
 from kaon.serving.batcher import Batcher, call_unbatched
+from kaon.serving.guards import release_request
 from kaon.serving.http import Request, Response, error_response
 from kaon.serving.metrics import ServerMetrics
 from kaon.serving.service import EndpointSpec, Service, endpoint_specs, service_name
@@ -41,6 +42,7 @@ log = logging.getLogger("kaon.serving")
 Handler = Callable[[Request], Awaitable[Response]]
 Guard = Callable[[Request], Awaitable[None]]
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg")
+LARGE_BODY_BYTES = 256 * 1024
 
 
 def _timeout_error(name: str, timeout_s: float) -> EndpointTimeoutError:
@@ -74,6 +76,7 @@ class KaonApp:
         self._batcher_by_path: dict[str, Batcher] = {}
         self._executor = ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 1), thread_name_prefix="kaon")
         self._v2: V2Routes | None = None
+        self.observers: Any = None  # request log + drift/outlier monitor, fed off the hot path
         self._docs_app: Any = None
         self.routes: dict[tuple[str, str], tuple[str, Handler]] = {
             ("GET", "/healthz"): ("/healthz", self._healthz),
@@ -104,12 +107,19 @@ class KaonApp:
         models = self.service.models
         if models:
             self._v2 = V2Routes(models, self.config, self.metrics, version=getattr(self.service, "model_version", None))
+        from kaon.serving.observers import build_observers
+
+        self.observers = build_observers(self, self.config)
+        if self.observers is not None:
+            self.observers.start()
         gc.collect()
         gc.freeze()  # the model and app live for the whole process: keep them out of every GC pass
         self.ready = True
 
     async def shutdown(self) -> None:
         self.ready = False
+        if self.observers is not None:
+            self.observers.stop()
         for batcher in self.batchers.values():
             await batcher.stop()
         if self._v2 is not None:
@@ -181,15 +191,21 @@ class KaonApp:
         finally:
             if request is not None:
                 request.settle_arrival()
+                release_request(request)  # a per-token concurrency slot, when auth took one
             elif arriving is not None:
                 arriving.arrived()
             self.in_flight -= 1
+        observers = self.observers
+        if observers is not None and request is not None:
+            await observers.annotate(request, response)
         headers_out = [(b"content-type", response.content_type), (b"x-request-id", request_id.encode()),
                        (b"x-content-type-options", b"nosniff"), *response.headers]
         await send({"type": "http.response.start", "status": response.status, "headers": headers_out})
         await send({"type": "http.response.body", "body": response.body})
         elapsed_s = time.perf_counter() - started
         self.metrics.observe(label, response.status, elapsed_s)
+        if observers is not None and request is not None:
+            observers.observe(request, response, elapsed_s)
         if log.isEnabledFor(logging.INFO):  # one line per request, carrying its id (--log-level info)
             log.info("%s %s %d %.1fms request_id=%s", method, path, response.status, elapsed_s * 1000, request_id)
 
@@ -249,7 +265,10 @@ class KaonApp:
         async def handle(request: Request) -> Response:
             if not self.ready:
                 raise OverloadedError("the service is still starting; retry shortly.", retry_after_s=1)
-            kwargs = decode(request)
+            if len(request.body) > LARGE_BODY_BYTES:  # parse big bodies off the event loop: others keep moving
+                kwargs = await asyncio.get_running_loop().run_in_executor(self._executor, decode, request)
+            else:
+                kwargs = decode(request)
             batcher = self.batchers.get(spec.name)
             if batcher is not None:
                 assert spec.batch_param is not None

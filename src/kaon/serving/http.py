@@ -71,9 +71,12 @@ class Response:
         return cls(status, orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
+MAX_ERROR_FIELDS = 20  # an error body stays small however many items were wrong
+
+
 def validation_fields(exc: pydantic.ValidationError) -> list[dict[str, Any]]:
     fields = []
-    for err in exc.errors(include_url=False, include_context=False):
+    for err in exc.errors(include_url=False, include_context=False)[:MAX_ERROR_FIELDS]:
         loc = [str(p) for p in err.get("loc", ())]
         received = err.get("input")
         text = repr(received)
@@ -91,7 +94,9 @@ def error_response(exc: BaseException, request_id: str, *, v2: bool = False) -> 
     headers: list[tuple[bytes, bytes]] = []
     if isinstance(exc, pydantic.ValidationError):
         fields = validation_fields(exc)
-        summary = "; ".join(f"{f['name']}: {f['message']}" for f in fields[:5])
+        summary = "; ".join(f"{f['name']}: {f['message'][:200]}" for f in fields[:5])
+        if exc.error_count() > len(fields):
+            summary += f" (and {exc.error_count() - len(fields)} more errors)"
         err: KaonError = InvalidInputError(
             f"the request does not match the endpoint's schema: {summary}", fields=fields)
     elif isinstance(exc, KaonError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Body, FastAPI
+from fastapi.responses import PlainTextResponse
 
 from kaon.errors import KaonError
 
@@ -32,8 +33,10 @@ def docs_app(app: Any) -> FastAPI:
                  operation_id=f"{app.name}_{spec.name}",
                  summary=f"{spec.name} ({'batched, max ' + str(spec.max_batch_size) if spec.batched else 'unbatched'})",
                  )(_described(spec))
+    api.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=PlainTextResponse,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})(_noop)
     for path, summary in (("/healthz", "liveness"), ("/readyz", "readiness: models loaded"),
-                          ("/metrics", "Prometheus metrics"), ("/v2", "Open Inference Protocol: server metadata"),
+                          ("/v2", "Open Inference Protocol: server metadata"),
                           ("/v2/health/live", "V2 liveness"), ("/v2/health/ready", "V2 readiness")):
         api.get(path, summary=summary)(_noop)
     return api

@@ -15,7 +15,8 @@ from kaon.serving.service import Service
 
 
 def banner(app: KaonApp, config: ServeConfig) -> str:
-    base = f"http://{config.host}:{config.port}"
+    scheme = "https" if config.tls_cert else "http"
+    base = f"{scheme}://{config.host}:{config.port}"
     lines = [f"kaon is serving '{app.name}' at {base}", ""]
     for spec in app.specs:
         mode = (f"batched up to {spec.max_batch_size}, wait {spec.max_wait_ms:g} ms"
@@ -74,13 +75,22 @@ def serve(target: Service | type[Service] | KaonApp, config: ServeConfig | None 
     import uvicorn
 
     config = config or ServeConfig.from_env(**overrides)
-    app = target if isinstance(target, KaonApp) else KaonApp(target, config)
+    from kaon.security.tls import check_tls_files
+
+    tls = check_tls_files(config.tls_cert, config.tls_key)  # a bad pair fails before the server starts
+    if isinstance(target, KaonApp):
+        app = target
+    else:
+        from kaon.serving.guards import build_guards
+
+        app = KaonApp(target, config, guards=build_guards(config))
     logging.basicConfig(level=getattr(logging, config.log_level.upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = _GracefulServer(uvicorn.Config(
         app, host=config.host, port=config.port, log_level=config.log_level, access_log=False,
         lifespan="on", timeout_graceful_shutdown=max(5, int(config.timeout_s)), server_header=False,
         http="httptools" if _has("httptools") else "h11", loop="uvloop" if _has("uvloop") else "asyncio",
+        **tls,
     ))
     if print_banner:
         print(banner(app, config), flush=True)

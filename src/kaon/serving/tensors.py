@@ -25,15 +25,16 @@ def decode_image_bytes(data: bytes, channels: int, size: tuple[int, int] | None)
 
     try:
         with PILImage.open(io.BytesIO(data)) as opened:
+            # the header gives the size: refuse a wrong one before decoding (a tiny PNG can inflate to GBs)
+            if size is not None and (opened.height, opened.width) != size:
+                raise ValueError(
+                    f"expected an image of {size[0]}x{size[1]} pixels. Received: {opened.height}x{opened.width}. "
+                    f"Resize it before sending."
+                )
             img = opened.convert("L" if channels == 1 else "RGB")
-        if size is not None and (img.height, img.width) != size:
-            raise ValueError(
-                f"expected an image of {size[0]}x{size[1]} pixels. Received: {img.height}x{img.width}. "
-                f"Resize it before sending."
-            )
         array = np.asarray(img, dtype=np.float32) / 255.0
-    except UnidentifiedImageError as exc:
-        raise ValueError(f"the bytes are not a PNG or JPEG image ({len(data)} bytes received)") from exc
+    except (UnidentifiedImageError, OSError, PILImage.DecompressionBombError, SyntaxError) as exc:
+        raise ValueError(f"the bytes are not a readable PNG or JPEG image ({len(data)} bytes received)") from exc
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
@@ -70,13 +71,16 @@ def _array_validator(shape: tuple[int, ...], dtype: str, image: bool) -> Any:
         else:
             try:
                 array = np.asarray(value, dtype=dtype)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, OverflowError) as exc:
                 raise ValueError(
                     f"expected a nested array of numbers with shape {list(want)}. Received: a ragged or "
                     f"non-numeric value ({exc})."
                 ) from exc
         if array.dtype != np.dtype(dtype):
             array = array.astype(dtype)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ValueError(f"expected finite numbers ({dtype}). Received: NaN, infinity, or a value too large "
+                             f"for {dtype}.")
         got = tuple(array.shape)
         if matches(got):
             return array

@@ -1,0 +1,71 @@
+"""`kaon build NAME` (a Dockerfile and build context) and `kaon export k8s NAME` (Kubernetes manifests).
+
+NAME is a deployment kaon knows (kaon deploy stored it in the registry) or a deployment YAML file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+
+from kaon.cli.app import app, handles_errors
+
+if TYPE_CHECKING:
+    from kaon.cluster.deployment import Deployment
+
+console = Console()
+export_app = typer.Typer(help="Export a deployment for another platform.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@app.command()
+@handles_errors
+def build(
+    name: str = typer.Argument(..., help="A deployment name (kaon status lists them) or a deployment.yaml."),
+    output: Path = typer.Option(None, help="The build context folder. [default: build/NAME]"),
+    image: str = typer.Option(None, help="Image tag for the instructions. [default: kaon-NAME:latest]"),
+) -> None:
+    """Write a Dockerfile and its build context: pinned requirements, artifacts by hash, non-root, HEALTHCHECK."""
+    from kaon.cluster.packaging import build_context
+
+    spec = _load(name)
+    context = build_context(spec, output or Path("build") / spec.name, image=image)
+    console.print(f"wrote {context.dockerfile} ({len(context.requirements)} pinned requirements, "
+                  f"{len(context.artifacts)} artifact(s) by sha256)")
+    console.print(f"build it where a container engine runs:  docker build -t {context.image} {context.folder}")
+
+
+@export_app.command("k8s")
+@handles_errors
+def export_k8s(
+    name: str = typer.Argument(..., help="A deployment name or a deployment.yaml."),
+    image: str = typer.Option(None, help="The image kaon build made. [default: kaon-NAME:latest]"),
+    output: Path = typer.Option(None, help="Where to write the manifests. [default: build/NAME/k8s]"),
+    namespace: str = typer.Option(None, help="metadata.namespace for every object."),
+) -> None:
+    """Write Deployment, Service and HorizontalPodAutoscaler manifests, and a KServe InferenceService."""
+    from kaon.cluster.k8s import export_k8s as write
+
+    spec = _load(name)
+    folder = output or Path("build") / spec.name / "k8s"
+    written = write(spec, folder, image or f"kaon-{spec.name}:latest", namespace=namespace)
+    console.print(f"wrote {', '.join(p.name for p in written)} to {folder}; "
+                  f"apply with: kubectl apply -f {folder / 'deployment.yaml'} -f {folder / 'service.yaml'} "
+                  f"-f {folder / 'hpa.yaml'}  (or kserve.yaml on KServe)")
+
+
+def _load(name: str) -> Deployment:
+    from kaon.cluster.deployment import Deployment
+
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml", ".json") and path.exists():
+        return Deployment.from_file(path)
+    from kaon.registry import Registry
+    from kaon.registry.deployments import DeploymentStore
+
+    with Registry() as registry:
+        record = DeploymentStore(registry).get_deployment(name)
+    return Deployment.parse(record.spec, source=f"deployment '{name}'")

@@ -1,0 +1,511 @@
+"""`kaon up|deploy|status|scale|logs|stop|down`: deployments on the local backend (or Ray), from the CLI.
+
+`kaon scale simulate --trace FILE` replays a request-rate trace against the autoscaling policies.
+The cluster package is imported inside the commands, so `kaon --help` does not pay for it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from typer.core import TyperGroup
+
+from kaon.cli.app import app, handles_errors
+from kaon.errors import ConfigError
+
+if TYPE_CHECKING:
+    from kaon.cluster.client import ControlPlaneClient
+    from kaon.cluster.deployment import Deployment
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+# ---- kaon up / down ----------------------------------------------------------------------------
+
+
+@app.command()
+@handles_errors
+def up(
+    port: int = typer.Option(None, help="API port. [default: 8470, or any free port when taken]"),
+    host: str = typer.Option("127.0.0.1", help="API address (keep it on loopback)."),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background; log to KAON_HOME/cluster."),
+    cpus: float = typer.Option(None, help="CPU cores replicas may use here. [default: all]"),
+    memory_mb: int = typer.Option(None, help="Memory replicas may use here, MiB. [default: all]"),
+    log_level: str = typer.Option("info", help="debug | info | warning | error."),
+) -> None:
+    """Run the control plane: deployments, their replicas, autoscaling and the API (Ctrl-C stops it)."""
+    import logging
+
+    from kaon.cluster._paths import cluster_dir
+    from kaon.cluster.client import ControlPlaneClient, start_detached
+    from kaon.cluster.controlplane import local_node, run_control_plane
+
+    running = ControlPlaneClient._find()
+    if running is not None:
+        console.print(f"the control plane is already running at {running.url} (kaon down stops it)")
+        running.close()
+        return
+    node = local_node(cpus, memory_mb)
+    if detach:
+        extra = [*(["--cpus", str(cpus)] if cpus else []), *(["--memory-mb", str(memory_mb)] if memory_mb else [])]
+        start_detached(port=port, extra_args=extra)
+        client = ControlPlaneClient.connect(start=False) if _wait_for_plane(30.0) else None
+        if client is None:
+            raise ConfigError(f"the control plane did not start; see {cluster_dir() / 'controlplane.log'}")
+        console.print(f"control plane running at {client.url} (node: {node.cpus:g} cpus, {node.memory_mb} MiB); "
+                      f"log: {cluster_dir() / 'controlplane.log'}")
+        client.close()
+        return
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def ready(plane: Any) -> None:
+        print(f"kaon control plane at {plane.url} (node {node.name}: {node.cpus:g} cpus, {node.memory_mb} MiB). "
+              "Ctrl-C stops it and its replicas.", flush=True)
+
+    run_control_plane(host, port, node=node, ready=ready)
+
+
+def _wait_for_plane(timeout_s: float) -> bool:
+    from kaon.cluster.client import ControlPlaneClient
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        client = ControlPlaneClient._find()
+        if client is not None:
+            client.close()
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@app.command()
+@handles_errors
+def down() -> None:
+    """Stop the control plane and every replica it started (deployments are kept, as stopped)."""
+    from kaon.cluster.client import ControlPlaneClient
+
+    client = ControlPlaneClient._find()
+    if client is None:
+        console.print("no control plane is running")
+        return
+    with client:
+        stopped = client.shutdown()
+    console.print(f"stopped the control plane{' and ' + ', '.join(stopped) if stopped else ''}")
+
+
+# ---- kaon deploy ------------------------------------------------------------------------------
+
+
+@app.command()
+@handles_errors
+def deploy(
+    source: str = typer.Argument(..., help="deployment.yaml | a model (name@alias, model.onnx) | service.py:Class"),
+    name: str = typer.Option(None, help="Deployment name. [default: from the file or the target]"),
+    port: int = typer.Option(None, help="The deployment answers on 127.0.0.1:PORT. [default: first free from 8100]"),
+    min_replicas: int = typer.Option(None, min=0, help="Fewest replicas (0: scale to zero when idle)."),
+    max_replicas: int = typer.Option(None, min=1, help="Most replicas."),
+    policy: str = typer.Option(None, help="fixed | reactive | predictive."),
+    backend: str = typer.Option(None, help="local (default) | ray."),
+    address: str = typer.Option(None, help="Ray cluster HOST:PORT (backend ray)."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Return once the replicas are ready."),
+    timeout_s: float = typer.Option(180.0, help="How long --wait waits."),
+    json_out: bool = typer.Option(False, "--json", help="Print the deployment's status as JSON."),
+) -> None:
+    """Run a deployment (starting the control plane in the background when none is running)."""
+    from kaon.cluster.client import ControlPlaneClient
+
+    spec = _spec_from(source, name=name, port=port, min_replicas=min_replicas, max_replicas=max_replicas,
+                      policy=policy, backend=backend, address=address)
+    if spec.backend == "ray":
+        from kaon.cluster.backends.ray import deploy_to_ray
+
+        status = deploy_to_ray(spec, timeout_s=timeout_s)
+        _store_spec(spec)
+        if json_out:
+            _print_json(status)
+        else:
+            console.print(f"'{spec.name}' is serving on Ray at {status['url']} with {status['ready']} replica(s)")
+        return
+    with ControlPlaneClient.connect(start=True) as client:
+        status = client.deploy(spec)
+        if wait:
+            status = _wait_ready(client, spec.name, spec.initial_replicas(), timeout_s, quiet=json_out)
+    if json_out:
+        _print_json(status)
+        return
+    url = status["url"]
+    if status["desired"] == 0:
+        cold = status.get("cold_start_s")
+        console.print(f"'{spec.name}' is deployed at {url}, scaled to zero: the first request starts a replica "
+                      f"(cold start{f' ~{cold:.1f} s' if cold else ''}).")
+    else:
+        console.print(f"'{spec.name}' is serving at {url} with {status['ready']} replica(s), policy "
+                      f"{status['policy']}. kaon status {spec.name} | kaon logs {spec.name} | kaon stop {spec.name}")
+
+
+def _spec_from(source: str, **overrides: Any) -> Deployment:
+    from kaon.cluster.deployment import Deployment, absolute_target, default_name
+
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
+        spec = Deployment.from_file(path)
+    else:
+        name = overrides.get("name") or default_name(source)
+        target = absolute_target(source)  # the control plane may run in another folder
+        spec = Deployment.parse({"name": name, "target": target}, source=f"deployment of {source!r}")
+    if overrides.get("address") and not overrides.get("backend"):
+        overrides["backend"] = "ray"
+    if overrides.get("max_replicas") is None and overrides.get("min_replicas") is not None:
+        overrides["max_replicas"] = max(spec.max_replicas, overrides["min_replicas"], 1)
+    return spec.with_overrides(**overrides)
+
+
+def _store_spec(spec: Deployment) -> None:
+    """Keep a Ray deployment's spec in the registry, so that status, scale and stop find its cluster."""
+    from kaon.registry import Registry
+    from kaon.registry.deployments import DeploymentStore
+
+    with Registry() as registry:
+        DeploymentStore(registry).save_deployment(spec.name, spec.model_dump(mode="json"))
+
+
+def _ray_spec(name: str | None) -> Deployment | None:
+    """The stored spec of `name` when it runs on Ray, else None."""
+    if name is None:
+        return None
+    from kaon.cluster.deployment import Deployment
+    from kaon.errors import NotFoundError
+    from kaon.registry import Registry
+    from kaon.registry.deployments import DeploymentStore
+
+    with Registry() as registry:
+        try:
+            record = DeploymentStore(registry).get_deployment(name)
+        except NotFoundError:
+            return None
+    if record.spec.get("backend") != "ray" or record.status != "running":
+        return None
+    return Deployment.parse(record.spec, source=f"deployment '{name}'")
+
+
+def _wait_ready(client: ControlPlaneClient, name: str, want: int, timeout_s: float, *, quiet: bool = False) -> Any:
+    """Poll until `want` replicas are ready, showing each replica's progress against the expected cold start."""
+    deadline = time.monotonic() + timeout_s
+    status = client.status(name)
+    if want == 0:
+        return status
+    with Live(console=err_console, transient=True, refresh_per_second=8, auto_refresh=not quiet) as live:
+        while True:
+            status = client.status(name)
+            if status["ready"] >= want:
+                return status
+            failing = [r for r in status["replicas"] if r["restarts"] >= 2]
+            if failing and status["ready"] == 0:
+                lines = client.logs(name, tail=15)
+                raise ConfigError(
+                    f"the replicas of '{name}' keep failing to start ({failing[0]['restarts']} restarts). "
+                    "Their last log lines:\n" + "\n".join(lines[-15:])
+                    + f"\nFix it and deploy again; kaon stop {name}.")
+            if time.monotonic() > deadline:
+                raise ConfigError(f"'{name}' has {status['ready']} of {want} replicas ready after {timeout_s:g} s; "
+                                  f"see kaon status {name} and kaon logs {name}.")
+            if not quiet:
+                live.update(_progress_table(status, want))
+            time.sleep(0.2)
+
+
+def _progress_table(status: dict[str, Any], want: int) -> Table:
+    expected = status.get("cold_start_s")
+    table = Table(title=f"starting '{status['name']}': {status['ready']}/{want} ready", title_justify="left",
+                  box=None, show_header=False)
+    for replica in status["replicas"]:
+        age = replica["age_s"]
+        if replica["state"] == "starting":
+            note = f"{age:.1f} s" + (f" of ~{expected:.1f} s cold start" if expected else " (cold start)")
+        elif replica["cold_start_s"] is not None:
+            note = f"ready in {replica['cold_start_s']:.2f} s"
+        else:
+            note = ""
+        table.add_row(f"replica {replica['index']}", replica["state"], f"pid {replica['pid']}", note)
+    return table
+
+
+# ---- kaon status / logs / stop ------------------------------------------------------------------
+
+
+@app.command()
+@handles_errors
+def status(
+    name: str = typer.Argument(None, help="A deployment. [default: all]"),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Deployments: replicas (pid, state, node, in-flight), the autoscaler's last decision and why."""
+    from kaon.cluster.client import ControlPlaneClient
+
+    on_ray = _ray_spec(name)
+    if on_ray is not None and on_ray.address:
+        from kaon.cluster.backends.ray import connect, ray_status
+
+        connect(on_ray.address)
+        result = ray_status(on_ray.name)
+        if json_out:
+            _print_json(result)
+        else:
+            console.print(f"[bold]{on_ray.name}[/] on Ray at {on_ray.address}: {result['status']}, "
+                          f"replicas {result['replicas']} {escape(result['message'] or '')}")
+        return
+
+    client = ControlPlaneClient._find()
+    if client is None:
+        stored = _stored_status(name)
+        if json_out:
+            _print_json(stored)
+            return
+        console.print("[yellow]no control plane is running[/] (kaon up starts it; running deployments come back)")
+        for item in stored:
+            decision = item["decision"] or {}
+            console.print(f"  {item['name']}: {item['status']}, target {item['target']}"
+                          + (f", last decision {decision.get('replicas')} ({escape(str(decision.get('reason')))})"
+                             if decision else ""))
+        return
+    with client:
+        result = client.status(name)
+    if json_out:
+        _print_json(result)
+        return
+    for item in [result] if name else result:
+        _print_status(item)
+    if not name and not result:
+        console.print("no deployments running. kaon deploy FILE|TARGET starts one.")
+
+
+def _stored_status(name: str | None) -> list[dict[str, Any]]:
+    from kaon.registry import Registry
+    from kaon.registry.deployments import DeploymentStore
+
+    with Registry() as registry:
+        store = DeploymentStore(registry)
+        records = [store.get_deployment(name)] if name else store.list_deployments()
+        return [{"name": r.name, "status": r.status, "target": r.spec.get("target"), "decision": r.decision,
+                 "spec": r.spec} for r in records]
+
+
+def _print_status(item: dict[str, Any]) -> None:
+    console.print(f"[bold]{item['name']}[/] {item['url']}  target {escape(item['target'])}  policy {item['policy']}  "
+                  f"replicas {item['ready']} ready / {item['desired']} desired "
+                  f"(min {item['min_replicas']}, max {item['max_replicas']})"
+                  + (f"  cold start {item['cold_start_s']:.2f} s" if item.get("cold_start_s") else ""))
+    if item["replicas"]:
+        table = Table(box=None, pad_edge=False)
+        for column in ("replica", "pid", "state", "node", "port", "in flight", "served", "restarts", "cold start"):
+            table.add_column(column)
+        for r in item["replicas"]:
+            table.add_row(str(r["index"]), str(r["pid"]), r["state"], r["node"], str(r["port"]), str(r["in_flight"]),
+                          str(r.get("served", 0)), str(r["restarts"]),
+                          "" if r["cold_start_s"] is None else f"{r['cold_start_s']:.2f} s")
+        console.print(table)
+    decision = item.get("decision")
+    if decision:
+        load = decision.get("load", {})
+        console.print(f"  autoscaler: {decision['replicas']} replicas - {escape(decision['reason'])}")
+        console.print(f"  load: {load.get('in_flight')} in flight, {load.get('request_rate')} req/s"
+                      + (f", {load['latency_ms']} ms mean" if load.get("latency_ms") is not None else ""))
+
+
+@app.command()
+@handles_errors
+def logs(
+    name: str = typer.Argument(..., help="The deployment."),
+    replica: int = typer.Option(None, help="Only this replica's log."),
+    tail: int = typer.Option(100, min=1, help="Lines per replica."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines (Ctrl-C stops)."),
+) -> None:
+    """Print the replicas' logs (KAON_HOME/deployments/NAME/replica-*.log)."""
+    from kaon.cluster._paths import deployment_dir, read_logs
+
+    folder = deployment_dir(name)
+    if not folder.is_dir():
+        raise ConfigError(f"no logs for a deployment named '{name}' in {folder.parent}. kaon status lists them.")
+    for line in read_logs(folder, tail=tail, replica=replica):
+        print(line)
+    if not follow:
+        return
+    sizes = {file: file.stat().st_size for file in folder.glob("replica-*.log")}
+    while True:
+        time.sleep(0.5)
+        for file in sorted(folder.glob("replica-*.log")):
+            index = int(file.stem.split("-")[1])
+            if replica is not None and index != replica:
+                continue
+            size = file.stat().st_size
+            if size > sizes.get(file, 0):
+                with open(file, "rb") as handle:
+                    handle.seek(sizes.get(file, 0))
+                    for line in handle.read().decode("utf-8", errors="replace").splitlines():
+                        print(f"[{index}] {line}", flush=True)
+            sizes[file] = size
+
+
+@app.command()
+@handles_errors
+def stop(name: str = typer.Argument(..., help="The deployment.")) -> None:
+    """Stop a deployment's replicas and its router (its spec stays in the registry, as stopped)."""
+    from kaon.cluster.client import ControlPlaneClient
+
+    on_ray = _ray_spec(name)
+    if on_ray is not None and on_ray.address:
+        from kaon.cluster.backends.ray import delete_from_ray
+        from kaon.registry import Registry
+        from kaon.registry.deployments import DeploymentStore
+
+        delete_from_ray(name, on_ray.address)
+        with Registry() as registry:
+            DeploymentStore(registry).set_status(name, "stopped")
+        console.print(f"stopped '{name}' on Ray")
+        return
+
+    with ControlPlaneClient.connect(start=False) as client:
+        client.stop(name)
+    console.print(f"stopped '{name}'")
+
+
+# ---- kaon scale NAME N | kaon scale simulate ----------------------------------------------------
+
+
+class _ScaleGroup(TyperGroup):
+    """`kaon scale NAME N` and `kaon scale simulate ...` under one word: a first argument that is not
+    a subcommand is a deployment name."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["set", *args]
+        return super().parse_args(ctx, args)
+
+
+scale_app = typer.Typer(
+    cls=_ScaleGroup, no_args_is_help=True,
+    help="kaon scale NAME N pins a deployment's replicas; kaon scale NAME --auto hands them back to its "
+         "autoscaler; kaon scale simulate --trace FILE replays a load trace against the policies.",
+)
+app.add_typer(scale_app, name="scale")
+
+
+@scale_app.command("set", hidden=True)
+@handles_errors
+def scale_set(
+    name: str = typer.Argument(..., help="The deployment."),
+    replicas: int = typer.Argument(None, min=0, help="Replica count (0 stops them all)."),
+    auto: bool = typer.Option(False, "--auto", help="Resume autoscaling with the deployment's policy."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the replicas (shows cold-start progress)."),
+    timeout_s: float = typer.Option(180.0, help="How long --wait waits."),
+) -> None:
+    """Pin NAME to N replicas, or --auto to resume autoscaling."""
+    from kaon.cluster.client import ControlPlaneClient
+
+    if (replicas is None) == (not auto):
+        raise ConfigError(f"give a replica count or --auto. Received: replicas={replicas}, auto={auto}. "
+                          f"E.g. kaon scale {name} 3, or kaon scale {name} --auto.")
+    on_ray = _ray_spec(name)
+    if on_ray is not None:
+        from kaon.cluster.backends.ray import scale_on_ray
+
+        status = scale_on_ray(on_ray, None if auto else replicas, timeout_s=timeout_s)
+        from kaon.cluster.deployment import Deployment
+
+        _store_spec(Deployment.parse({**on_ray.model_dump(), "replicas": None if auto else replicas}))
+        console.print(f"'{name}' on Ray: {status['replicas']}")
+        return
+    with ControlPlaneClient.connect(start=False) as client:
+        result = client.scale(name, None if auto else replicas)
+        if wait and replicas:
+            result = _wait_ready(client, name, replicas, timeout_s)
+    what = "autoscaling with policy " + result["policy"] if auto else f"pinned at {replicas} replicas"
+    console.print(f"'{name}' {what}; {result['ready']} ready now")
+
+
+@scale_app.command("simulate")
+@handles_errors
+def simulate_cmd(
+    trace: Path = typer.Option(None, help="CSV (t_s,rate) or JSON {step_s, rates}. [default: a bursty demo trace]"),
+    policy: str = typer.Option("predictive", help="fixed | reactive | predictive | compare (both)."),
+    deployment: Path = typer.Option(None, help="Take the autoscaling settings from this deployment file."),
+    min_replicas: int = typer.Option(1, min=0),
+    max_replicas: int = typer.Option(8, min=1),
+    replicas: int = typer.Option(None, min=0, help="The count for policy fixed."),
+    target_in_flight: float = typer.Option(2.0, help="Requests in flight per replica the reactive rule aims at."),
+    upscale_delay_s: float = typer.Option(0.0),
+    downscale_delay_s: float = typer.Option(15.0),
+    idle_timeout_s: float = typer.Option(300.0, help="Scale to zero after (with --min-replicas 0)."),
+    cold_start_s: float = typer.Option(2.0, help="Measured replica cold start (kaon status shows it)."),
+    capacity_rps: float = typer.Option(30.0, help="Requests/s one replica serves."),
+    slo_ms: float = typer.Option(250.0, help="A request slower than this violates the SLO."),
+    num_warm_replicas: int = typer.Option(0, min=0),
+    cost_per_replica_hour: float = typer.Option(None, help="USD. [default: 0.5 vCPU + 0.5 GiB at Fargate-like prices]"),
+    step_s: float = typer.Option(None, help="Seconds per row, for a trace without a t_s column."),
+    season_s: float = typer.Option(None, help="The load's period. [default: detected]"),
+    seed: int = typer.Option(0),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Replay a request-rate trace against a model of the deployment; report SLO misses, replica-seconds, cost."""
+    from kaon.cluster.deployment import Deployment
+    from kaon.cluster.policy import ScalingConfig
+    from kaon.cluster.simulate import DeploymentModel, Trace, bursty_trace, simulate
+
+    if policy not in ("fixed", "reactive", "predictive", "compare"):
+        raise ConfigError(f"--policy must be fixed, reactive, predictive or compare. Received: {policy!r}")
+
+    source = Trace.load(trace, step_s=step_s) if trace is not None else bursty_trace(1800.0, step_s=step_s or 1.0)
+    policies = ["reactive", "predictive"] if policy == "compare" else [policy]
+    season: float | None = season_s
+    if deployment is not None:
+        spec = Deployment.from_file(deployment)
+        base = spec.scaling_config()
+        season = season_s or spec.autoscaling.season_s
+    else:
+        base = ScalingConfig(min_replicas=min_replicas, max_replicas=max_replicas, replicas=replicas,
+                             target_in_flight=target_in_flight, upscale_delay_s=upscale_delay_s,
+                             downscale_delay_s=downscale_delay_s, idle_timeout_s=idle_timeout_s,
+                             capacity_rps=capacity_rps)
+    model_args: dict[str, Any] = {"cold_start_s": cold_start_s, "capacity_rps": capacity_rps, "slo_ms": slo_ms,
+                                  "num_warm_replicas": num_warm_replicas}
+    if cost_per_replica_hour is not None:
+        model_args["cost_per_replica_hour"] = cost_per_replica_hour
+    model = DeploymentModel(**model_args)
+    results = [simulate(source, replace(base, policy=name, step_s=source.step_s),  # type: ignore[arg-type]
+                        model, seed=seed, season_s=season) for name in policies]
+    summaries = [r.summary() for r in results]
+    if json_out:
+        _print_json(summaries if len(summaries) > 1 else summaries[0])
+        return
+    table = Table(title=f"{len(source.rates)} steps of {source.step_s:g} s, {results[0].requests} requests; "
+                        f"cold start {cold_start_s:g} s, {capacity_rps:g} req/s per replica, SLO {slo_ms:g} ms",
+                  title_justify="left")
+    for column in ("policy", "SLO-violating", "rate", "replica-seconds", "cost (USD)", "p50 ms", "p99 ms", "max"):
+        table.add_column(column, justify="right")
+    for s in summaries:
+        table.add_row(str(s["policy"]), str(s["slo_violations"]), f"{float(s['violation_rate']):.2%}",
+                      f"{s['replica_seconds']}", f"{s['cost']}", f"{s['p50_ms']}", f"{s['p99_ms']}",
+                      str(s["max_replicas"]))
+    console.print(table)
+    if len(results) == 2 and results[0].slo_violations:
+        cut = 1 - results[1].slo_violations / results[0].slo_violations
+        more = results[1].replica_seconds / max(results[0].replica_seconds, 1e-9) - 1
+        console.print(f"predictive vs reactive: {cut:.0%} fewer SLO-violating requests, "
+                      f"{more:+.1%} replica-seconds")
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+

@@ -1,0 +1,513 @@
+"""The control plane: runs deployments on a backend, keeps their state in the registry, answers an API.
+
+`kaon up` runs it (foreground, or `--detach`); `kaon deploy` starts one in the background when none
+is running. It writes KAON_HOME/cluster/controlplane.json (mode 0600: its URL, pid and a random
+bearer token) so that the CLI, the SDK and the dashboard find it and only this user can drive it.
+
+The API (JSON over HTTP on 127.0.0.1, `Authorization: Bearer <token>`):
+
+    GET  /v1/health                          {"ok": true, "pid": ...}
+    GET  /v1/deployments                     [status, ...]
+    POST /v1/deployments                     a Deployment spec -> its status (created, updated or rolled out)
+    GET  /v1/deployments/{name}              status: replicas (pid, state, node, in flight), decision, load
+    POST /v1/deployments/{name}/scale        {"replicas": N} pins the count; {"replicas": null} resumes autoscaling
+    POST /v1/deployments/{name}/stop         stops its replicas and its router (the spec stays, status 'stopped')
+    GET  /v1/deployments/{name}/logs?tail=N  the replicas' log lines
+    GET  /v1/nodes                           declared capacity and what is placed on each node
+    POST /v1/shutdown                        stop every deployment and exit (`kaon down`)
+
+Deployments whose status is 'running' are started again when a control plane starts, so a crash
+(or a reboot) loses nothing that was declared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import hmac
+import json
+import logging
+import os
+import secrets
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from kaon.cluster._http import HttpError, HttpMessage, MessageReader, error_body, json_response, render_response
+from kaon.cluster._paths import (
+    DEFAULT_PORT,
+    FIRST_DEPLOYMENT_PORT,
+    cluster_dir,
+    deployment_dir,
+    discovery_file,
+    read_logs,
+)
+from kaon.cluster.autoscaler import Decision
+from kaon.cluster.backends.local import LocalDeployment
+from kaon.cluster.deployment import Deployment
+from kaon.cluster.placement import Demand, InsufficientResourcesError, Node, max_fitting, place
+from kaon.errors import ConfigError, InvalidInputError, KaonError, NotFoundError, UnauthorizedError
+
+log = logging.getLogger("kaon.cluster.controlplane")
+
+_DECISION_EVERY_S = 10.0  # how often an unchanged decision is written to the registry anyway
+
+
+def local_node(cpus: float | None = None, memory_mb: int | None = None, gpus: int = 0) -> Node:
+    """This machine's capacity: declared, else $KAON_NODE_CPUS / $KAON_NODE_MEMORY_MB, else what it has."""
+    env_cpus = os.environ.get("KAON_NODE_CPUS")
+    env_memory = os.environ.get("KAON_NODE_MEMORY_MB")
+    try:
+        cpus = cpus if cpus is not None else float(env_cpus) if env_cpus else float(os.cpu_count() or 1)
+        if memory_mb is None:
+            memory_mb = int(env_memory) if env_memory else \
+                os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except ValueError as exc:
+        raise ConfigError(f"KAON_NODE_CPUS must be a number and KAON_NODE_MEMORY_MB an integer. "
+                          f"Received: {env_cpus!r}, {env_memory!r}") from exc
+    if cpus <= 0 or memory_mb <= 0:
+        raise ConfigError(f"a node needs cpus > 0 and memory_mb > 0. Received: cpus={cpus}, memory_mb={memory_mb}")
+    return Node("local", cpus=cpus, memory_mb=int(memory_mb), gpus=gpus)
+
+
+class ControlPlane:
+    """Deployments on the local backend, their state in the registry, and the HTTP API."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = DEFAULT_PORT, *, node: Node | None = None,
+                 token: str | None = None) -> None:
+        self.host = host
+        # None: DEFAULT_PORT when free, else any free port (the discovery file tells clients which)
+        self._port_flexible = port is None
+        self.port = DEFAULT_PORT if port is None else port
+        self.node = node or local_node()
+        self.token = token or secrets.token_urlsafe(24)
+        self.deployments: dict[str, LocalDeployment] = {}
+        self._server: asyncio.Server | None = None
+        self._stopped = asyncio.Event()
+        self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="kaon-registry")
+        self._store: Any = None
+        self._persist_pending: set[str] = set()
+        self._decision_written: dict[str, tuple[int, float]] = {}
+        self._lock = asyncio.Lock()
+        self._mark_stopped_on_exit = False  # SIGTERM/Ctrl-C: deployments stay 'running' and come back
+        self._lock_file: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from kaon.registry import Registry
+        from kaon.registry.deployments import DeploymentStore
+
+        self._hold_lock()
+        self._store = DeploymentStore(Registry())
+        await self._db(self._store.save_node, self.node.name,
+                       {"cpus": self.node.cpus, "memory_mb": self.node.memory_mb, "gpus": self.node.gpus})
+        try:
+            try:
+                self._server = await asyncio.start_server(self._serve_client, self.host, self.port)
+            except OSError:
+                if not self._port_flexible:
+                    raise
+                self._server = await asyncio.start_server(self._serve_client, self.host, 0)
+        except OSError as exc:
+            raise ConfigError(f"the control plane cannot listen on {self.host}:{self.port}: {exc.strerror}. "
+                              "Is another `kaon up` running? (kaon status) Or pick --port.") from exc
+        self.port = self._server.sockets[0].getsockname()[1]
+        file = discovery_file()
+        tmp = file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"url": self.url, "pid": os.getpid(), "token": self.token, "started_at": time.time()}, handle)
+        os.replace(tmp, file)
+        for record in await self._db(self._store.list_deployments, "running"):
+            try:
+                await self.deploy(Deployment.parse(record.spec, source=f"deployment '{record.name}'"), restore=True)
+            except KaonError as exc:
+                log.error("could not restore deployment '%s': %s", record.name, exc.message)
+        log.info("control plane at %s", self.url)
+
+    def _hold_lock(self) -> None:
+        """One control plane per KAON_HOME: two would both start the declared deployments."""
+        import fcntl
+
+        self._lock_file = open(cluster_dir() / "controlplane.lock", "w")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise ConfigError(f"another control plane is already running for KAON_HOME={cluster_dir().parent}. "
+                              "Use it (kaon status), or stop it first (kaon down).") from None
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stopped.set)
+        await self._stopped.wait()
+        await self.close(mark_stopped=self._mark_stopped_on_exit)
+
+    def request_shutdown(self, *, mark_stopped: bool) -> None:
+        """Stop soon; `mark_stopped` records every deployment as stopped (kaon down), so that the next
+        control plane does not start them again."""
+        self._mark_stopped_on_exit = mark_stopped
+        self._stopped.set()
+
+    async def close(self, *, mark_stopped: bool = False) -> None:
+        """Stop every deployment (marking them stopped in the registry when asked) and the API."""
+        if self._server is not None:
+            self._server.close()
+        names = list(self.deployments)
+        await asyncio.gather(*(self.deployments[name].stop() for name in names), return_exceptions=True)
+        for name in names:
+            if mark_stopped:
+                await self._db(self._store.set_status, name, "stopped")
+            await self._db(self._store.put_replicas, name, [])
+        self.deployments.clear()
+        with contextlib.suppress(FileNotFoundError):
+            file = discovery_file()
+            if json.loads(file.read_text()).get("pid") == os.getpid():
+                file.unlink()
+        if self._store is not None:
+            self._store._registry.close()
+        self._io.shutdown(wait=True)
+        if self._lock_file is not None:
+            self._lock_file.close()
+
+    # ---- operations (the API calls these; so can Python code in the same process) ------------
+
+    async def deploy(self, spec: Deployment, *, restore: bool = False) -> dict[str, Any]:
+        if spec.backend != "local":
+            raise ConfigError(f"this control plane runs the local backend; deployment '{spec.name}' asks for "
+                              f"backend '{spec.backend}'. Use kaon deploy --backend ray --address HOST:PORT, "
+                              "which drives Ray Serve directly.")
+        async with self._lock:
+            running = self.deployments.get(spec.name)
+            self._check_fits(spec)
+            resolved = await self._db(self._resolve, spec.target)
+            if running is not None:
+                await running.update(spec, resolved)
+                await self._db(self._store.save_deployment, spec.name, running.spec.model_dump(mode="json"))
+                return running.status()
+            if spec.port is None:
+                spec = spec.with_overrides(port=self._free_deployment_port())
+            name = spec.name
+            deployment = LocalDeployment(
+                spec, log_dir=deployment_dir(name), node=self.node.name, resolved_target=resolved,
+                on_change=functools.partial(self._persist_soon, name),
+                on_decision=functools.partial(self._decided, name),
+                fits=functools.partial(self._room, name),
+            )
+            await deployment.start()
+            self.deployments[spec.name] = deployment
+            if not restore:
+                await self._db(self._store.save_deployment, spec.name, deployment.spec.model_dump(mode="json"))
+            return deployment.status()
+
+    async def scale(self, name: str, replicas: int | None) -> dict[str, Any]:
+        deployment = self._require(name)
+        if replicas is not None:
+            if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+                raise InvalidInputError(
+                    f"replicas must be an integer >= 0, or null to autoscale. Received: {replicas!r}")
+            room, why = self._room(name, replicas)
+            if room < replicas:
+                raise InsufficientResourcesError(f"cannot scale '{name}' to {replicas}: {why}")
+        deployment.scale(replicas)
+        await self._db(self._store.save_deployment, name, deployment.spec.model_dump(mode="json"))
+        return deployment.status()
+
+    async def stop(self, name: str) -> dict[str, Any]:
+        deployment = self._require(name)
+        await deployment.stop()
+        del self.deployments[name]
+        await self._db(self._store.set_status, name, "stopped")
+        await self._db(self._store.put_replicas, name, [])
+        return {"name": name, "status": "stopped"}
+
+    def status(self, name: str | None = None) -> Any:
+        if name is not None:
+            return self._require(name).status()
+        return [deployment.status() for deployment in self.deployments.values()]
+
+    def logs(self, name: str, tail: int = 200, replica: int | None = None) -> dict[str, Any]:
+        folder = deployment_dir(name)
+        if name not in self.deployments and not folder.is_dir():
+            self._require(name)
+        return {"name": name, "lines": read_logs(folder, tail=tail, replica=replica)}
+
+    def nodes(self) -> list[dict[str, Any]]:
+        placed = {name: len(d.placed()) for name, d in self.deployments.items()}
+        used_cpus = sum(d.spec.resources.cpus * placed[name] for name, d in self.deployments.items())
+        used_memory = sum(d.spec.resources.memory_mb * placed[name] for name, d in self.deployments.items())
+        return [{"name": self.node.name, "backend": "local", "capacity": {"cpus": self.node.cpus,
+                 "memory_mb": self.node.memory_mb, "gpus": self.node.gpus},
+                 "used": {"cpus": round(used_cpus, 3), "memory_mb": used_memory}, "replicas": placed}]
+
+    def _resolve(self, target: str) -> str | None:
+        """'name@alias' -> 'name@N' (the version it points to now); None for a file or a Service."""
+        if ":" in target and target.split(":", 1)[0].endswith(".py"):
+            return None
+        path = Path(target)
+        if path.exists():
+            return None
+        if "/" in target or path.suffix in (".onnx", ".pt2", ".keras", ".pt", ".h5"):
+            raise ConfigError(f"model file not found. Received: target={target!r}. Give an existing file, "
+                              "a registered model (name@alias) or path/to/service.py:ClassName.")
+        return str(self._store._registry.get_version(target).ref)
+
+    # ---- placement ---------------------------------------------------------------------------
+
+    def _demand(self, spec: Deployment, count: int) -> Demand:
+        return Demand(spec.name, count, spec.resources.cpus, spec.resources.memory_mb, spec.resources.gpus,
+                      spec.max_replicas_per_node)
+
+    def _others(self, name: str) -> list[Demand]:
+        return [self._demand(d.spec, max(d.supervisor.target, len(d.placed())))
+                for other, d in self.deployments.items() if other != name]
+
+    def _check_fits(self, spec: Deployment) -> None:
+        """Refuse a deployment whose starting replicas cannot be placed beside the others."""
+        place([*self._others(spec.name), self._demand(spec, spec.initial_replicas())], [self.node])
+
+    def _room(self, name: str, count: int) -> tuple[int, str]:
+        """How many replicas of `name` fit (at most `count`), and why not more."""
+        spec = self._require(name).spec
+        room = max_fitting(self._demand(spec, count), [self.node], self._others(name))
+        if room >= count:
+            return count, ""
+        try:
+            place([*self._others(name), self._demand(spec, count)], [self.node])
+        except InsufficientResourcesError as exc:
+            return room, exc.message
+        return room, "placement"
+
+    # ---- persistence -------------------------------------------------------------------------
+
+    async def _db(self, func: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._io, func, *args)
+
+    def _persist_soon(self, name: str) -> None:
+        if name in self._persist_pending:
+            return
+        self._persist_pending.add(name)
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().call_later(0.3, lambda: asyncio.ensure_future(self._persist(name)))
+
+    async def _persist(self, name: str) -> None:
+        self._persist_pending.discard(name)
+        deployment = self.deployments.get(name)
+        if deployment is None:
+            return
+        rows = [{"replica": r.index, "node": r.node, "state": r.state, "pid": r.pid, "port": r.port,
+                 "restarts": r.restarts, "started_at": r.started_wall, "ready_at": r.ready_wall}
+                for r in deployment.supervisor.replicas]
+        # Two processes of one index can live at once during a restart or rollout: keep the newest.
+        unique = {row["replica"]: row for row in rows}
+        try:
+            await self._db(self._store.put_replicas, name, list(unique.values()))
+        except KaonError as exc:
+            log.warning("could not record replicas of '%s': %s", name, exc.message)
+
+    def _decided(self, name: str, decision: Decision) -> None:
+        last = self._decision_written.get(name)
+        if last is not None and last[0] == decision.replicas and decision.time - last[1] < _DECISION_EVERY_S:
+            return
+        self._decision_written[name] = (decision.replicas, decision.time)
+        future = asyncio.ensure_future(self._db(self._store.record_decision, name, decision.to_dict()))
+        future.add_done_callback(_log_failure)
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    def _require(self, name: str) -> LocalDeployment:
+        deployment = self.deployments.get(name)
+        if deployment is None:
+            known = ", ".join(sorted(self.deployments)) or "none running"
+            raise NotFoundError(f"no running deployment named '{name}'. Running: {known}. "
+                                "Start it with kaon deploy FILE|TARGET --name NAME.")
+        return deployment
+
+    def _free_deployment_port(self) -> int:
+        import socket
+
+        taken = {d.router.port for d in self.deployments.values()}
+        for port in range(FIRST_DEPLOYMENT_PORT, FIRST_DEPLOYMENT_PORT + 1000):
+            if port in taken:
+                continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind((self.host, port))
+                except OSError:
+                    continue
+                return port
+        raise ConfigError(f"no free port in {FIRST_DEPLOYMENT_PORT}-{FIRST_DEPLOYMENT_PORT + 999}; pass --port.")
+
+    # ---- the HTTP API ------------------------------------------------------------------------
+
+    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        messages = MessageReader(reader, max_body_bytes=4 * 1024 * 1024)
+        try:
+            while True:
+                try:
+                    request = await messages.next()
+                except HttpError as exc:
+                    writer.write(json_response(400, {"error": {"code": "malformed_request", "message": str(exc),
+                                                                "fields": [], "request_id": None}}, keep_alive=False))
+                    break
+                if request is None:
+                    break
+                writer.write(await self._answer(request))
+                await writer.drain()
+                if not request.keep_alive:
+                    break
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, request: HttpMessage) -> bytes:
+        try:
+            self._authorize(request)
+            handler, args = self._route(request)
+            result = await handler(request, *args)
+            return json_response(200, result, keep_alive=request.keep_alive)
+        except KaonError as exc:
+            return render_response(exc.status_code, [(b"content-type", b"application/json")], error_body(exc),
+                                   keep_alive=request.keep_alive)
+        except Exception as exc:  # a bug: the API stays up and says so, the log has the trace
+            log.exception("control plane API: %s %s", request.method, request.path)
+            error = KaonError(f"the control plane failed on {request.method} {request.path}: {type(exc).__name__}. "
+                              "See its log (KAON_HOME/cluster/controlplane.log).")
+            return render_response(500, [(b"content-type", b"application/json")], error_body(error),
+                                   keep_alive=request.keep_alive)
+
+    def _authorize(self, request: HttpMessage) -> None:
+        given = (request.header(b"authorization") or b"").decode("latin-1")
+        expected = f"Bearer {self.token}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise UnauthorizedError("the control plane needs `Authorization: Bearer <token>`; the token is in "
+                                    "KAON_HOME/cluster/controlplane.json (readable by the user who ran kaon up).")
+
+    def _route(self, request: HttpMessage) -> tuple[Callable[..., Awaitable[Any]], tuple[str, ...]]:
+        parts = [unquote(p) for p in request.path.strip("/").split("/")]
+        method = request.method
+        collection: dict[tuple[str, str], Callable[..., Awaitable[Any]]] = {
+            ("GET", "health"): self._api_health, ("GET", "deployments"): self._api_list,
+            ("POST", "deployments"): self._api_deploy, ("GET", "nodes"): self._api_nodes,
+            ("POST", "shutdown"): self._api_shutdown,
+        }
+        actions: dict[tuple[str, str], Callable[..., Awaitable[Any]]] = {
+            ("POST", "scale"): self._api_scale, ("POST", "stop"): self._api_stop, ("GET", "logs"): self._api_logs,
+        }
+        if len(parts) == 2 and parts[0] == "v1" and (method, parts[1]) in collection:
+            return collection[method, parts[1]], ()
+        if len(parts) == 3 and parts[:2] == ["v1", "deployments"] and method == "GET":
+            return self._api_get, (parts[2],)
+        if len(parts) == 4 and parts[:2] == ["v1", "deployments"] and (method, parts[3]) in actions:
+            return actions[method, parts[3]], (parts[2],)
+        raise NotFoundError(f"no API route {method} {request.path}. See kaon.cluster.controlplane for the routes.")
+
+    async def _api_health(self, request: HttpMessage) -> Any:
+        return {"ok": True, "pid": os.getpid(), "url": self.url, "deployments": sorted(self.deployments)}
+
+    async def _api_list(self, request: HttpMessage) -> Any:
+        return self.status()
+
+    async def _api_get(self, request: HttpMessage, name: str) -> Any:
+        return self.status(name)
+
+    async def _api_deploy(self, request: HttpMessage) -> Any:
+        return await self.deploy(Deployment.parse(_json_body(request), source="the deployment sent"))
+
+    async def _api_scale(self, request: HttpMessage, name: str) -> Any:
+        body = _json_body(request)
+        if "replicas" not in body:
+            raise InvalidInputError(f"send {{\"replicas\": N}} or {{\"replicas\": null}}. Received: {body!r:.200}")
+        return await self.scale(name, body["replicas"])
+
+    async def _api_stop(self, request: HttpMessage, name: str) -> Any:
+        return await self.stop(name)
+
+    async def _api_logs(self, request: HttpMessage, name: str) -> Any:
+        query = parse_qs(request.query)
+        try:
+            tail = int(query.get("tail", ["200"])[0])
+            replica = int(query["replica"][0]) if "replica" in query else None
+        except ValueError as exc:
+            raise InvalidInputError(f"tail and replica must be integers. Received: {request.query!r}") from exc
+        return self.logs(name, tail=tail, replica=replica)
+
+    async def _api_nodes(self, request: HttpMessage) -> Any:
+        return self.nodes()
+
+    async def _api_shutdown(self, request: HttpMessage) -> Any:
+        body = _json_body(request) if request.body else {}
+        mark = bool(body.get("mark_stopped", True))
+        asyncio.get_running_loop().call_later(0.05, functools.partial(self.request_shutdown, mark_stopped=mark))
+        return {"ok": True, "stopping": sorted(self.deployments)}
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("the registry write failed: %s", future.exception())
+
+
+def _json_body(request: HttpMessage) -> dict[str, Any]:
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError as exc:
+        raise InvalidInputError(f"the body must be JSON. Received: {request.body[:200]!r}") from exc
+    if not isinstance(body, dict):
+        raise InvalidInputError(f"the body must be a JSON object. Received: {body!r:.200}")
+    return body
+
+
+def run_control_plane(host: str = "127.0.0.1", port: int | None = None, *, node: Node | None = None,
+                      ready: Callable[[ControlPlane], None] | None = None) -> None:
+    """Run a control plane in the foreground until SIGINT/SIGTERM or POST /v1/shutdown."""
+
+    async def main() -> None:
+        plane = ControlPlane(host, port, node=node)
+        await plane.start()
+        if ready is not None:
+            ready(plane)
+        await plane.serve_forever()
+
+    try:
+        import uvloop  # a dependency of kaon on Linux and macOS
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m kaon.cluster.controlplane`: what `kaon up --detach` and `kaon deploy` start in the background."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m kaon.cluster.controlplane", description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--cpus", type=float, default=None)
+    parser.add_argument("--memory-mb", type=int, default=None)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run_control_plane(args.host, args.port, node=local_node(args.cpus, args.memory_mb))
+    except KaonError as exc:
+        log.error("%s", exc.message)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,409 @@
+"""Guards: what a request must pass before it is routed. Each is `async guard(request) -> None` that
+raises a KaonError (401, 403, 413, 429, 503); KaonApp runs them in order for every request.
+
+| guard | what | answers |
+| --- | --- | --- |
+| `AuthGuard` | Bearer token, the route's scope, token-bucket rate, requests in flight | 401, 403, 429 |
+| `TensorLimitGuard` | numbers in a JSON body, pixels of an image body, elements of V2 tensors | 413 |
+
+Auth is on when any token exists in the registry, or with `require_auth=True` (`--require-auth`);
+`/healthz`, `/readyz` and `/v2/health/*` never need a token. A token is verified once with scrypt
+(in a thread, never on the event loop) and then found in an in-memory cache. The token table is
+re-read from the registry every `cache_ttl_s` (5 s) in the background, so a revoked or new token
+takes effect within about 5 seconds (the TTL, `token_cache_ttl_s`). Rate and concurrency limits
+are per token and per replica.
+
+    app = KaonApp(service, config, guards=build_guards(config))
+
+A guard that admits a request with a concurrency slot must see it released:
+`release_request(request)` once the response is ready (KaonApp does it in `_http`'s finally).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from kaon.errors import (
+    ForbiddenError,
+    PayloadTooLargeError,
+    RateLimitedError,
+    RegistryError,
+    UnauthorizedError,
+)
+from kaon.security import (
+    AUTHENTICATED,
+    Bucket,
+    RateLimit,
+    bearer_token,
+    has_scope,
+    required_scope,
+    take,
+    token_id_of,
+    verify_secret,
+)
+
+log = logging.getLogger("kaon.serving")
+
+Guard = Callable[[Any], Awaitable[None]]
+DEFAULT_CACHE_TTL_S = 5.0
+DEFAULT_MAX_TENSOR_ELEMENTS = 4_000_000  # 16 MB of float32: what --max-body-bytes lets through in binary
+DEFAULT_MAX_CONCURRENT_PER_TOKEN = 256
+# Token verifications that fail, per second, before further unknown secrets are refused without
+# hashing: scrypt costs ~30 ms of CPU, and a flood of wrong secrets must not become a way to burn it.
+MAX_FAILED_VERIFICATIONS_PER_S = 10.0
+_SLOT = "_kaon_slot"
+_PRINCIPAL = "principal"
+_PUBLIC = "public"
+_MAX_CACHED = 10_000
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request is from: the token's public id, name and scopes (never its secret)."""
+
+    token_id: str
+    name: str
+    scopes: frozenset[str]
+
+
+@dataclass
+class _Entry:
+    principal: Principal
+    secret_hash: str = field(repr=False)
+    expires_at_s: float | None  # wall clock (time.time)
+    rate: RateLimit | None
+    max_concurrent: int
+
+
+@dataclass
+class _Table:
+    by_id: dict[str, _Entry]
+    auth_on: bool
+    loaded_at_s: float
+
+
+@dataclass
+class _Verified:
+    token_id: str
+    secret_hash: str = field(repr=False)
+    checked_at_s: float
+
+
+class _Slot:
+    __slots__ = ("counts", "token_id")
+
+    def __init__(self, counts: dict[str, int], token_id: str) -> None:
+        self.counts, self.token_id = counts, token_id
+
+    def release(self) -> None:
+        self.counts[self.token_id] -= 1
+
+
+def release_request(request: Any) -> None:
+    """Give back the concurrency slot an AuthGuard took for `request` (safe to call more than once)."""
+    slot = request.__dict__.pop(_SLOT, None)
+    if slot is not None:
+        slot.release()
+
+
+def principal_of(request: Any) -> Principal | None:
+    """The token a request was admitted with, or None (auth off, or a public route)."""
+    return request.__dict__.get(_PRINCIPAL)
+
+
+def unauthorized(message: str) -> UnauthorizedError:
+    return UnauthorizedError(
+        f"{message} Send the header 'Authorization: Bearer <token>'; create a token with: "
+        f"kaon token create --name NAME --scopes predict"
+    )
+
+
+class AuthGuard:
+    """Bearer tokens from the registry: 401 without a valid one, 403 without the scope, 429 over its limits."""
+
+    def __init__(self, load_tokens: Callable[[], list[Any]], *, require_auth: bool = False,
+                 cache_ttl_s: float = DEFAULT_CACHE_TTL_S,
+                 max_concurrent_per_token: int = DEFAULT_MAX_CONCURRENT_PER_TOKEN,
+                 max_stale_s: float = 60.0, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.load_tokens = load_tokens
+        self.require_auth = require_auth
+        self.cache_ttl_s = cache_ttl_s
+        self.max_concurrent_per_token = max_concurrent_per_token
+        self.max_stale_s = max_stale_s
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self._table: _Table | None = None
+        self._first_load: asyncio.Future[None] | None = None
+        self._refresher: asyncio.Future[None] | None = None
+        self._scopes: dict[tuple[str, str], str] = {}
+        self._verified: dict[str, _Verified] = {}
+        self._rejected: dict[str, float] = {}  # token -> when it failed verification
+        self._pending: dict[str, asyncio.Future[bool]] = {}
+        self._buckets: dict[str, Bucket] = {}
+        self._failures = Bucket(MAX_FAILED_VERIFICATIONS_PER_S, 0.0)
+        self._failure_limit = RateLimit(MAX_FAILED_VERIFICATIONS_PER_S, int(MAX_FAILED_VERIFICATIONS_PER_S))
+        self._in_flight: dict[str, int] = {}
+
+    # the token table -----------------------------------------------------------------------------
+
+    def _build_table(self, now_s: float) -> _Table:
+        records = self.load_tokens()
+        by_id = {}
+        for record in records:
+            rate = (RateLimit.per_second(record.rate_per_s, record.burst)
+                    if record.rate_per_s is not None else None)
+            by_id[record.token_id] = _Entry(
+                Principal(record.token_id, record.name, frozenset(record.scopes)), record.secret_hash,
+                record.expires_at.timestamp() if record.expires_at is not None else None, rate,
+                record.max_concurrent or self.max_concurrent_per_token)
+        return _Table(by_id, self.require_auth or bool(by_id), now_s)
+
+    async def _ensure_table(self, now_s: float) -> _Table:
+        """The token table; the first call loads it (and starts the refresher), later ones never wait."""
+        table = self._table
+        if table is None:
+            if self._first_load is None:
+                self._first_load = asyncio.ensure_future(self._load())
+            first = self._first_load
+            try:
+                await asyncio.shield(first)
+            finally:
+                if first.done() and first.exception() is not None:
+                    self._first_load = None  # the next request tries again
+            if self._refresher is None:
+                self._refresher = asyncio.ensure_future(self._refresh_forever())
+            table = self._table
+            assert table is not None
+        elif now_s - table.loaded_at_s > self.max_stale_s:
+            raise RegistryError(
+                f"the server could not re-read its API tokens from the registry for "
+                f"{now_s - table.loaded_at_s:.0f} s; it refuses requests until it can (the server log has the "
+                f"reason). Check KAON_HOME / KAON_DATABASE_URL."
+            )
+        return table
+
+    async def _load(self) -> None:
+        started_s = self.clock()
+        try:
+            table = await asyncio.get_running_loop().run_in_executor(None, self._build_table, started_s)
+        except Exception as exc:
+            raise RegistryError(
+                f"the server cannot read its API tokens from the registry ({exc}); it refuses requests until "
+                f"it can. Check KAON_HOME / KAON_DATABASE_URL."
+            ) from exc
+        self._table = table
+        if len(self._rejected) > _MAX_CACHED:
+            self._rejected.clear()
+
+    async def _refresh_forever(self) -> None:
+        """Re-read the tokens every cache_ttl_s: a revoked token is refused within about that long."""
+        failures = 0
+        while True:
+            await asyncio.sleep(self.cache_ttl_s)
+            try:
+                await self._load()
+                failures = 0
+            except RegistryError as exc:
+                failures += 1
+                if failures == 1 or failures % 60 == 0:
+                    log.error("could not re-read the API tokens (%d tries): %s", failures, exc.message)
+
+    # the check -----------------------------------------------------------------------------------
+
+    async def __call__(self, request: Any) -> None:
+        key = (request.method, request.path)
+        scope = self._scopes.get(key)
+        if scope is None:
+            scope = required_scope(request.method, request.path) or _PUBLIC
+            if len(self._scopes) < _MAX_CACHED:
+                self._scopes[key] = scope
+        if scope == _PUBLIC:
+            return
+        now_s = self.clock()
+        table = self._table
+        if table is None or now_s - table.loaded_at_s > self.max_stale_s:
+            table = await self._ensure_table(now_s)
+        if not table.auth_on:
+            return
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
+            raise unauthorized(f"{request.method} {request.path} needs an API token; none was sent.")
+        verified = self._verified.get(token)
+        if verified is None:  # verified once per token; the table (re-read every TTL) says if it still holds
+            verified = await self._verify(token, table, now_s)
+        entry = table.by_id.get(verified.token_id)
+        if entry is None or entry.secret_hash != verified.secret_hash:
+            self._verified.pop(token, None)
+            raise unauthorized(f"the API token (id {verified.token_id}) has been revoked or has expired.")
+        if entry.expires_at_s is not None and self.wall_clock() >= entry.expires_at_s:
+            raise unauthorized(f"the API token '{entry.principal.name}' expired.")
+        principal = entry.principal
+        if scope != AUTHENTICATED and not has_scope(principal.scopes, scope):
+            raise ForbiddenError(
+                f"token '{principal.name}' has scopes {', '.join(sorted(principal.scopes))}; "
+                f"{request.method} {request.path} needs the '{scope}' scope. Received: token id "
+                f"{principal.token_id}. Create a token with it: kaon token create --name NAME --scopes {scope}"
+            )
+        if entry.rate is not None:
+            decision = take(self._buckets.get(principal.token_id), entry.rate, now_s)
+            self._buckets[principal.token_id] = decision.bucket
+            if not decision.allowed:
+                raise RateLimitedError(
+                    f"token '{principal.name}' is over its rate limit of {entry.rate.rate_per_s:g} requests/s "
+                    f"(burst {entry.rate.burst}). Retry after {decision.retry_after_s:.2f} s.",
+                    retry_after_s=max(1.0, math.ceil(decision.retry_after_s)))
+        in_flight = self._in_flight.get(principal.token_id, 0)
+        if in_flight >= entry.max_concurrent:
+            raise RateLimitedError(
+                f"token '{principal.name}' already has {in_flight} requests in flight, its limit "
+                f"(max_concurrent={entry.max_concurrent}). Wait for answers before sending more.",
+                retry_after_s=1.0)
+        self._in_flight[principal.token_id] = in_flight + 1
+        request.__dict__[_SLOT] = _Slot(self._in_flight, principal.token_id)
+        request.__dict__[_PRINCIPAL] = principal
+
+    async def _verify(self, token: str, table: _Table, now_s: float) -> _Verified:
+        token_id = token_id_of(token)
+        entry = table.by_id.get(token_id) if token_id is not None else None
+        if entry is None:
+            raise unauthorized("the API token is not valid: unknown, malformed, revoked or expired.")
+        rejected_at = self._rejected.get(token)
+        if rejected_at is not None and now_s - rejected_at <= self.cache_ttl_s:
+            raise unauthorized(f"the API token (id {token_id}) is not valid.")
+        pending = self._pending.get(token)
+        if pending is None:  # concurrent first requests with one token share one scrypt
+            decision = take(self._failures, self._failure_limit, now_s, cost=0.0)
+            if decision.bucket.tokens < 1.0:
+                raise unauthorized("too many invalid API tokens were sent; the server refuses to check more "
+                                   "for a moment.")
+            loop = asyncio.get_running_loop()
+            pending = loop.run_in_executor(None, verify_secret, token, entry.secret_hash)
+            self._pending[token] = pending
+            try:
+                ok = await pending
+            finally:
+                self._pending.pop(token, None)
+        else:
+            ok = await pending
+        if not ok:
+            self._failures = take(self._failures, self._failure_limit, now_s).bucket
+            if len(self._rejected) < _MAX_CACHED:
+                self._rejected[token] = now_s
+            raise unauthorized(f"the API token (id {token_id}) is not valid.")
+        verified = _Verified(entry.principal.token_id, entry.secret_hash, now_s)
+        if len(self._verified) >= _MAX_CACHED:
+            self._verified.clear()
+        self._verified[token] = verified
+        return verified
+
+
+class TensorLimitGuard:
+    """413 for a request that would become more than `max_elements` numbers once decoded.
+
+    JSON bodies: each number needs a separator, so `commas + 1` bounds the count from above at
+    C speed. Image bodies: the header's width x height x channels (read without decoding pixels).
+    V2 binary bodies: the shapes in the JSON header.
+    """
+
+    def __init__(self, max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS) -> None:
+        self.max_elements = max_elements
+
+    async def __call__(self, request: Any) -> None:
+        body = request.body
+        if request.method != "POST" or len(body) < 64:
+            return
+        if request.content_type in IMAGE_TYPES:  # a few kB of PNG can hold a gigapixel: read its header
+            count = _image_elements(body)
+        elif "inference-header-content-length" in request.headers:  # V2 binary: at least a byte per number
+            if len(body) <= self.max_elements:
+                return
+            count = _v2_elements(body, request.headers["inference-header-content-length"])
+        else:  # JSON: a number and its separator take at least two bytes
+            if len(body) // 2 <= self.max_elements:
+                return
+            count = body.count(b",") + 1
+        if count > self.max_elements:
+            raise PayloadTooLargeError(
+                f"the request holds about {count:,} numbers; the limit is {self.max_elements:,} "
+                f"(--max-tensor-elements). Send fewer or smaller inputs per request."
+            )
+
+
+def _image_elements(body: bytes) -> int:
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(body)) as image:  # reads the header only
+            width, height = image.size
+            return width * height * max(1, len(image.getbands()))
+    except Image.DecompressionBombError:  # PIL's own limit (over 179 M pixels): far over any sane limit too
+        return 2**62
+    except Exception:  # noqa: BLE001 - not an image: the endpoint says so with a 4xx
+        return 0
+
+
+def _v2_elements(body: bytes, raw_length: str) -> int:
+    if not raw_length.isdigit() or int(raw_length) > len(body):
+        return 0
+    try:
+        header = orjson.loads(body[: int(raw_length)])
+        total = 0
+        for tensor in header.get("inputs", []):
+            count = 1
+            for dim in tensor.get("shape", []):
+                count *= int(dim)
+            total += count
+        return total
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 0  # the V2 decoder answers 400 with the reason
+
+
+def registry_tokens(url: str | None = None) -> Callable[[], list[Any]]:
+    """A loader of the active tokens of the registry at `url` (default: KAON_HOME), opened on first use."""
+    opened: list[Any] = []
+
+    def load() -> list[Any]:
+        if not opened:
+            from kaon.registry import Registry
+
+            opened.append(Registry(url))
+        return list(opened[0].tokens.active())
+
+    return load
+
+
+def build_guards(config: Any = None, *, load_tokens: Callable[[], list[Any]] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> list[Guard]:
+    """The guards for a server: auth (always: it turns itself on when tokens exist), then tensor limits.
+
+    Reads from `config` (a ServeConfig) when present: `require_auth`, `max_tensor_elements`,
+    `max_concurrent_per_token`, `token_cache_ttl_s`.
+    """
+    guards: list[Guard] = [AuthGuard(
+        load_tokens or registry_tokens(),
+        require_auth=bool(getattr(config, "require_auth", False)),
+        cache_ttl_s=float(getattr(config, "token_cache_ttl_s", DEFAULT_CACHE_TTL_S)),
+        max_concurrent_per_token=int(getattr(config, "max_concurrent_per_token",
+                                             DEFAULT_MAX_CONCURRENT_PER_TOKEN)),
+        clock=clock,
+    )]
+    max_elements = int(getattr(config, "max_tensor_elements", DEFAULT_MAX_TENSOR_ELEMENTS) or 0)
+    if max_elements > 0:
+        guards.append(TensorLimitGuard(max_elements))
+    return guards
+
+
+__all__ = ["AuthGuard", "Guard", "Principal", "TensorLimitGuard", "build_guards", "principal_of",
+           "registry_tokens", "release_request"]

@@ -1,0 +1,264 @@
+"""The router, in process, in front of real loopback HTTP servers that play replicas: balancing,
+retries, cold-start waiting, load accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from kaon.cluster._http import HttpMessage, MessageReader, render_response
+from kaon.cluster.router import Router
+from tests.cluster.helpers import run_async
+
+
+class Upstream:
+    """A tiny HTTP server: /slow?ms=N sleeps, /die drops the connection unanswered, anything else echoes."""
+
+    def __init__(self, name: str, *, drops_die: bool = True) -> None:
+        self.name = name
+        self.drops_die = drops_die
+        self.seen: list[str] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> Upstream:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        messages = MessageReader(reader)
+        try:
+            while (request := await messages.next()) is not None:
+                self.seen.append(request.path)
+                if request.path == "/die" and self.drops_die:
+                    writer.transport.abort()
+                    return
+                if request.path == "/slow":
+                    await asyncio.sleep(int(request.query.split("=")[1]) / 1000)
+                body = json.dumps({"replica": self.name, "method": request.method, "body": request.body.decode(),
+                                   "request_id": (request.header(b"x-request-id") or b"").decode()}).encode()
+                writer.write(render_response(200, [(b"content-type", b"application/json")], body,
+                                             keep_alive=request.keep_alive))
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+
+async def started_router(**options) -> Router:
+    router = Router("test", port=0, **options)
+    await router.start()
+    return router
+
+
+@run_async
+async def test_least_outstanding_sends_new_requests_away_from_the_busy_replica():
+    a, b = await Upstream("a").start(), await Upstream("b").start()
+    router = await started_router()
+    router.add_replica("a", a.port)
+    router.add_replica("b", b.port)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.port}") as client:
+        slow = asyncio.create_task(client.get("/slow?ms=600"))
+        await asyncio.sleep(0.2)
+        busy = router.replica_stats()
+        assert sorted(s["in_flight"] for s in busy.values()) == [0, 1]
+        quick = [await client.get("/fast") for _ in range(6)]
+        slow_on = (await slow).headers["x-kaon-replica"]
+    idle = {"a", "b"} - {slow_on}
+    assert {r.headers["x-kaon-replica"] for r in quick} == idle  # every quick one went to the idle replica
+    await router.close()
+    await a.close()
+    await b.close()
+
+
+@run_async
+async def test_ties_spread_requests_over_replicas():
+    ups = [await Upstream(n).start() for n in "abc"]
+    router = await started_router()
+    for up in ups:
+        router.add_replica(up.name, up.port)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.port}") as client:
+        await asyncio.gather(*(client.get("/x") for _ in range(60)))
+    counts = [len(up.seen) for up in ups]
+    assert sum(counts) == 60 and min(counts) >= 8, counts
+    await router.close()
+
+
+@run_async
+async def test_a_request_whose_replica_dies_is_retried_on_another():
+    dying, healthy = await Upstream("dying").start(), await Upstream("healthy").start()
+    router = await started_router()
+    router.add_replica("dying", dying.port)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.port}") as client:
+        router.add_replica("healthy", healthy.port)
+        # /die on the healthy one would die too: point the dying replica at a closed port instead
+        await dying.close()
+        responses = [await client.post("/predict", json={"i": i}) for i in range(10)]
+    assert all(r.status_code == 200 for r in responses)
+    assert {r.json()["replica"] for r in responses} == {"healthy"}
+    assert router.replica_stats()["dying"]["failures"] >= 1
+    await router.close()
+
+
+@run_async
+async def test_connection_dropped_mid_request_is_retried_once_per_replica_then_503():
+    a, b = await Upstream("a").start(), await Upstream("b").start()
+    router = await started_router(retries=2, restart_wait_s=0.2)
+    router.add_replica("a", a.port)
+    router.add_replica("b", b.port)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.port}") as client:
+        response = await client.post("/die", json={})
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "overloaded" and "every replica of 'test' failed" in error["message"]
+    assert response.headers["retry-after"] == "1"
+    assert a.seen == ["/die"] and b.seen == ["/die"]  # tried on each replica once, never twice on one
+    await router.close()
+
+
+@run_async
+async def test_post_is_not_retried_when_retry_post_is_off():
+    a, b = await Upstream("a").start(), await Upstream("b").start()
+    router = await started_router(retry_post=False, restart_wait_s=0.2)
+    router.add_replica("a", a.port)
+    router.add_replica("b", b.port)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.port}") as client:
+        response = await client.post("/die", json={})
+        get = await client.get("/die")
+    assert response.status_code == 503 and "cannot be retried" in response.json()["error"]["message"]
+    assert get.status_code == 503 and "every replica" in get.json()["error"]["message"]
+    await router.close()
+
+
+@run_async
+async def test_slow_replica_is_a_504_not_a_retry():
+    a, b = await Upstream("a").start(), await Upstream("b").start()
+    router = await started_router(request_timeout_s=0.2)
+    router.add_replica("a", a.port)
+    router.add_replica("b", b.port)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.port}") as client:
+        response = await client.get("/slow?ms=1000")
+    assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
+    assert len(a.seen) + len(b.seen) == 1
+    await router.close()
+
+
+@run_async
+async def test_with_no_replica_a_request_waits_for_one_and_signals_demand():
+    up = await Upstream("late").start()
+    demands = []
+    router = await started_router(on_demand=lambda: demands.append(1))
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.port}", timeout=10) as client:
+        pending = asyncio.create_task(client.post("/predict", json={"x": 1}))
+        await asyncio.sleep(0.3)
+        assert router.waiting == 1 and demands == [1]
+        router.add_replica("late", up.port)
+        response = await pending
+    assert response.status_code == 200 and response.json()["body"] == '{"x":1}'
+    assert int(response.headers["x-kaon-cold-start-ms"]) >= 250
+    assert router.waiting == 0
+    await router.close()
+
+
+@run_async
+async def test_cold_start_timeout_is_a_503_that_names_the_fix():
+    router = await started_router(cold_start_timeout_s=0.2)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.port}") as client:
+        response = await client.get("/x")
+    assert response.status_code == 503
+    assert "no replica of 'test' became ready within 0.2 s" in response.json()["error"]["message"]
+    assert response.headers["retry-after"] == "5"
+    await router.close()
+
+
+@run_async
+async def test_unroutable_replica_gets_nothing_and_request_ids_pass_through():
+    a, b = await Upstream("a").start(), await Upstream("b").start()
+    router = await started_router()
+    router.add_replica("a", a.port)
+    router.add_replica("b", b.port, routable=False)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.port}") as client:
+        responses = [await client.get("/x", headers={"x-request-id": f"id-{i}"}) for i in range(5)]
+    assert b.seen == [] and len(a.seen) == 5
+    assert [r.json()["request_id"] for r in responses] == [f"id-{i}" for i in range(5)]
+    await router.close()
+
+
+@run_async
+async def test_take_load_reports_arrivals_latency_and_average_in_flight():
+    up = await Upstream("a").start()
+    now = [0.0]
+    router = await started_router(clock=lambda: now[0])
+    router.add_replica("a", up.port)
+    router.take_load()
+    # two requests held 1 s each (clock advanced by hand), over a 2 s window: 1 in flight on average
+    request = HttpMessage(method="GET", url="/x", headers=[], body=b"")
+
+    async def timed() -> None:
+        router._change_in_flight(+1)
+        now[0] += 1.0
+        router._change_in_flight(-1)
+
+    await timed()
+    await timed()
+    await router.handle(request)
+    load = router.take_load()
+    assert load.window_s == pytest.approx(2.0)
+    assert load.in_flight == pytest.approx(1.0)
+    assert load.arrivals == 1 and load.completed == 1 and load.failed == 0
+    assert router.take_load().arrivals == 0
+    await router.close()
+
+
+@run_async
+async def test_head_and_keep_alive_connections_are_reused():
+    up = await Upstream("a").start()
+    router = await started_router()
+    router.add_replica("a", up.port)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.port}") as client:
+        head = await client.head("/x")
+        again = [await client.get("/y") for _ in range(3)]
+    assert head.status_code == 200 and head.content == b""
+    assert all(r.status_code == 200 for r in again)
+    assert len(router._replicas["a"].pool) == 1  # one upstream connection served them all
+    await router.close()
+
+
+@run_async
+async def test_garbage_is_a_400():
+    router = await started_router()
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+    writer.write(b"NOT HTTP\r\n\r\n")
+    data = await reader.read(1000)
+    assert data.startswith(b"HTTP/1.1 400")
+    writer.close()
+    await router.close()
+
+
+@run_async
+async def test_a_request_whose_only_replica_died_waits_for_its_restart():
+    dying = await Upstream("dying").start()
+    router = await started_router()
+    router.add_replica("0.0", dying.port)
+    restarted = await Upstream("restarted", drops_die=False).start()
+
+    async def restart_later() -> None:
+        await asyncio.sleep(0.4)
+        router.remove_replica("0.0")  # the supervisor saw it die...
+        router.add_replica("0.1", restarted.port)  # ...and its successor is ready
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.port}", timeout=10) as client:
+        restart = asyncio.create_task(restart_later())
+        response = await client.post("/die", json={})  # kills the connection on the only replica
+        await restart
+    assert response.status_code == 200 and response.json()["replica"] == "restarted"
+    await router.close()
