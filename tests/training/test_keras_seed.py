@@ -5,16 +5,15 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import keras  # noqa: E402 - tests/conftest.py sets KERAS_BACKEND=torch before this import
 import pytest
 
-keras = pytest.importorskip("keras")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "keras_seed.py"
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inside keras: np.array(tensor)
 def test_keras_seed_example_trains_and_evaluates_on_the_torch_backend():
-    if keras.backend.backend() != "torch":
-        pytest.skip("keras was imported with another backend before KERAS_BACKEND=torch was set")
+    assert keras.backend.backend() == "torch", "keras was imported before KERAS_BACKEND=torch was set"
     spec = importlib.util.spec_from_file_location("keras_seed", EXAMPLE)
     assert spec is not None and spec.loader is not None
     example = importlib.util.module_from_spec(spec)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras  # noqa: E402 - tests/conftest.py sets KERAS_BACKEND=torch before this import
 import numpy as np
 import pytest
 from safetensors.torch import load_file
@@ -9,8 +10,7 @@ from safetensors.torch import load_file
 from kaon.errors import ConfigError
 from kaon.training import DifferentialPrivacy, EarlyStopping, ModelCheckpoint, Trainer
 
-keras = pytest.importorskip("keras")
-pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="needs KERAS_BACKEND=torch")
+assert keras.backend.backend() == "torch", "keras was imported before KERAS_BACKEND=torch was set"
 
 
 def seed_model():
