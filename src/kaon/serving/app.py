@@ -242,6 +242,7 @@ class KaonApp:
         image_param = spec.batch_param if spec.item_type is not None and is_image_type(spec.item_type) else None
         timeout_s = self.config.timeout_s
         in_flight = [0]  # unbatched calls running now; bounded by max_queue like a batcher's queue
+        max_items = self.config.max_queue
 
         def decode(request: Request) -> dict[str, Any]:
             if request.content_type in IMAGE_TYPES:
@@ -254,6 +255,16 @@ class KaonApp:
             if not request.body:
                 raise InvalidInputError(f"the request body is empty. Expected a JSON object with fields "
                                         f"{list(spec.params)}.")
+            if spec.batch_param is not None and len(request.body) > LARGE_BODY_BYTES:
+                # count the inputs before validating each: millions of bad items would take seconds
+                data = request.json()
+                items = data.get(spec.batch_param) if isinstance(data, dict) else None
+                if isinstance(items, list) and len(items) > max_items:
+                    raise PayloadTooLargeError(
+                        f"the request has {len(items)} inputs in '{spec.batch_param}'; at most {max_items} are "
+                        f"accepted per request (--max-queue). Split it into smaller requests.")
+                model = adapter.validate_python(data)
+                return {name: getattr(model, name) for name in spec.params}
             try:
                 model = adapter.validate_json(request.body)
             except pydantic.ValidationError as exc:
