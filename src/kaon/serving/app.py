@@ -66,6 +66,9 @@ class KaonApp:
         self.name = service_name(type(self.service))
         self.specs = endpoint_specs(type(self.service), self.config.max_batch_size, self.config.max_wait_ms)
         self.guards = guards or []
+        from kaon.security.headers import security_headers
+
+        self._security_headers = security_headers(tls=bool(self.config.tls_cert))
         self.metrics = ServerMetrics()
         self.ready = False
         self.in_flight = 0  # a plain int read by the gauge: a locked Gauge.inc per request costs more
@@ -199,7 +202,7 @@ class KaonApp:
         if observers is not None and request is not None:
             await observers.annotate(request, response)
         headers_out = [(b"content-type", response.content_type), (b"x-request-id", request_id.encode()),
-                       (b"x-content-type-options", b"nosniff"), *response.headers]
+                       *self._security_headers, *response.headers]
         await send({"type": "http.response.start", "status": response.status, "headers": headers_out})
         await send({"type": "http.response.body", "body": response.body})
         elapsed_s = time.perf_counter() - started

@@ -18,6 +18,7 @@ from kaon.errors import (
     MalformedRequestError,
     OverloadedError,
     RateLimitedError,
+    UnauthorizedError,
 )
 
 log = logging.getLogger("kaon.serving")
@@ -101,6 +102,8 @@ def error_response(exc: BaseException, request_id: str, *, v2: bool = False) -> 
             f"the request does not match the endpoint's schema: {summary}", fields=fields)
     elif isinstance(exc, KaonError):
         err = exc
+        if isinstance(exc, UnauthorizedError):
+            headers.append((b"www-authenticate", b'Bearer realm="kaon"'))
         if isinstance(exc, (OverloadedError, RateLimitedError)):
             headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
     else:
