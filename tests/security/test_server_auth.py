@@ -159,8 +159,10 @@ def test_no_token_reaches_any_log(served) -> None:
         assert client.post("/predict", json={**BODY, "api_key": served["tokens"]["admin"],
                                              "email": "ada@example.com"}, headers=headers).status_code == 422
         assert client.post("/predict", json=BODY, headers=headers).status_code == 200
-    time.sleep(0.5)  # the observer thread writes the log
-    records = served["log"].read_text().splitlines()
+    deadline = time.monotonic() + 15  # the observer thread writes the log; give a loaded machine time
+    while time.monotonic() < deadline and len(_lines(served["log"])) < 2:
+        time.sleep(0.1)
+    records = _lines(served["log"])
     assert records, "the request log is empty"
     served["server"].stop()  # its output (debug level) is complete once it has exited
     output = served["server"].output()
@@ -172,3 +174,7 @@ def test_no_token_reaches_any_log(served) -> None:
         assert "Bearer kaon_" not in text and '"authorization"' not in text.lower()
     assert "ada@example.com" not in texts["request log"] and "[EMAIL]" in texts["request log"]
     assert '"token":"ci"' in texts["request log"]  # who sent it, by name
+
+
+def _lines(path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
