@@ -22,7 +22,7 @@ def test_create_prints_the_token_once_and_stores_only_its_hash(tmp_path: Path) -
     (entry,) = json.loads(listed.stdout)
     assert entry["name"] == "ci" and entry["scopes"] == ["explain", "predict"] and entry["rate_per_s"] == 50.0
     assert entry["status"] == "active" and entry["expires_at"] is not None
-    assert token not in listed.stdout and token.rsplit("_", 1)[1] not in listed.stdout
+    assert token not in listed.stdout and token.split("_", 2)[2] not in listed.stdout
     with Registry(f"sqlite:///{tmp_path / 'kaon.db'}") as registry:
         (record,) = registry.tokens.active()
     assert verify_secret(token, record.secret_hash)
