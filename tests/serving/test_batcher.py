@@ -161,3 +161,44 @@ def test_fast_handlers_move_onto_the_event_loop_and_slow_ones_stay_on_the_worker
     fast = run(0.0)
     assert fast[0].startswith("kaon-") and fast[-1] == threading.main_thread().name
     assert all(name.startswith("kaon-") for name in run(0.002))
+
+
+def test_a_fast_handler_timed_slow_in_the_thread_is_probed_back_onto_the_event_loop(monkeypatch):
+    """Under load a worker thread's timing counts its waits for the GIL: a periodic inline probe corrects it."""
+    import threading
+    import time
+
+    from kaon.serving import batcher as batcher_module
+
+    # limits far from the sleeps below, so a loaded machine's longer sleeps cannot cross them
+    monkeypatch.setattr(batcher_module, "PROBE_EVERY", 5)
+    monkeypatch.setattr(batcher_module, "INLINE_MAX_S", 0.01)
+    monkeypatch.setattr(batcher_module, "PROBE_MAX_S", 1.0)
+
+    def run(thread_delay_s: float, loop_delay_s: float, batches: int) -> list[bool]:
+        on_loop: list[bool] = []
+
+        def handler(items):
+            inline = threading.current_thread() is threading.main_thread()
+            on_loop.append(inline)
+            time.sleep(loop_delay_s if inline else thread_delay_s)
+            return items
+
+        async def scenario():
+            batcher = Batcher(handler, max_batch_size=4, max_wait_ms=1, max_queue=10)
+            for i in range(batches):
+                await batcher.submit([i])
+            await batcher.stop()
+
+        _run(scenario())
+        return on_loop
+
+    # looks like 30 ms in the thread (over the inline limit), is instant on the loop: probed after 5, stays
+    looked_slow = run(0.03, 0.0, 12)
+    assert looked_slow[:6] == [False] * 5 + [True] and all(looked_slow[6:])
+    # really 30 ms everywhere: the probe runs once every 5 threaded batches and hands it back each time
+    really_slow = run(0.03, 0.03, 13)
+    assert [i for i, inline in enumerate(really_slow) if inline] == [5, 11]
+    # over PROBE_MAX_S: never blocks the loop, not even for a probe
+    monkeypatch.setattr(batcher_module, "PROBE_MAX_S", 0.02)
+    assert not any(run(0.03, 0.03, 8))

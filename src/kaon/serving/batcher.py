@@ -22,6 +22,11 @@ from kaon.errors import KaonError, OverloadedError
 # A handler whose batches take less than this on average runs on the event loop itself: handing a
 # 100 us batch to a worker thread costs more than the batch (measured: ~10% of CPU at c64).
 INLINE_MAX_S = 0.0005
+# A batch timed in the worker thread also counts the time it waited for the GIL while the event loop ran,
+# so under load a fast handler can look slow there and never come back to the loop. Every PROBE_EVERY-th
+# batch of a handler measured under PROBE_MAX_S runs inline once, where the timing is the handler's own.
+PROBE_EVERY = 64
+PROBE_MAX_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kaon-{name}")
         self._mean_batch_s: float | None = None  # EWMA of a batch's run time; the first batch uses the thread
+        self._threaded_batches = 0  # batches run in the thread since the last inline one (for the probe)
 
     @property
     def queue_depth(self) -> int:
@@ -161,6 +167,12 @@ class Batcher:
             size += len(head.items)
         return batch
 
+    def _runs_inline(self) -> bool:
+        mean = self._mean_batch_s
+        if mean is None:
+            return False
+        return mean < INLINE_MAX_S or (mean < PROBE_MAX_S and self._threaded_batches >= PROBE_EVERY)
+
     def _timed(self, items: list[Any]) -> tuple[Any, float]:
         """Run the handler and say how long it took (the thread hand-off itself is not counted)."""
         started = time.perf_counter()
@@ -174,9 +186,14 @@ class Batcher:
         try:
             if self.is_async:
                 results = await self.handler(items)  # type: ignore[misc]
-            elif self._mean_batch_s is not None and self._mean_batch_s < INLINE_MAX_S:
+            elif self._runs_inline():
+                probe = self._threaded_batches >= PROBE_EVERY
+                self._threaded_batches = 0
                 results, took_s = self._timed(items)
+                if probe:  # a fresh measurement, free of the thread's GIL waits, replaces the average
+                    self._mean_batch_s = None
             else:
+                self._threaded_batches += 1
                 loop = asyncio.get_running_loop()
                 results, took_s = await loop.run_in_executor(self._executor, self._timed, items)
             if not self.is_async:
