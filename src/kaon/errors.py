@@ -145,6 +145,19 @@ class TrainingError(KaonError):
     code = "training_failed"
 
 
+class UnexportableModelError(InvalidInputError):
+    """No exporter could turn the model into ONNX; the message has each reason and the module at fault."""
+
+    code = "unexportable_model"
+
+
+class InsufficientResourcesError(KaonError):
+    """No node has room for a replica; the message says what is short."""
+
+    status_code = 409
+    code = "insufficient_resources"
+
+
 def require(module: str, extra: str, purpose: str) -> Any:
     """Import an optional dependency, or raise an error that names the extra to install."""
     import importlib

@@ -30,7 +30,7 @@ _ERRORS: dict[str, type[KaonError]] = {}
 def _error_types() -> dict[str, type[KaonError]]:
     if not _ERRORS:
         import kaon.errors as errors
-        from kaon.cluster.placement import InsufficientResourcesError
+        from kaon.errors import InsufficientResourcesError
 
         for value in [*vars(errors).values(), InsufficientResourcesError]:
             if isinstance(value, type) and issubclass(value, KaonError):

@@ -50,8 +50,15 @@ from kaon.cluster._paths import (
 from kaon.cluster.autoscaler import Decision
 from kaon.cluster.backends.local import LocalDeployment
 from kaon.cluster.deployment import Deployment
-from kaon.cluster.placement import Demand, InsufficientResourcesError, Node, max_fitting, place
-from kaon.errors import ConfigError, InvalidInputError, KaonError, NotFoundError, UnauthorizedError
+from kaon.cluster.placement import Demand, Node, max_fitting, place
+from kaon.errors import (
+    ConfigError,
+    InsufficientResourcesError,
+    InvalidInputError,
+    KaonError,
+    NotFoundError,
+    UnauthorizedError,
+)
 
 log = logging.getLogger("kaon.cluster.controlplane")
 

@@ -18,16 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from kaon.errors import KaonError
+from kaon.errors import InsufficientResourcesError
 
 _EPS = 1e-9
-
-
-class InsufficientResourcesError(KaonError):
-    """No node has room for a replica (409, insufficient_resources)."""
-
-    status_code = 409
-    code = "insufficient_resources"
 
 
 @dataclass(frozen=True)

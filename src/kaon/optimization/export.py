@@ -25,19 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from kaon.errors import InvalidInputError, require
+from kaon.errors import InvalidInputError, UnexportableModelError, require
 
 # Above this, weights go to a `.onnx.data` file beside the model (protobuf's limit is 2 GiB).
 _EXTERNAL_DATA_BYTES = 1_500_000_000
 _PARITY_MAX_ABS_DIFF = 1e-3
 _PARITY_MIN_AGREEMENT = 0.99
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-class UnexportableModelError(InvalidInputError):
-    """No exporter could turn the model into ONNX; the message has each reason and the module at fault."""
-
-    code = "unexportable_model"
 
 
 @dataclass(frozen=True)
