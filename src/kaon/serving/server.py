@@ -89,7 +89,7 @@ def serve(target: Service | type[Service] | KaonApp, config: ServeConfig | None 
     server = _GracefulServer(uvicorn.Config(
         app, host=config.host, port=config.port, log_level=config.log_level, access_log=False,
         lifespan="on", timeout_graceful_shutdown=max(5, int(config.timeout_s)), server_header=False,
-        http="httptools" if _has("httptools") else "h11", loop="uvloop" if _has("uvloop") else "asyncio",
+        http=_http_protocol(), loop="uvloop" if _has("uvloop") else "asyncio",
         **tls,
     ))
     if print_banner:
@@ -97,6 +97,15 @@ def serve(target: Service | type[Service] | KaonApp, config: ServeConfig | None 
     server.run()
     if not server.started:
         raise SystemExit(1)
+
+
+def _http_protocol() -> Any:
+    """httptools with one send() per response (kaon.serving._protocol), else uvicorn's h11."""
+    if not _has("httptools"):
+        return "h11"
+    from kaon.serving._protocol import KaonHttpToolsProtocol
+
+    return KaonHttpToolsProtocol
 
 
 def _graceful_server_class() -> type:
