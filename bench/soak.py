@@ -5,7 +5,7 @@
 
 The server is `kaon serve digits@1` (DigitsCNN trained with kaon, reference registered) with a token
 required on every request (rate limit high enough never to refuse), the request log on (rotating at
-8 MiB) and the drift and outlier detectors on. wrk (one thread, keep-alive, 127.0.0.1 only) POSTs
+64 MiB, the default) and the drift and outlier detectors on. wrk (one thread, keep-alive, 127.0.0.1 only) POSTs
 clean held-out digits, several bodies in turn, in back-to-back --slice-s slices; the server's
 resident memory (VmRSS of its process) is read after each slice. Pass: no errors and growth from
 the end of the warm-up to the end under 5%. Results: a table on stdout and JSON under bench/results/.
@@ -48,8 +48,7 @@ def main() -> None:
         data = prepare(home)
         bodies = [json.dumps({"inputs": [np.round(x, 4).tolist()]}).encode() for x in data["x_test"][:8]]
         token = make_token(home, "1000000/s")
-        server = start(home, "soak", ["--request-log", str(home / "requests.jsonl"),
-                                      "--request-log-max-bytes", str(8 * 1024 * 1024)], bodies[0], token)
+        server = start(home, "soak", ["--request-log", str(home / "requests.jsonl")], bodies[0], token)
         assert server.proc is not None
         pid = server.proc.pid
         samples: list[dict[str, float]] = []

@@ -63,8 +63,14 @@ class ServeConfig:
     tls_key: str | None = None
     request_log: str | None = None  # JSON lines, rotated and redacted (kaon.monitoring)
     request_log_max_per_s: int = 100
+    request_log_sample: float = 1.0  # the share of requests logged (then capped by request_log_max_per_s)
+    request_log_max_bytes: int = 64 * 1024 * 1024  # the log rotates at this size, keeping 3 old files
+    redact_fields: str = ""  # comma-separated field names masked in the request log (beside e-mails, cards...)
+    monitor: bool = True  # drift and outlier detection, when the model version has a reference
     monitor_max_per_s: int = 200
     drift_window: int = 200
+    drift_reference: str | None = None  # a reference.npz to use instead of the version's own
+    alert_webhook: str | None = None  # drift alerts are also POSTed here (JSON, retried)
     name: str | None = None
     log_level: str = "warning"
     extra: dict[str, str] = field(default_factory=dict)
@@ -77,6 +83,8 @@ class ServeConfig:
             ("timeout_s", self.timeout_s > 0, "a number > 0"),
             ("max_queue", self.max_queue >= 1, "an integer >= 1"),
             ("max_body_bytes", self.max_body_bytes >= 1024, "an integer >= 1024"),
+            ("request_log_sample", 0.0 <= self.request_log_sample <= 1.0, "a number in [0, 1]"),
+            ("request_log_max_bytes", self.request_log_max_bytes >= 4096, "an integer >= 4096"),
         ]
         for name, ok, expected in checks:
             if not ok:

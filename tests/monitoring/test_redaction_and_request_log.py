@@ -102,3 +102,13 @@ def test_an_unwritable_log_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="--request-log"):
         RequestLog(tmp_path / "file" / "log.jsonl")
+
+
+def test_a_marked_field_echoed_in_an_error_envelope_is_masked_too():
+    from kaon.monitoring import Redactor
+
+    envelope = {"error": {"code": "invalid_input", "fields": [
+        {"name": "meta.patient_id", "message": "Extra inputs are not permitted", "received": "'P-48213'"},
+        {"name": "inputs", "message": "expected shape [8, 8]", "received": "'[1, 2]'"}]}}
+    fields = Redactor(fields=["patient_id"]).redact(envelope)["error"]["fields"]
+    assert "P-48213" not in str(fields) and fields[1]["received"] == "'[1, 2]'"

@@ -54,13 +54,14 @@ def quickstart(
     scores = trainer.evaluate(x_test, y_test)
     console.print(f"   test accuracy {scores['accuracy']:.3f}, loss {scores['loss']:.3f}")
 
-    console.print("[bold]3. register[/] it as 'digits' (torch.export program, sha256-checked)")
+    console.print("[bold]3. register[/] it as 'digits' (torch.export program, sha256-checked), with the "
+                  "training digits' statistics for drift monitoring (reference.npz)")
     served = torch.nn.Sequential(model.eval(), torch.nn.Softmax(dim=1))
     signature = Signature([TensorSpec("image", "float32", (-1, 1, 8, 8))],
                           [TensorSpec("probabilities", "float32", (-1, 10))])
     version = register(served, "digits", input_example=x_test[:2], signature=signature,
                        metrics={"test_accuracy": float(scores["accuracy"]), "test_loss": float(scores["loss"])},
-                       run_id=history.run_id if isinstance(history.run_id, int) else None,
+                       run_id=history.run_id if isinstance(history.run_id, int) else None, reference_data=x_train,
                        description="kaon quickstart: DigitsCNN on sklearn digits")
     console.print(f"   registered {version.ref} (run {history.run_id}); curves: {curves}")
 

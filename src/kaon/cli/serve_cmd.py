@@ -28,8 +28,17 @@ def serve(
     tls_key: str = typer.Option(None, help="PEM private key for --tls-cert."),
     request_log: str = typer.Option(None, help="Write sampled, redacted request records (JSON lines) here."),
     request_log_max_per_s: int = typer.Option(None, help="Most requests logged per second. [default: 100]"),
+    request_log_sample: float = typer.Option(None, help="Share of requests logged, 0 to 1. [default: 1]"),
+    request_log_max_bytes: int = typer.Option(None, help="Rotate the request log at this size. [default: 64 MiB]"),
+    redact_fields: str = typer.Option(None, help="Comma-separated JSON fields masked in the request log "
+                                                 "(e-mails, phone and card numbers always are)."),
+    monitor: bool = typer.Option(None, "--monitor/--no-monitor",
+                                 help="Drift and outlier detection against the version's reference. [default: on]"),
     monitor_max_per_s: int = typer.Option(None, help="Most requests fed to drift detection per second. [default: 200]"),
     drift_window: int = typer.Option(None, help="Inputs per drift test window. [default: 200]"),
+    drift_reference: str = typer.Option(None, help="A reference.npz (kaon.monitoring.fit_reference) to use instead "
+                                                   "of the one registered with the model version."),
+    alert_webhook: str = typer.Option(None, help="POST drift alerts (JSON) to this http(s) URL too."),
 ) -> None:
     """Serve a model or a Service over HTTP (JSON, images and the Open Inference Protocol V2)."""
     from kaon.serving import serve as run
@@ -40,7 +49,9 @@ def serve(
         timeout_s=timeout_s, max_queue=max_queue, max_body_bytes=max_body_bytes,
         trust_pickle=trust_pickle or None, log_level=log_level, require_auth=require_auth or None,
         tls_cert=tls_cert, tls_key=tls_key, request_log=request_log, request_log_max_per_s=request_log_max_per_s,
-        monitor_max_per_s=monitor_max_per_s, drift_window=drift_window,
+        monitor_max_per_s=monitor_max_per_s, drift_window=drift_window, request_log_sample=request_log_sample,
+        request_log_max_bytes=request_log_max_bytes, redact_fields=redact_fields, monitor=monitor,
+        drift_reference=drift_reference, alert_webhook=alert_webhook,
     )
     service = resolve_target(target, name=name, trust_pickle=trust_pickle)
     run(service, config)

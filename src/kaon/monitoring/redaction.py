@@ -91,10 +91,17 @@ class Redactor:
         if _depth >= self.max_depth:
             return "[TOO DEEP]"
         if isinstance(value, dict):
-            return {key: (MASK if str(key).lower() in self.fields else self.redact(item, _depth + 1))
+            # an error envelope's field entry ({"name": "meta.patient_id", "received": ...}) echoes the value
+            named = "received" in value and str(value.get("name", "")).rsplit(".", 1)[-1].lower() in self.fields
+            return {key: (MASK if str(key).lower() in self.fields or (named and key == "received")
+                          else self.redact(item, _depth + 1))
                     for key, item in value.items()}
         if isinstance(value, (list, tuple)):
-            items = [self.redact(item, _depth + 1) for item in value[: self.max_list_items]]
+            head = value[: self.max_list_items]
+            if all(type(item) is float for item in head):  # tensors: nothing to redact, and most of a body
+                items = list(head)
+            else:
+                items = [self.redact(item, _depth + 1) for item in head]
             if len(value) > self.max_list_items:
                 items.append(f"...[{len(value) - self.max_list_items} more items]")
             return items

@@ -19,6 +19,7 @@ artifacts.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections.abc import Sequence
@@ -28,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from kaon.config import kaon_home
-from kaon.errors import ConfigError, InvalidInputError
+from kaon.errors import ConfigError, InvalidInputError, KaonError
+from kaon.models import load_folder
 from kaon.optimization._builder import Builder, Context
 from kaon.optimization._source import Source, open_source
 from kaon.optimization.choose import Score, choose_variant
@@ -36,7 +38,9 @@ from kaon.optimization.measure import predict, time_runners, torch_threads
 from kaon.optimization.plan import Target
 from kaon.optimization.report import OptimizationReport, Variant
 from kaon.optimization.samples import Samples, find_samples, read_samples
-from kaon.sdk.hub import looks_like_path
+from kaon.sdk.hub import MIN_REFERENCE_ROWS, fit_reference_file, looks_like_path
+
+log = logging.getLogger("kaon.optimization")
 
 METHODS = ("onnx", "int8-dynamic", "int8-static", "prune-structured", "prune-unstructured", "fp16")
 TARGETS: tuple[Target, ...] = ("throughput", "latency", "size")
@@ -94,7 +98,7 @@ def optimize(ref_or_model: Any, *, max_accuracy_drop: float = 0.5, target: Targe
         report.run_id = run_id
         report.write(folder)
         if report.chosen is not None and source.record is not None:
-            _register(report, source, reg, run_id)
+            _register(report, source, reg, run_id, reference_data=tune[0])
             report.write(folder)  # again, now naming the registered version
         if run_id is not None:
             for name, path in report.files.items():
@@ -133,7 +137,8 @@ def _run(source: Source, requested: tuple[str, ...], target: Target, max_accurac
                               builder.variants, choice.chosen, choice.reasons, parity=builder.parity)
 
 
-def _register(report: OptimizationReport, source: Source, registry: Any, run_id: int | None) -> None:
+def _register(report: OptimizationReport, source: Source, registry: Any, run_id: int | None,
+              reference_data: np.ndarray) -> None:
     variant, original = report.chosen_variant, report.original
     assert variant is not None and variant.measured and original.measured
     assert variant.throughput_b64 and original.throughput_b64 and variant.size_bytes and original.size_bytes
@@ -145,10 +150,44 @@ def _register(report: OptimizationReport, source: Source, registry: Any, run_id:
                "size_ratio": variant.size_bytes / original.size_bytes}
     description = (f"kaon optimize: {variant.name} of {record.ref} (target {report.target}, budget "
                    f"{report.max_accuracy_drop:g} pts)")
-    version = registry.register_version(record.name, {**variant.files, **report.files}, framework=variant.framework,
-                                        signature=record.signature, metrics=metrics, parent=record.ref,
-                                        run_id=run_id, description=description)
+    with tempfile.TemporaryDirectory(prefix="kaon-optimize-reference-") as tmp:
+        reference = _reference_for(variant, record, reference_data, Path(tmp))
+        files = {**variant.files, **report.files, **({reference.name: reference} if reference else {})}
+        version = registry.register_version(record.name, files, framework=variant.framework,
+                                            signature=record.signature, metrics=metrics, parent=record.ref,
+                                            run_id=run_id, description=description)
     report.registered = version.ref
+
+
+def _reference_for(variant: Variant, record: Any, x: np.ndarray, folder: Path) -> Path | None:
+    """Drift reference statistics for the variant, when its parent has them: refitted on the tuning data,
+    since the variant's features (an ONNX model's outputs, not the torch parent's penultimate layer) differ."""
+    from kaon.monitoring import REFERENCE_FILENAME
+
+    if REFERENCE_FILENAME not in record.files:
+        return None
+    if len(x) < MIN_REFERENCE_ROWS:
+        log.warning("%s has drift reference statistics but the optimized version gets none: %d tuning inputs, "
+                    "fewer than the %d a reference needs. Register it again with reference_data=x_train.",
+                    record.ref, len(x), MIN_REFERENCE_ROWS)
+        return None
+    main = {"onnx": "model.onnx", "torch": "model.pt2", "keras": "model.keras"}.get(variant.framework, "")
+    path = variant.files.get(main)
+    if path is None:
+        log.warning("%s has drift reference statistics but the optimized version gets none: no %s model file "
+                    "among %s to fit them with.", record.ref, variant.framework, sorted(variant.files))
+        return None
+    try:
+        model = load_folder(Path(path).parent, {Path(path).name: None}, variant.framework, record.signature,
+                            record.name)
+        reference = fit_reference_file(model, x, folder)
+    except KaonError as exc:  # the optimized model is still worth registering; only its drift monitor is off
+        log.warning("%s has drift reference statistics but the optimized version gets none: fitting them "
+                    "failed (%s). Register it again with reference_data=x_train.", record.ref, exc.message)
+        return None
+    log.info("drift reference statistics refitted for %s (%s) on %d tuning inputs", variant.name,
+             variant.framework, len(x))
+    return reference
 
 
 def _samples(source: Source, given: Samples | None, registry: Any) -> Samples:

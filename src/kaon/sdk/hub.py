@@ -6,9 +6,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kaon.errors import InvalidInputError, ModelLoadError
 from kaon.models import Model, load_file, load_folder, save_model
 from kaon.models.loader import MODEL_SUFFIXES
+from kaon.types import Signature
+
+#: fit_reference needs at least this many inputs for its statistics to mean anything.
+MIN_REFERENCE_ROWS = 50
 
 
 def looks_like_path(ref: str | Path) -> bool:
@@ -40,14 +46,21 @@ def load(ref: str | Path, *, trust_pickle: bool = False, registry: Any = None) -
 def register(model: Any, name: str, *, input_example: Any = None, signature: Any = None,
              metrics: dict[str, float] | None = None, labels: list[str] | None = None,
              parent: str | None = None, run_id: int | None = None, description: str = "",
-             aliases: list[str] | None = None, registry: Any = None) -> Any:
+             aliases: list[str] | None = None, reference_data: Any = None, registry: Any = None) -> Any:
     """Register a torch module, a Keras 3 model or a model file as a new version of `name`.
 
     The signature is inferred from `input_example` when not given (Keras models know theirs).
+    `reference_data` (a batch of at least 50 inputs, e.g. the training or a calibration split) is
+    summarised into `reference.npz` and registered with the version: `kaon serve` then watches live
+    traffic for drift against it with no flags.
     Returns the ModelVersionRecord (`.ref` is "name@version").
+
+    >>> kaon.register(net, "digits", input_example=x[:2], reference_data=x_train).files   # doctest: +SKIP
+    {'model.pt2': '3f1c...', 'reference.npz': '9a0b...'}
     """
     from kaon.registry import Registry
 
+    x_reference = check_reference_data(reference_data) if reference_data is not None else None
     reg = registry or Registry()
     with tempfile.TemporaryDirectory(prefix="kaon-register-") as tmp:
         saved = save_model(model, Path(tmp), input_example=input_example, labels=labels)
@@ -56,8 +69,16 @@ def register(model: Any, name: str, *, input_example: Any = None, signature: Any
         if not isinstance(sig_dict, dict):
             raise InvalidInputError(
                 f"signature must be a kaon.types.Signature or a dict. Received: {type(sig).__name__}")
-        _check_loads(saved.files, saved.framework)
-        version = reg.register_version(name, saved.files, framework=saved.framework, signature=sig_dict,
+        loaded = _check_loads(saved.files, saved.framework)
+        files = dict(saved.files)
+        if x_reference is not None:
+            if loaded is None:
+                raise InvalidInputError(
+                    f"reference_data needs a model kaon can run to fit the reference statistics; "
+                    f"{sorted(files)} ({saved.framework}) is not one. Register a .pt2, .onnx or .keras model.")
+            reference = fit_reference_file(loaded, x_reference, Path(tmp), signature=Signature.from_dict(sig_dict))
+            files[reference.name] = reference
+        version = reg.register_version(name, files, framework=saved.framework, signature=sig_dict,
                                        metrics=metrics or {}, parent=parent, run_id=run_id,
                                        description=description)
     for alias in aliases or []:
@@ -65,12 +86,48 @@ def register(model: Any, name: str, *, input_example: Any = None, signature: Any
     return reg.get_version(version.ref)
 
 
-def _check_loads(files: dict[str, Path], framework: str) -> None:
-    """Refuse to register what cannot be loaded back, before anything is written."""
+def check_reference_data(x: Any) -> np.ndarray:
+    """`x` as a batch of numeric inputs, at least MIN_REFERENCE_ROWS of them; InvalidInputError if not."""
+    try:
+        array = np.asarray(x)
+    except (TypeError, ValueError) as exc:  # ragged nested lists
+        raise InvalidInputError(
+            f"reference_data must be an array of inputs, batch axis first. Received: {type(x).__name__} "
+            f"that is not one ({exc}). Pass e.g. x_train, a numpy array of shape (N, ...).") from exc
+    if array.dtype.kind not in "fiub" or array.ndim < 2 or len(array) < MIN_REFERENCE_ROWS:
+        raise InvalidInputError(
+            f"reference_data must be a numeric batch of at least {MIN_REFERENCE_ROWS} inputs, shape (N, ...). "
+            f"Received: shape={array.shape}, dtype={array.dtype}. Pass the training or a calibration split "
+            f"(a few hundred to a few thousand inputs), batch axis first.")
+    return array
+
+
+def fit_reference_file(model: Model, x: np.ndarray, folder: Path, *, signature: Signature | None = None) -> Path:
+    """Fit `model`'s reference statistics on `x` and save them as `folder/reference.npz`."""
+    from kaon.monitoring import REFERENCE_FILENAME, fit_reference  # lazily: `import kaon` stays light
+
+    sig = signature or model.signature
+    if len(sig.inputs) != 1:
+        raise InvalidInputError(
+            f"reference_data is fitted for models with one input; this one has {len(sig.inputs)}: "
+            f"{[spec.name for spec in sig.inputs]}. Register without reference_data, or fit one with "
+            f"kaon.monitoring.fit_reference(model, x) for its first input.")
+    spec = sig.inputs[0]
+    shape = tuple(int(d) for d in x.shape)
+    if not spec.accepts_shape(shape):
+        raise InvalidInputError(
+            f"reference_data does not fit the model's input '{spec.name}', which expects {spec.describe()}. "
+            f"Received: shape={shape}. Pass inputs shaped as the model takes them, batch axis first.")
+    return fit_reference(model, x.astype(spec.dtype, copy=False)).save(folder / REFERENCE_FILENAME)
+
+
+def _check_loads(files: dict[str, Path], framework: str) -> Model | None:
+    """Refuse to register what cannot be loaded back, before anything is written; return the loaded model."""
     main = {"onnx": "model.onnx", "torch": "model.pt2", "keras": "model.keras"}.get(framework)
-    if main and main in files:
-        try:
-            load_file(files[main])
-        except ModelLoadError as exc:
-            raise ModelLoadError(
-                f"the saved model does not load back, so it was not registered: {exc.message}") from exc
+    if not main or main not in files:
+        return None
+    try:
+        return load_file(files[main])
+    except ModelLoadError as exc:
+        raise ModelLoadError(
+            f"the saved model does not load back, so it was not registered: {exc.message}") from exc

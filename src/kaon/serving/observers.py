@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import logging
 import random
 import threading
@@ -165,6 +166,11 @@ class Observers:
             except Exception:  # noqa: BLE001 - monitoring off, serving on
                 log.exception("the drift monitor could not start; requests are served without it")
                 self._monitor_wanted = False
+            else:
+                # The monitor (reference arrays, a copy of the model's graph) lives as long as the server: keep
+                # its objects out of every garbage collection, as serving does with the model (gc.freeze).
+                gc.collect()
+                gc.freeze()
         single_blas = _single_threaded_blas()
         self.ready.set()
         while True:

@@ -25,7 +25,9 @@ def banner(app: KaonApp, config: ServeConfig) -> str:
     models = list(getattr(app.service, "models", {}) or {})
     for name in models:
         lines.append(f"  POST {base}/v2/models/{name}/infer   (Open Inference Protocol V2)")
-    lines += [f"  docs {base}/docs   metrics {base}/metrics   health {base}/healthz {base}/readyz", ""]
+    lines += [f"  docs {base}/docs   metrics {base}/metrics   health {base}/healthz {base}/readyz"]
+    monitoring = _monitoring_line(app, config)
+    lines += [monitoring, ""] if monitoring else [""]
     first = app.specs[0] if app.specs else None
     if first is not None:
         field = next(iter(first.params))
@@ -97,6 +99,25 @@ def serve(target: Service | type[Service] | KaonApp, config: ServeConfig | None 
     server.run()
     if not server.started:
         raise SystemExit(1)
+
+
+def _monitoring_line(app: KaonApp, config: ServeConfig) -> str:
+    from kaon.monitoring import REFERENCE_FILENAME
+
+    models = getattr(app.service, "models", None) or {}
+    if not models:
+        return ""  # a Service of the user's own: kaon does not know what its inputs are
+    if not config.monitor:
+        return "  drift: off (--no-monitor)"
+    if config.drift_reference:
+        return f"  drift: inputs checked against {config.drift_reference} (window {config.drift_window})"
+    for model in models.values():
+        record = getattr(model, "version", None)
+        if record is not None and REFERENCE_FILENAME in (getattr(record, "files", None) or {}):
+            return (f"  drift: inputs checked against {record.ref}'s {REFERENCE_FILENAME} (window "
+                    f"{config.drift_window}); alerts in the log and on /metrics (kaon_drift_alert)")
+    return ("  drift: off (no reference statistics: register with kaon.register(..., reference_data=x_train) "
+            "or pass --drift-reference)")
 
 
 def _http_protocol() -> Any:

@@ -1,0 +1,108 @@
+"""A reference registered with the version is all `kaon serve` needs to watch drift; `optimize` carries it over."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+import kaon
+from kaon.monitoring import REFERENCE_FILENAME, Reference
+from tests.servers import Server
+
+
+def trained_digits(epochs: int = 2):
+    import torch
+
+    from kaon.training import Trainer
+    from kaon.training.data import load_digits
+    from kaon.training.models import DigitsCNN
+
+    x_train, y_train, x_test, y_test = load_digits(seed=0)
+    model = DigitsCNN()
+    Trainer(model, lr=3e-3, seed=0, track=False).fit(x_train, y_train, epochs=epochs, verbose=False)
+    return torch.nn.Sequential(model.eval(), torch.nn.Softmax(dim=1)).eval(), (x_train, y_train, x_test, y_test)
+
+
+def test_kaon_serve_monitors_drift_of_a_version_registered_with_reference_data(kaon_home):
+    net, (x_train, _, x_test, _) = trained_digits(epochs=1)
+    version = kaon.register(net, "digits", input_example=x_test[:2], reference_data=x_train)
+    server = Server(["serve", version.ref], env={"KAON_HOME": str(kaon_home)}).wait_ready()
+    try:
+        deadline = time.monotonic() + 60
+        while "kaon_drift_threshold{" not in (scrape := httpx.get(server.url + "/metrics").text):
+            assert time.monotonic() < deadline, f"no drift detector on /metrics after 60 s:\n{scrape}"
+            time.sleep(0.2)
+        answer = httpx.post(server.url + "/predict", json={"inputs": x_test[:4].tolist()},
+                            headers={"x-kaon-outlier": "1"})
+        assert answer.status_code == 200 and len(answer.headers["x-kaon-outlier-score"].split(",")) == 4
+    finally:
+        assert server.stop() == 0, server.output()
+    assert f"drift: inputs checked against {version.ref}'s reference.npz (window 200)" in server.output()
+
+
+def test_no_monitor_turns_detection_off_and_redact_fields_masks_the_fields_named(kaon_home, tmp_path):
+    net, (x_train, _, x_test, _) = trained_digits(epochs=1)
+    version = kaon.register(net, "digits", input_example=x_test[:2], reference_data=x_train)
+    log = tmp_path / "requests.jsonl"
+    server = Server(["serve", version.ref, "--no-monitor", "--request-log", str(log),
+                     "--redact-fields", "patient_id, ward"], env={"KAON_HOME": str(kaon_home)}).wait_ready()
+    try:
+        bad = httpx.post(server.url + "/predict", json={"inputs": x_test[:1].tolist(), "patient_id": "P-48213",
+                                                        "ward": "W-7", "note": "kept"})
+        assert bad.status_code == 422
+        assert httpx.post(server.url + "/predict", json={"inputs": x_test[:2].tolist()}).status_code == 200
+        deadline = time.monotonic() + 30
+        while len(log.read_text().splitlines() if log.exists() else []) < 2:
+            assert time.monotonic() < deadline, "the request log has not got both requests after 30 s"
+            time.sleep(0.1)
+        assert "kaon_drift_threshold{" not in httpx.get(server.url + "/metrics").text
+    finally:
+        assert server.stop() == 0, server.output()
+    text = log.read_text()
+    assert "P-48213" not in text and "W-7" not in text and '"note":"kept"' in text.replace(" ", "")
+    assert "drift: off (--no-monitor)" in server.output()
+
+
+def test_a_bad_alert_webhook_fails_before_the_server_starts(kaon_home):
+    net, (x_train, _, x_test, _) = trained_digits(epochs=1)
+    version = kaon.register(net, "digits", input_example=x_test[:2], reference_data=x_train)
+    server = Server(["serve", version.ref, "--alert-webhook", "ftp://alerts.example"],
+                    env={"KAON_HOME": str(kaon_home)})
+    deadline = time.monotonic() + 60
+    while server.proc.poll() is None:
+        assert time.monotonic() < deadline, "the server started with an ftp:// webhook"
+        time.sleep(0.2)
+    assert server.proc.returncode != 0 and "webhook must be an http(s) URL" in server.output()
+
+
+def test_optimized_version_gets_a_reference_refitted_for_its_own_features(kaon_home):
+    from kaon.optimization import attach_samples, optimize
+    from kaon.registry import Registry
+
+    net, (x_train, y_train, x_test, y_test) = trained_digits()
+    parent = kaon.register(net, "digits", input_example=x_test[:2], reference_data=x_train)
+    attach_samples(parent.ref, x_test, y_test, x_train=x_train, y_train=y_train)
+    report = optimize(parent.ref, target="size", methods="int8-dynamic", num_rounds=1, max_accuracy_drop=5.0)
+    assert report.registered == "digits@2", report.to_markdown()
+    with Registry() as registry:
+        child = registry.get_version(report.registered)
+        assert child.framework == "onnx" and REFERENCE_FILENAME in child.files
+        reference = Reference.load(registry.materialize(child) / REFERENCE_FILENAME)
+        parent_reference = Reference.load(registry.materialize(parent) / REFERENCE_FILENAME)
+    # the ONNX model's outputs, fitted on the tuning inputs (x_train), not the torch parent's penultimate layer
+    assert reference.source == "outputs" and parent_reference.source == "penultimate"
+    assert reference.num_samples == len(x_train) and reference.embeddings.shape[1] == 10
+    assert reference.embeddings.shape[1] != parent_reference.embeddings.shape[1]
+
+
+def test_optimized_version_of_a_parent_without_reference_gets_none(kaon_home):
+    from kaon.optimization import attach_samples, optimize
+    from kaon.registry import Registry
+
+    net, (x_train, y_train, x_test, y_test) = trained_digits(epochs=1)
+    parent = kaon.register(net, "digits", input_example=x_test[:2])
+    attach_samples(parent.ref, x_test, y_test, x_train=x_train, y_train=y_train)
+    report = optimize(parent.ref, target="size", methods="int8-dynamic", num_rounds=1, max_accuracy_drop=5.0)
+    with Registry() as registry:
+        assert REFERENCE_FILENAME not in registry.get_version(report.registered).files
