@@ -116,3 +116,27 @@ def test_image_type_accepts_hw_chw_hwc_and_base64_png():
         adapter.validate_python(np.zeros((4, 4)).tolist())
     with pytest.raises(pydantic.ValidationError, match="not valid base64"):
         adapter.validate_python("not an image!")
+
+
+def test_the_batch_fast_path_agrees_with_the_validator_and_leaves_every_other_case_to_it():
+    """`{param: [items]}` of plain numbers is decoded in one pass; anything else returns None (pydantic decides)."""
+    import orjson
+
+    from kaon.serving.tensors import Image, Tensor, batch_fast_path, tensor_info
+
+    decode = batch_fast_path("inputs", tensor_info(Tensor((2, 3))))
+    items = [[[1, 2, 3], [4, 5, 6]], [[0.5, 0, 0], [0, 0, 1e30]]]
+    fast = decode(orjson.dumps({"inputs": items}))
+    assert fast is not None and len(fast) == 2 and all(a.dtype == np.float32 and a.shape == (2, 3) for a in fast)
+    np.testing.assert_array_equal(np.stack(fast), np.asarray(items, dtype=np.float32))
+    not_mine = [
+        b'{"inputs": [[[1, 2, 3], [4, 5, 6]]], "extra": 1}',  # extra field: the schema's 422
+        b'{"inputs": [[[1, 2, 3]]]}',  # wrong item shape
+        b'{"inputs": [[[1, 2, 3], [4, 5]]]}',  # ragged
+        b'{"inputs": [[["a", 2, 3], [4, 5, 6]]]}',  # not a number
+        b'{"inputs": [[[1e400, 2, 3], [4, 5, 6]]]}',  # infinity
+        b'{"inputs": [[[1e39, 2, 3], [4, 5, 6]]]}',  # finite in JSON, infinite as float32
+        b'{"inputs": []}', b'{"inputs": 3}', b"[1, 2]", b"{not json",
+    ]
+    assert [decode(body) for body in not_mine] == [None] * len(not_mine)
+    assert tensor_info(Image(8, 8)).shape == (1, 8, 8) and tensor_info(int) is None

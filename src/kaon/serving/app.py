@@ -34,7 +34,7 @@ from kaon.serving.guards import release_request
 from kaon.serving.http import Request, Response, error_response
 from kaon.serving.metrics import ServerMetrics
 from kaon.serving.service import EndpointSpec, Service, endpoint_specs, service_name
-from kaon.serving.tensors import is_image_type
+from kaon.serving.tensors import batch_fast_path, is_image_type, tensor_info
 from kaon.serving.v2 import V2Routes
 
 log = logging.getLogger("kaon.serving")
@@ -246,6 +246,10 @@ class KaonApp:
         timeout_s = self.config.timeout_s
         in_flight = [0]  # unbatched calls running now; bounded by max_queue like a batcher's queue
         max_items = self.config.max_queue
+        info = tensor_info(spec.item_type) if spec.item_type is not None else None
+        batch_param = spec.batch_param or ""
+        fast = (batch_fast_path(batch_param, info)
+                if info is not None and batch_param and list(spec.params) == [batch_param] else None)
 
         def decode(request: Request) -> dict[str, Any]:
             if request.content_type in IMAGE_TYPES:
@@ -268,6 +272,10 @@ class KaonApp:
                         f"accepted per request (--max-queue). Split it into smaller requests.")
                 model = adapter.validate_python(data)
                 return {name: getattr(model, name) for name in spec.params}
+            if fast is not None:
+                items = fast(request.body)
+                if items is not None:
+                    return {batch_param: items}
             try:
                 model = adapter.validate_json(request.body)
             except pydantic.ValidationError as exc:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
+import orjson
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 
 
@@ -117,6 +120,15 @@ def _serialize(array: np.ndarray) -> Any:
     return array.tolist()
 
 
+@dataclass(frozen=True)
+class TensorInfo:
+    """What a Tensor/Image parameter type takes, kept in its Annotated metadata (see `tensor_info`)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    image: bool
+
+
 def Tensor(shape: tuple[int, ...], dtype: str = "float32", image: bool = False) -> Any:  # noqa: N802
     """A parameter type for one array of `shape` (one item of a batch), received as a numpy array."""
     return Annotated[
@@ -124,7 +136,44 @@ def Tensor(shape: tuple[int, ...], dtype: str = "float32", image: bool = False) 
         PlainValidator(_array_validator(tuple(shape), dtype, image)),
         PlainSerializer(_serialize, when_used="json"),
         WithJsonSchema(_array_schema(tuple(shape), dtype, image)),
+        TensorInfo(tuple(shape), dtype, image),
     ]
+
+
+def tensor_info(tp: Any) -> TensorInfo | None:
+    return next((meta for meta in getattr(tp, "__metadata__", ()) if isinstance(meta, TensorInfo)), None)
+
+
+def batch_fast_path(param: str, info: TensorInfo) -> Callable[[bytes], list[np.ndarray] | None]:
+    """A decoder for the common body `{param: [item, ...]}` of well-formed numbers, or None to say "not
+    that case": the endpoint's own validation then decides, and words the error. Same result as the
+    per-item validator (`np.asarray(item, dtype)`, finite, the exact item shape) at about half the cost:
+    one orjson parse and one array for the whole batch instead of a pydantic pass and one per item."""
+    want, dtype = info.shape, np.dtype(info.dtype)
+    floating = dtype.kind == "f"
+
+    def decode(body: bytes) -> list[np.ndarray] | None:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        if type(data) is not dict or len(data) != 1:
+            return None
+        items = data.get(param)
+        if type(items) is not list or not items:
+            return None
+        try:
+            batch = np.asarray(items, dtype=dtype)
+        except (ValueError, TypeError, OverflowError):
+            return None
+        got = batch.shape[1:]
+        if len(got) != len(want) or any(w not in (-1, g) for w, g in zip(want, got, strict=True)):
+            return None
+        if floating and not np.isfinite(batch).all():
+            return None
+        return list(batch)
+
+    return decode
 
 
 def Image(height: int, width: int, channels: int = 1) -> Any:  # noqa: N802
