@@ -110,6 +110,10 @@ class KaonApp:
         models = self.service.models
         if models:
             self._v2 = V2Routes(models, self.config, self.metrics, version=getattr(self.service, "model_version", None))
+        for guard in self.guards:
+            start = getattr(guard, "start", None)
+            if start is not None:
+                await start()
         from kaon.serving.observers import build_observers
 
         self.observers = build_observers(self, self.config)

@@ -167,6 +167,15 @@ class AuthGuard:
                 record.max_concurrent or self.max_concurrent_per_token)
         return _Table(by_id, self.require_auth or bool(by_id), now_s)
 
+    async def start(self) -> None:
+        """Load the token table before the server says it is ready, so the first request does not wait for
+        it (the registry's import alone is a quarter of a replica's cold start). A registry that cannot be
+        read now is not fatal: requests are refused, saying why, until it can."""
+        try:
+            await self._ensure_table(self.clock())
+        except RegistryError as exc:
+            log.error("%s", exc.message)
+
     async def _ensure_table(self, now_s: float) -> _Table:
         """The token table; the first call loads it (and starts the refresher), later ones never wait."""
         table = self._table
