@@ -126,3 +126,12 @@ def test_concurrent_explains_share_one_pass_and_each_gets_its_own_rows(program, 
     together = ke.explain(program, x, method="integrated_gradients")
     for i, rows in enumerate(results):
         np.testing.assert_allclose(rows[0]["attributions"], together.attributions[i], atol=1e-5)
+
+
+def test_shap_permutation_is_served_for_onnx_models(onnx_model, probe):
+    """The shap extra's methods are in the served request schema too (one list of methods, kaon.explanation's)."""
+    x, _ = probe
+    (answered,) = post_in_process(onnx_model, "/explain", [{"inputs": x[:1].tolist(), "method": "shap_permutation"}])
+    assert answered.status_code == 200, answered.text
+    attributions = np.asarray(answered.json()[0]["attributions"])
+    assert attributions.shape == x[0].shape and np.isfinite(attributions).all() and np.abs(attributions).sum() > 0

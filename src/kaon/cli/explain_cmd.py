@@ -35,6 +35,7 @@ def explain(
     input_file: Path = typer.Option(..., "--input", "-i", help=".npy | .npz | .png/.jpg | .txt (text: one per line)"),
     method: str = typer.Option("integrated_gradients", "--method", "-m",
                                help="saliency | integrated_gradients | occlusion | kernel_shap | lime | "
+                                    "shap_gradient | shap_permutation (pip install 'kaon[shap]') | "
                                     "attention | attention_rollout"),
     target: int = typer.Option(None, help="Output index to explain. [default: the predicted class]"),
     reference: str = typer.Option(None, help="Text encoders: explain the similarity to this text."),

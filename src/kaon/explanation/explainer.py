@@ -8,6 +8,9 @@
 module, or a TextModel (a transformer with its tokenizer: text in, token attributions out).
 `target` is the output index to explain: None (the predicted class), one int for every input,
 or one per input; for a text encoder, None or a reference text (see kaon.explanation.text).
+shap's methods (`pip install 'kaon[shap]'`) measure from a `background` sample when given one:
+
+    >>> exp = kaon.explain(model, x, method="shap_gradient", background=x_train[:16])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ import numpy as np
 import torch
 
 from kaon.errors import InvalidInputError
-from kaon.explanation import _gradients, _perturbation
+from kaon.explanation import _gradients, _perturbation, _shap
 from kaon.explanation._targets import Target, resolve_targets
 from kaon.explanation._tensor import TensorAdapter
 from kaon.explanation.explanation import Explanation
 from kaon.explanation.heatmap import render_heatmaps
-from kaon.explanation.methods import Method, check_method
+from kaon.explanation.methods import SHAP_METHODS, Method, check_method
 from kaon.explanation.text import TextModel, explain_text
 from kaon.models import Model
 
@@ -38,6 +41,7 @@ def explain(
     heatmap: bool = False,
     n_steps: int = 50,
     baseline: float | np.ndarray = 0.0,
+    background: np.ndarray | None = None,
     n_samples: int = 200,
     internal_batch_size: int | None = None,
     seed: int = 0,
@@ -45,20 +49,28 @@ def explain(
     """Explain `model`'s outputs on `inputs` with `method`; see the module docstring.
 
     `n_steps` is integrated gradients' path length; `baseline` the "absent" input (a number or an
-    item-shaped array; text uses [PAD] tokens); `n_samples` the perturbations KernelSHAP and LIME fit
-    on; `heatmap` adds one PNG per input with the attribution overlaid.
+    item-shaped array; text uses [PAD] tokens); `background` a sample of inputs (M, *item) that shap's
+    methods average "absent" over instead of the baseline (a few dozen rows: it multiplies the cost of
+    shap_permutation by M); `n_samples` the perturbations KernelSHAP and LIME fit on, the path points
+    shap_gradient draws, and shap_permutation's forward passes (at least one permutation) per input;
+    `heatmap` adds one PNG per input with the attribution overlaid.
     """
     if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
         raise InvalidInputError(f"n_steps must be an integer >= 1. Received: n_steps={n_steps!r}")
     if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 2:
         raise InvalidInputError(f"n_samples must be an integer >= 2. Received: n_samples={n_samples!r}")
+    if background is not None and method not in SHAP_METHODS:
+        raise InvalidInputError(
+            f"background is a sample for shap's methods ({', '.join(SHAP_METHODS)}); method {method!r} measures "
+            f"from the baseline. Received: method={method!r} with a background. Pass baseline=, or drop background.")
     resolved = resolve_model(model, inputs)
     if isinstance(resolved, TextModel):
         return explain_text(resolved, inputs, method, target, n_steps=n_steps,
                             internal_batch_size=internal_batch_size)
     adapter = resolved if isinstance(resolved, TensorAdapter) else TensorAdapter(resolved)
     return explain_tensor(adapter, inputs, method, target, heatmap=heatmap, n_steps=n_steps, baseline=baseline,
-                          n_samples=n_samples, internal_batch_size=internal_batch_size, seed=seed)
+                          background=background, n_samples=n_samples, internal_batch_size=internal_batch_size,
+                          seed=seed)
 
 
 def resolve_model(model: Any, inputs: Any = None) -> TensorAdapter | TextModel | Model:
@@ -85,15 +97,16 @@ def resolve_model(model: Any, inputs: Any = None) -> TensorAdapter | TextModel |
 
 
 def explain_tensor(adapter: TensorAdapter, inputs: Any, method: str, target: Target, *, heatmap: bool = False,
-                   n_steps: int = 50, baseline: float | np.ndarray = 0.0, n_samples: int = 200,
-                   internal_batch_size: int | None = None, seed: int = 0) -> Explanation:
+                   n_steps: int = 50, baseline: float | np.ndarray = 0.0, background: np.ndarray | None = None,
+                   n_samples: int = 200, internal_batch_size: int | None = None, seed: int = 0) -> Explanation:
     """Explain a single-input tensor model (the path /explain serves)."""
     method = check_method(method, adapter.supported_methods, adapter.name, adapter.why_not)
     x_np = adapter.prepare(inputs)
     predictions = adapter.predict(x_np)
     targets = resolve_targets(target, predictions, adapter.name)
     attributions = attribute(adapter, x_np, method, targets, n_steps=n_steps, baseline=baseline,
-                             n_samples=n_samples, internal_batch_size=internal_batch_size, seed=seed)
+                             background=background, n_samples=n_samples, internal_batch_size=internal_batch_size,
+                             seed=seed)
     return Explanation(
         attributions=attributions, targets=targets.tolist(), method=method, predictions=predictions,
         inputs=x_np, heatmaps=render_heatmaps(x_np, attributions) if heatmap else None, labels=adapter.labels,
@@ -101,8 +114,8 @@ def explain_tensor(adapter: TensorAdapter, inputs: Any, method: str, target: Tar
 
 
 def attribute(adapter: TensorAdapter, x_np: np.ndarray, method: str, targets: np.ndarray, *, n_steps: int = 50,
-              baseline: float | np.ndarray = 0.0, n_samples: int = 200, internal_batch_size: int | None = None,
-              seed: int = 0) -> np.ndarray:
+              baseline: float | np.ndarray = 0.0, background: np.ndarray | None = None, n_samples: int = 200,
+              internal_batch_size: int | None = None, seed: int = 0) -> np.ndarray:
     """Attributions (N, *item) for validated inputs and resolved targets."""
     x = torch.from_numpy(x_np).to(adapter.device)
     base = _baseline(baseline, x, adapter)
@@ -116,9 +129,24 @@ def attribute(adapter: TensorAdapter, x_np: np.ndarray, method: str, targets: np
         result = _perturbation.occlusion(adapter.forward, x, target_t, base)
     elif method == "kernel_shap":
         result = _perturbation.kernel_shap(adapter.forward, x, target_t, base, n_samples, seed)
+    elif method in SHAP_METHODS:
+        references = _references(background, base, x, adapter)
+        if method == "shap_gradient":
+            result = _shap.gradient(adapter.forward, x, target_t, references, n_samples, seed, internal_batch_size)
+        else:
+            result = _shap.permutation(adapter.forward, x, target_t, references, n_samples, seed)
     else:
         result = _perturbation.lime(adapter.forward, x, target_t, base, n_samples, seed)
     return result.detach().cpu().numpy().astype(np.float32, copy=False)
+
+
+def _references(background: np.ndarray | None, base: torch.Tensor, x: torch.Tensor,
+                adapter: TensorAdapter) -> torch.Tensor:
+    """What "absent" means to shap, per input (N, M, *item): the background sample, or the baseline."""
+    if background is None:
+        return base.expand_as(x).unsqueeze(1)
+    sample = torch.from_numpy(adapter.prepare(background)).to(x.device, x.dtype)  # (M, *item)
+    return sample.unsqueeze(0).expand(x.shape[0], *sample.shape)
 
 
 def _baseline(baseline: float | np.ndarray, x: torch.Tensor, adapter: TensorAdapter) -> torch.Tensor:

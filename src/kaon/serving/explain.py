@@ -15,17 +15,16 @@ it would have joined. Torch and captum load on the first `/explain`, not when th
 from __future__ import annotations
 
 import base64
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from kaon.errors import InvalidInputError
-from kaon.explanation.methods import check_method, tensor_methods
+from kaon.explanation.methods import Method, check_method, tensor_methods
 from kaon.models import Model
 from kaon.serving.batcher import Batcher
 
-ExplainMethod = Literal["saliency", "integrated_gradients", "occlusion", "kernel_shap", "lime",
-                        "attention", "attention_rollout"]
+ExplainMethod = Method  # one list of methods, kaon.explanation's
 ExplainTarget = int | list[int] | None
 
 
