@@ -23,6 +23,8 @@ def serve(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle-based model files."),
     require_auth: bool = typer.Option(False, "--require-auth",
                                       help="Require a token even when none exists yet (see kaon token create)."),
+    max_tensor_elements: int = typer.Option(None, help="Most numbers in one request's tensors; over it: 413. "
+                                                       "[default: 50,000,000]"),
     log_level: str = typer.Option(None, help="debug | info | warning | error. [default: warning]"),
     tls_cert: str = typer.Option(None, help="PEM certificate: serve HTTPS (with --tls-key)."),
     tls_key: str = typer.Option(None, help="PEM private key for --tls-cert."),
@@ -48,7 +50,8 @@ def serve(
         name=name, host=host, port=port, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
         timeout_s=timeout_s, max_queue=max_queue, max_body_bytes=max_body_bytes,
         trust_pickle=trust_pickle or None, log_level=log_level, require_auth=require_auth or None,
-        tls_cert=tls_cert, tls_key=tls_key, request_log=request_log, request_log_max_per_s=request_log_max_per_s,
+        tls_cert=tls_cert, tls_key=tls_key, max_tensor_elements=max_tensor_elements, request_log=request_log,
+        request_log_max_per_s=request_log_max_per_s,
         monitor_max_per_s=monitor_max_per_s, drift_window=drift_window, request_log_sample=request_log_sample,
         request_log_max_bytes=request_log_max_bytes, redact_fields=redact_fields, monitor=monitor,
         drift_reference=drift_reference, alert_webhook=alert_webhook,
