@@ -94,6 +94,10 @@ def test_optimized_version_gets_a_reference_refitted_for_its_own_features(kaon_h
     assert reference.source == "outputs" and parent_reference.source == "penultimate"
     assert reference.num_samples == len(x_train) and reference.embeddings.shape[1] == 10
     assert reference.embeddings.shape[1] != parent_reference.embeddings.shape[1]
+    # sizes compare model files: the parent's reference.npz is not part of "original"
+    with Registry() as registry:
+        model_file = registry.materialize(parent) / "model.pt2"
+    assert report.original.size_bytes == model_file.stat().st_size
 
 
 def test_optimized_version_of_a_parent_without_reference_gets_none(kaon_home):

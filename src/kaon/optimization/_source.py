@@ -11,6 +11,7 @@ import numpy as np
 
 from kaon.errors import InvalidInputError
 from kaon.models import Model, load_file, load_folder
+from kaon.models.loader import MODEL_SUFFIXES
 from kaon.models.save import is_keras_model, is_torch_module
 from kaon.optimization.measure import Runner, model_runner, onnx_runner, torch_runner
 from kaon.sdk.hub import looks_like_path
@@ -60,8 +61,7 @@ def open_source(ref_or_model: Any, *, registry: Any, example: np.ndarray | None)
         record = registry.get_version(str(ref_or_model))
         folder = registry.materialize(record)
         model = load_folder(folder, record.files, record.framework, record.signature, record.name)
-        size = sum((folder / name).stat().st_size for name in record.files)
-        return _from_model(model, record.ref, size, folder, record)
+        return _from_model(model, record.ref, _model_bytes(folder, record.files), folder, record)
     if isinstance(ref_or_model, (str, Path)):
         path = Path(ref_or_model)
         model = load_file(path)
@@ -110,6 +110,13 @@ def _from_model(model: Model, label: str, size: int, folder: Path | None, record
     if not size:
         source.size_bytes = _saved_size(model)
     return source
+
+
+def _model_bytes(folder: Path, names: Any) -> int:
+    """The bytes of a version's model files (and ONNX external weights), not of what rides along with them
+    (reference statistics, reports): the size the optimizer compares its variants with."""
+    return sum((folder / name).stat().st_size for name in names
+               if Path(name).suffix in MODEL_SUFFIXES or name.endswith(".onnx.data"))
 
 
 def _saved_size(model: Model) -> int:
