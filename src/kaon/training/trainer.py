@@ -35,6 +35,7 @@ from kaon.training._progress import make_progress
 from kaon.training._tracking import RunTracker, run_params, run_summary
 from kaon.training._weights import is_keras_model, outputs_probabilities, parameters
 from kaon.training.callbacks import Callback
+from kaon.training.distributed import Backend, WorkerSync, check_backend, fit_distributed
 from kaon.training.history import History
 from kaon.training.metrics import Metric
 from kaon.training.privacy import DifferentialPrivacy, PrivateTraining, make_private, quiet_opacus
@@ -51,6 +52,8 @@ class Trainer:
     (y_pred, y) -> scalar tensor; named losses read logits. `metrics` defaults to ['accuracy'] for a
     classification loss. `precision` 'bf16'/'fp16' autocasts on CUDA (fp32 elsewhere). `seed` makes
     runs reproducible. `track` records each fit as a Run in the registry (KAON_HOME).
+    `backend='ray'` runs fit on `num_workers` Ray Train workers (DDP; `pip install 'kaon[ray]'`), on the
+    cluster at `address` (HOST:PORT) or on a Ray started here; see kaon.training.distributed.
     """
 
     # Learned state, set by the first fit/evaluate/predict (names end in _ as in scikit-learn).
@@ -59,6 +62,8 @@ class Trainer:
     loss_fn_: Callable[[torch.Tensor, torch.Tensor], Any]
     metrics_: list[Metric]
     logs_: LiveLogs
+    # Set on each worker of a distributed fit (kaon.training.distributed): averages logs, shares decisions.
+    _sync: WorkerSync | None = None
 
     def __init__(
         self,
@@ -74,8 +79,12 @@ class Trainer:
         run_name: str | None = None,
         track: bool = True,
         adversarial: Adversary | None = None,
+        backend: Backend = "local",
+        num_workers: int = 1,
+        address: str | None = None,
     ) -> None:
         _check_adversary(adversarial, privacy)
+        check_backend(backend, num_workers, address)
         metrics = _catalog.check_arguments(model=model, optimizer=optimizer, loss=loss, metrics=metrics, lr=lr,
                                            device=device, precision=precision, seed=seed, privacy=privacy)
         self.model = model
@@ -90,6 +99,9 @@ class Trainer:
         self.run_name = run_name
         self.track = track
         self.adversarial = adversarial
+        self.backend = backend
+        self.num_workers = num_workers
+        self.address = address
         self.stop_training = False  # a callback sets it to end fit after the current epoch
         self._built = False
 
@@ -151,6 +163,9 @@ class Trainer:
         """
         _check_count("epochs", epochs)
         _check_count("batch_size", batch_size)
+        if self.backend != "local":
+            return fit_distributed(self, x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
+                                   callbacks=callbacks, shuffle=shuffle, verbose=verbose)
         self._build()
         train = self._batches(x, y, batch_size, shuffle=shuffle, name="x")
         val = None
@@ -228,17 +243,23 @@ class Trainer:
         chain.on_train_begin({})
         for epoch in range(epochs):
             chain.on_epoch_begin(epoch, {})
-            logs = self._train_epoch(train, epoch, chain, private)
+            logs = self._average(self._train_epoch(train, epoch, chain, private), train)
             if val is not None:
-                logs.update({f"val_{k}": v for k, v in self._evaluate(val).items()})
+                logs.update({f"val_{k}": v for k, v in self._average(self._evaluate(val), val).items()})
             if private is not None:
                 logs["epsilon"] = history.epsilon = private.epsilon()
             chain.on_epoch_end(epoch, logs)
             if tracker is not None:
                 tracker.log(epoch, logs)
+            if self._sync is not None:
+                self._sync.share_decisions(self)
             if self.stop_training:
                 break
         chain.on_train_end(logs)
+
+    def _average(self, logs: dict[str, float], batches: Batches) -> dict[str, float]:
+        """On one of several workers, the logs averaged over all of them; else the logs."""
+        return logs if self._sync is None else self._sync.average(logs, batches.num_samples)
 
     def _train_epoch(self, batches: Batches, epoch: int, chain: CallbackList,
                      private: PrivateTraining | None) -> dict[str, float]:

@@ -17,10 +17,17 @@
 (2) `initial_replicas` is min_replicas (at least 1). The predictive policy and schedule floors are
 kaon's control plane's; on Ray, Serve's own reactive autoscaler runs with these numbers.
 
-`ray` is imported here and nowhere else in kaon (`pip install 'kaon[ray]'`, i.e. `ray[serve]`).
+`Trainer(..., backend="ray", num_workers=N)` calls `run_on_ray` (through kaon.training.distributed's
+BACKENDS table): the fit runs on Ray Train's TorchTrainer, N workers with a torch process group (gloo on
+CPU); rank 0 relays each epoch's logs and then its weights through a small actor owned by the driver, so
+no shared storage is needed. With `address` it joins that cluster; without, it starts a Ray on this
+machine for the fit (no dashboard) and shuts it down after.
+
+`ray` is imported here and nowhere else in kaon (`pip install 'kaon[ray]'`, i.e. `ray[serve,train]`).
 
 Operating notes, measured with Ray 2.60 (see tests/cluster/test_ray_backend.py):
-- Always pass an explicit address (`HOST:PORT` of the head's GCS); kaon never starts a cluster implicitly.
+- Always pass an explicit address (`HOST:PORT` of the head's GCS); kaon never joins one found implicitly
+  (RAY_ADDRESS), and starts one only for a Trainer fit without `address`: here, for that fit alone.
 - Nodes that join need the same token: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN in every node's and
   the driver's environment (not ~/.ray/auth_token, which other users of the machine share).
 - Ray advertises the machine's own address instead of 127.0.0.1; a test that must stay on loopback
@@ -32,7 +39,12 @@ Operating notes, measured with Ray 2.60 (see tests/cluster/test_ray_backend.py):
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import threading
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +259,115 @@ def cluster_nodes(address: str) -> list[dict[str, Any]]:
 def environment_for_nodes(token: str) -> dict[str, str]:
     """The variables every node and driver of a token-authenticated cluster needs."""
     return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+# ---- Trainer(backend="ray"): fit on Ray Train ----------------------------------------------------------
+
+_RELAY_EVERY_S = 0.2  # how often the driver collects the epoch logs rank 0 sent
+
+
+def run_on_ray(job: Callable[[int, int, Callable[[Any], None]], Any], *, num_workers: int,
+               address: str | None = None, use_gpu: bool = False,
+               on_message: Callable[[Any], None] | None = None) -> Any:
+    """Run `job(rank, world_size, send)` on `num_workers` Ray Train workers; return rank 0's result.
+
+    What rank 0 passes to `send` reaches `on_message` on the driver while the job runs. The backend
+    contract of kaon.training.distributed.
+    """
+    ray = _ray()
+    train = require("ray.train", "ray", "Trainer(backend='ray')")
+    torch_train = require("ray.train.torch", "ray", "Trainer(backend='ray')")
+    started = _start_or_join(ray, address, num_cpus=max(2, num_workers))
+    storage = tempfile.mkdtemp(prefix="kaon-ray-train-")
+    try:
+        inbox = ray.remote(num_cpus=0)(_Inbox).remote()
+        trainer = torch_train.TorchTrainer(
+            _train_loop, train_loop_config={"job": ray.put(job), "inbox": inbox},
+            scaling_config=train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+            run_config=train.RunConfig(name=f"kaon-fit-{uuid.uuid4().hex[:8]}", storage_path=storage,
+                                       failure_config=train.FailureConfig(max_failures=0)))
+        done = threading.Event()
+        relay = threading.Thread(target=_relay, args=(ray, inbox, on_message, done), daemon=True)
+        relay.start()
+        try:
+            trainer.fit()  # in the main thread: Ray Train installs a SIGINT handler
+        except train.TrainingFailedError as exc:
+            raise _worker_error(exc) from exc
+        finally:
+            done.set()
+            relay.join()
+        return ray.get(inbox.result.remote())
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+        if started:
+            ray.shutdown()
+
+
+def _start_or_join(ray: Any, address: str | None, *, num_cpus: int) -> bool:
+    """Join the cluster at `address`, or start a Ray here (never one found by RAY_ADDRESS); True if started."""
+    if ray.is_initialized():
+        return False
+    if address is not None:
+        connect(address)
+        return False
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, namespace="kaon",
+             log_to_driver=False, logging_level="warning")
+    return True
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    """Each Ray Train worker: run the job; rank 0 sends its messages and result to the driver's inbox."""
+    import ray as ray_on_worker
+    import ray.train as train_on_worker
+
+    context = train_on_worker.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    inbox = config["inbox"]
+
+    def send(message: Any) -> None:
+        ray_on_worker.get(inbox.put.remote(message))  # waits: messages arrive in order, before the result
+
+    result = ray_on_worker.get(config["job"])(rank, world_size, send)
+    if rank == 0:
+        ray_on_worker.get(inbox.finish.remote(result))
+
+
+class _Inbox:
+    """An actor owned by the driver: rank 0's messages and result, with no shared storage."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self.outcome: Any = None
+
+    def put(self, message: Any) -> None:
+        self.messages.append(message)
+
+    def take(self) -> list[Any]:
+        messages, self.messages = self.messages, []
+        return messages
+
+    def finish(self, outcome: Any) -> None:
+        self.outcome = outcome
+
+    def result(self) -> Any:
+        return self.outcome
+
+
+def _relay(ray: Any, inbox: Any, on_message: Callable[[Any], None] | None, done: threading.Event) -> None:
+    while True:
+        finished = done.wait(_RELAY_EVERY_S)
+        for message in ray.get(inbox.take.remote()):
+            if on_message is not None:
+                on_message(message)
+        if finished:
+            return
+
+
+def _worker_error(exc: BaseException) -> BaseException:
+    """The first worker's KaonError (a wrong shape, a NaN loss) as itself; else a KaonError saying what failed."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for failure in failures.values():
+        cause = getattr(failure, "cause", failure)
+        if isinstance(cause, KaonError):
+            return cause
+    return KaonError(f"training on Ray failed: {exc}")
