@@ -126,7 +126,7 @@ def test_many_invalid_items_are_refused_fast_and_stall_no_one(fault_server) -> N
     assert health.status_code == 200
     assert 400 <= answer.status_code < 500
     assert len(answer.content) < 100_000, f"the error answer is {len(answer.content):,} bytes"
-    assert health_s < 1.0, f"/healthz waited {health_s:.1f} s behind one bad request"
+    assert health_s < 1.5, f"/healthz waited {health_s:.1f} s behind one bad request"  # the stall was ~3 s
 
 
 def test_random_byte_flips_of_a_valid_body_are_never_5xx(fault_server) -> None:
