@@ -43,7 +43,9 @@ import torch  # noqa: E402
 
 from kaon.optimization import export_onnx, op_groups, optimize, plan_quantization, prepare, quantize_model  # noqa: E402
 from kaon.optimization.measure import onnx_session, time_interleaved  # noqa: E402
-from kaon.optimization.profile import profile_groups  # noqa: E402
+from kaon.optimization.plan import keep_most_sensitive  # noqa: E402
+from kaon.optimization.profile import profile_groups, score_groups  # noqa: E402
+from kaon.optimization.quantize import layer_groups, quantize_blockwise  # noqa: E402
 
 
 def load_average() -> str:
@@ -139,24 +141,22 @@ def bench_overhead(path: Path, feeds_by_label: dict[str, dict[str, np.ndarray]],
 
 # ---- 3. MiniLM -------------------------------------------------------------------------------------
 
+HELD_OUT_MODULES = ("os", "pathlib", "json", "logging", "shutil", "subprocess", "zipfile", "collections", "email",
+                    "http.client", "urllib.request", "argparse", "statistics", "tempfile", "inspect")
+# Decisions (which layers stay out of int8) are scored on other sentences than the held-out ones.
+TUNING_MODULES = ("typing", "functools", "itertools", "re", "datetime", "threading", "socket", "unittest", "csv",
+                  "random", "textwrap", "string", "sqlite3", "decimal", "asyncio")
+STRICT_COSINE = 0.99  # the goal, read strictly: every held-out sentence
 
-def held_out_sentences(count: int) -> list[str]:
+
+def held_out_sentences(count: int, modules: tuple[str, ...] = HELD_OUT_MODULES, exclude: frozenset[str] = frozenset()
+                       ) -> list[str]:
     """First sentences of standard-library docstrings: real English, shipped with Python, never trained on here."""
-    import collections
-    import email
-    import http.client
-    import json
-    import logging
-    import pathlib
-    import shutil
-    import subprocess
-    import urllib.request
-    import zipfile
+    import importlib
 
     sentences: list[str] = []
-    seen = set()
-    for module in (os, pathlib, json, logging, shutil, subprocess, zipfile, collections, email, http.client,
-                   urllib.request, argparse, statistics, tempfile, inspect):
+    seen = set(exclude)
+    for module in map(importlib.import_module, modules):
         for _, obj in inspect.getmembers(module):
             doc = inspect.getdoc(obj) if callable(obj) or inspect.isclass(obj) else None
             if not doc:
@@ -166,6 +166,14 @@ def held_out_sentences(count: int) -> list[str]:
                 seen.add(first)
                 sentences.append(first)
     return sentences[:count]
+
+
+def cosines(runner: Callable[..., Any], batches: list[dict[str, np.ndarray]], reference: list[np.ndarray],
+            first: bool = False) -> np.ndarray:
+    """Cosine of each sentence's embedding to its fp32 one, (N,); `first`: the runner returns a list of outputs."""
+    got = [runner(b)[0] if first else runner(b) for b in batches]
+    return np.concatenate([np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+                           for a, b in zip(reference, got, strict=True)])
 
 
 class Embedder(torch.nn.Module):
@@ -196,17 +204,28 @@ def bench_minilm(threads: int, rounds: int, home: Path, batch_size: int = 32, nu
     st = SentenceTransformer(str(folder), device="cpu")
     model = Embedder(st[0].auto_model).eval()
     sentences = held_out_sentences(num_sentences)
-    batches = []
-    for i in range(0, len(sentences) - batch_size + 1, batch_size):
-        enc = st.tokenizer(sentences[i:i + batch_size], padding=True, truncation=True, max_length=128,
-                           return_tensors="np")
-        batches.append({"input_ids": enc["input_ids"].astype(np.int64),
-                        "attention_mask": enc["attention_mask"].astype(np.int64)})
+    tuning = held_out_sentences(2 * batch_size, TUNING_MODULES, exclude=frozenset(sentences))
+
+    def tokenize(texts: list[str]) -> list[dict[str, np.ndarray]]:
+        batches = []
+        for i in range(0, len(texts) - batch_size + 1, batch_size):
+            enc = st.tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=128,
+                               return_tensors="np")
+            batches.append({"input_ids": enc["input_ids"].astype(np.int64),
+                            "attention_mask": enc["attention_mask"].astype(np.int64)})
+        return batches
+
+    def embed(batches: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        with torch.inference_mode():
+            return [model(torch.from_numpy(b["input_ids"]), torch.from_numpy(b["attention_mask"])).numpy()
+                    for b in batches]
+
+    batches, tuning_batches = tokenize(sentences), tokenize(tuning)
     lengths = [b["input_ids"].shape[1] for b in batches]
-    print(f"{len(batches) * batch_size} held-out sentences, padded lengths {min(lengths)}..{max(lengths)} tokens")
+    print(f"{len(batches) * batch_size} held-out sentences, padded lengths {min(lengths)}..{max(lengths)} tokens; "
+          f"{len(tuning_batches) * batch_size} other sentences score the per-layer decisions")
+    reference, tuning_reference = embed(batches), embed(tuning_batches)
     with torch.inference_mode():
-        reference = [model(torch.from_numpy(b["input_ids"]), torch.from_numpy(b["attention_mask"])).numpy()
-                     for b in batches]
         st_check = st.encode(sentences[:batch_size], convert_to_numpy=True)
     print(f"wrapper vs SentenceTransformer.encode: max abs diff {np.abs(st_check - reference[0]).max():.1e}")
 
@@ -223,10 +242,11 @@ def bench_minilm(threads: int, rounds: int, home: Path, batch_size: int = 32, nu
                                            for g in groups) + (f" [{note}]" if note else ""))
     def cosine_loss(runner: Callable[[dict[str, np.ndarray]], np.ndarray]) -> float:
         """1 - mean cosine to the fp32 embeddings, x 100: the 'points' an int8 group loses here."""
-        got = np.concatenate([runner(b) for b in batches[:2]])
-        want = np.concatenate(reference[:2])
-        cos = np.sum(got * want, axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
-        return float(1 - cos.mean()) * 100
+        return float(1 - cosines(runner, tuning_batches, tuning_reference).mean()) * 100
+
+    def worst_sentence_loss(runner: Callable[[dict[str, np.ndarray]], np.ndarray]) -> float:
+        """1 - the worst sentence's cosine, x 100: what the strict reading of the goal bounds (1 pt = 0.99)."""
+        return float(1 - cosines(runner, tuning_batches, tuning_reference).min()) * 100
 
     timings, notes = profile_groups(prepared, groups, scheme="dynamic", feeds=batches[0], num_threads=threads,
                                     folder=out, num_rounds=3, round_s=0.5, accuracy_drop=cosine_loss)
@@ -235,6 +255,19 @@ def bench_minilm(threads: int, rounds: int, home: Path, batch_size: int = 32, nu
           f"{' '.join(notes)}")
     dense = [g.label for g in groups if g.label.startswith("MatMul [")]
     by_label = {g.label: g for g in groups}
+    # Per layer: the worst tuning sentence's loss with only that Linear layer in int8. The rule keeps
+    # the most sensitive out of dynamic int8 (they get 8-bit blocks, `quantize_blockwise`) until the
+    # rest add up to half the strict budget (1 pt): the other half is margin for unseen sentences.
+    layers = layer_groups([by_label[label] for label in dense])
+    started = time.perf_counter()
+    sensitivity, layer_notes = score_groups(prepared, layers, scheme="dynamic", feeds=batches[0], num_threads=threads,
+                                            folder=out, accuracy_drop=worst_sentence_loss)
+    sensitive = keep_most_sensitive(sensitivity, max_loss=0.5)
+    ranked = sorted(sensitivity.items(), key=lambda item: item[1], reverse=True)
+    print(f"per-layer sensitivity ({time.perf_counter() - started:.0f} s; pts = 100 x (1 - worst tuning sentence's "
+          f"cosine) with only that layer in int8; they sum to {sum(sensitivity.values()):.2f}): "
+          + ", ".join(f"{label} {loss:.3f}" for label, loss in ranked[:10]) + f", ... {' '.join(layer_notes)}")
+    print(f"kept out of dynamic int8 (sum of the rest <= 0.5 pts): {', '.join(sensitive)}")
     variants: dict[str, Path] = {"onnx fp32": prepared}
     choices = {
         "int8 Linear layers": dense,
@@ -246,6 +279,12 @@ def bench_minilm(threads: int, rounds: int, home: Path, batch_size: int = 32, nu
         if selected:
             variants[name] = quantize_model(prepared, out / name.replace(" ", "-") / "model.onnx", scheme="dynamic",
                                             groups=selected)
+    if sensitive:
+        blockwise = [g for g in layers if g.label in sensitive]
+        rest = [g for g in layers if g.label not in sensitive] + [by_label["Gather (embedding)"]]
+        mixed = quantize_model(prepared, out / "mixed" / "int8.onnx", scheme="dynamic", groups=rest)
+        variants["int8 + 8-bit blocks on sensitive layers"] = quantize_blockwise(mixed, out / "mixed" / "model.onnx",
+                                                                                 groups=blockwise)
     sessions = {name: onnx_session(path, num_threads=threads) for name, path in variants.items()}
 
     def torch_call(feeds: dict[str, np.ndarray]) -> Any:
@@ -257,15 +296,13 @@ def bench_minilm(threads: int, rounds: int, home: Path, batch_size: int = 32, nu
     calls.update({name: partial(s.run, None, middle) for name, s in sessions.items()})
     m = medians(time_interleaved(calls, num_rounds=max(rounds, 3), round_s=1.0))
     weights_bytes = (folder / "model.safetensors").stat().st_size
-    print(f"\n| variant | sentences/s (b{batch_size}) | vs torch eager | cosine to fp32 (mean / min) | file | "
-          f"vs fp32 weights |\n|---|---|---|---|---|---|")
+    print(f"\n| variant | sentences/s (b{batch_size}) | vs torch eager | cosine to fp32 (mean / worst sentence) | "
+          f"file | vs fp32 weights |\n|---|---|---|---|---|---|")
     print(f"| torch eager fp32 | {batch_size / m['torch eager fp32']:,.1f} | 1.00x | 1 / 1 | "
           f"{weights_bytes / 1e6:.1f} MB (safetensors) | 1.00x |")
     results = {}
     for name, session in sessions.items():
-        got = [session.run(None, b)[0] for b in batches]
-        cosine = np.concatenate([np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-                                 for a, b in zip(reference, got, strict=True)])
+        cosine = cosines(partial(session.run, None), batches, reference, first=True)
         size = variants[name].stat().st_size
         speed = m["torch eager fp32"] / m[name]
         results[name] = (speed, float(cosine.mean()), float(cosine.min()), size / weights_bytes)
@@ -275,10 +312,13 @@ def bench_minilm(threads: int, rounds: int, home: Path, batch_size: int = 32, nu
         if name == "onnx fp32":
             continue
         print(f"GOALS MiniLM {name}: {speed:.2f}x torch eager (>= 2.5x: {'met' if speed >= 2.5 else 'MISSED'}), "
-              f"mean cosine {cos_mean:.4f} (>= 0.99: {'met' if cos_mean >= 0.99 else 'MISSED'}; worst sentence "
-              f"{cos_min:.4f}), file {ratio:.2f}x (<= 0.3x: {'met' if ratio <= 0.3 else 'MISSED'})")
-    met = sorted(n for n, r in results.items() if r[0] >= 2.5 and r[1] >= 0.99 and r[3] <= 0.3)
-    print(f"variants meeting all three MiniLM goals (cosine: the mean over held-out sentences): {met or 'none'}")
+              f"cosine >= {STRICT_COSINE} for every held-out sentence (worst {cos_min:.4f}: "
+              f"{'met' if cos_min >= STRICT_COSINE else 'MISSED'}; mean {cos_mean:.4f}: "
+              f"{'met' if cos_mean >= STRICT_COSINE else 'MISSED'}), file {ratio:.2f}x (<= 0.3x: "
+              f"{'met' if ratio <= 0.3 else 'MISSED'})")
+    for reading, column in (("every sentence", 2), ("the mean", 1)):
+        met = sorted(n for n, r in results.items() if r[0] >= 2.5 and r[column] >= STRICT_COSINE and r[3] <= 0.3)
+        print(f"variants meeting all three MiniLM goals (cosine: {reading} over held-out sentences): {met or 'none'}")
     best = variants.get("int8 Linear + embeddings") or variants.get("int8 Linear layers")
     if best is not None:
         bench_overhead(best, {f"b{batch_size}": middle}, threads, rounds, "MiniLM int8")

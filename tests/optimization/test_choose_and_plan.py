@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kaon.optimization import GroupTiming, Score, choose_variant, plan_quantization
+from kaon.optimization.plan import keep_most_sensitive
 
 ORIGINAL = Score("original", accuracy=0.9800, size_bytes=100_000, p50_ms_b1=0.130, throughput_b64=90_000)
 
@@ -94,3 +95,13 @@ def test_plan_threshold_is_a_parameter():
     timings = [GroupTiming("Gemm", 1.0, 1.02)]
     assert plan_quantization(timings, target="latency").quantize == ("Gemm",)
     assert plan_quantization(timings, target="latency", min_speedup=1.0).keep == ("Gemm",)
+
+
+def test_keep_most_sensitive_keeps_the_fewest_layers_that_bring_the_rest_within_budget():
+    # Worst-sentence losses (pts) measured on MiniLM's first FFN output layers and two attention layers.
+    losses = {"ffn.out #0": 0.31, "ffn.out #1": 0.20, "ffn.out #2": 0.19, "attn.q #0": 0.01, "attn.k #0": 0.005}
+    assert keep_most_sensitive(losses, max_loss=0.5) == ("ffn.out #0",)  # 0.715 -> 0.405
+    assert keep_most_sensitive(losses, max_loss=0.25) == ("ffn.out #0", "ffn.out #1")  # -> 0.205
+    assert keep_most_sensitive(losses, max_loss=0.2) == ("ffn.out #0", "ffn.out #1", "ffn.out #2")
+    assert keep_most_sensitive(losses, max_loss=1.0) == ()
+    assert keep_most_sensitive({"gains": -0.1, "loses": 0.3}, max_loss=0.0) == ("loses",)  # a gain offsets nothing
