@@ -9,16 +9,13 @@ the PostgreSQL tests with KAON_TEST_POSTGRES_URL. The mapping itself is tested w
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from kaon.cluster.deployment import Deployment
+from tests.cluster.helpers import run_ray_scenario
 
 ray_cluster = pytest.mark.skipif(
     os.environ.get("KAON_TEST_RAY") != "1", reason="set KAON_TEST_RAY=1 to start a real Ray cluster (root, unshare)")
@@ -55,14 +52,7 @@ def test_ray_is_imported_only_by_the_ray_backend():
 @ray_cluster
 def test_two_node_cluster_deploy_scale_lose_a_node_under_load_and_recover(digits_onnx):
     pytest.importorskip("ray")
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.fail("KAON_TEST_RAY=1 needs root and unshare (util-linux) for the cluster's own namespaces")
-    scenario = Path(__file__).with_name("_ray_scenario.py")
-    done = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", sys.executable, str(scenario),
-                           str(digits_onnx)], capture_output=True, text=True, timeout=480)
-    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-    assert done.returncode == 0 and line, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(line[len("RESULT "):])
+    result = run_ray_scenario("_ray_scenario.py", str(digits_onnx), timeout_s=480)
     assert result["deployed"]["replicas"] == {"RUNNING": 2}
     assert result["first_status"] == 200 and result["first_labels"] == 10
     assert result["replica_nodes"] == 2  # 1.5 cpus each on 2-cpu nodes: one per node

@@ -8,14 +8,11 @@ ends with the scenario. About 45 s on 2 cores. The same distributed fit without 
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+
+from tests.cluster.helpers import run_ray_scenario
 
 EPOCHS = 5
 
@@ -24,14 +21,7 @@ EPOCHS = 5
                     reason="set KAON_TEST_RAY=1 to start a real Ray (root, unshare)")
 def test_trainer_fits_digits_on_two_ray_train_workers_and_returns_weights_history_and_run():
     pytest.importorskip("ray.train.torch")
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.fail("KAON_TEST_RAY=1 needs root and unshare (util-linux) for Ray's own namespaces")
-    scenario = Path(__file__).with_name("_ray_train_scenario.py")
-    done = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", sys.executable, str(scenario),
-                           str(EPOCHS)], capture_output=True, text=True, timeout=240)
-    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-    assert done.returncode == 0 and line, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(line[len("RESULT "):])
+    result = run_ray_scenario("_ray_train_scenario.py", str(EPOCHS), timeout_s=240)
     assert result["weights_changed"]  # rank 0's weights, loaded into the driver's model
     assert result["accuracy"] >= 0.9, result  # 0.94 on the test digits after 5 epochs (seed 0)
     assert result["epoch"] == list(range(EPOCHS))
