@@ -38,7 +38,9 @@ def test_kaon_serve_monitors_drift_of_a_version_registered_with_reference_data(k
         assert answer.status_code == 200 and len(answer.headers["x-kaon-outlier-score"].split(",")) == 4
     finally:
         assert server.stop() == 0, server.output()
-    assert f"drift: inputs checked against {version.ref}'s reference.npz (window 200)" in server.output()
+    banner = server.output()
+    assert f"drift: inputs checked against {version.ref}'s reference.npz (window 200)" in banner
+    assert f"curl -s -X POST {server.url}/predict " in banner  # the example is the model's main route
 
 
 def test_no_monitor_turns_detection_off_and_redact_fields_masks_the_fields_named(kaon_home, tmp_path):

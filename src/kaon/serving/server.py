@@ -28,7 +28,8 @@ def banner(app: KaonApp, config: ServeConfig) -> str:
     lines += [f"  docs {base}/docs   metrics {base}/metrics   health {base}/healthz {base}/readyz"]
     monitoring = _monitoring_line(app, config)
     lines += [monitoring, ""] if monitoring else [""]
-    first = app.specs[0] if app.specs else None
+    # the example: /predict when there is one (a model's main route), else the first endpoint
+    first = next((spec for spec in app.specs if spec.path == "/predict"), app.specs[0] if app.specs else None)
     if first is not None:
         field = next(iter(first.params))
         example = _example_value(first)
