@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer
@@ -32,17 +33,25 @@ def fail(exc: BaseException) -> None:
     raise typer.Exit(1)
 
 
+@contextlib.contextmanager
+def reporting_errors() -> Iterator[None]:
+    """A KaonError becomes kaon's one red error line on stderr and exit code 1, never a traceback;
+    Ctrl-C exits 130."""
+    try:
+        yield
+    except KaonError as exc:
+        fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 def handles_errors(func: F) -> F:
     import functools
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with reporting_errors():
             return func(*args, **kwargs)
-        except KaonError as exc:
-            fail(exc)
-        except KeyboardInterrupt:
-            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 

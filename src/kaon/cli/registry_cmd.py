@@ -7,10 +7,8 @@ commands, so `kaon --help` does not pay for it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -20,8 +18,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kaon.cli.app import fail
-from kaon.errors import InvalidInputError, KaonError
+from kaon.cli.app import reporting_errors
+from kaon.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from kaon.registry import ModelVersionRecord, Registry
@@ -35,14 +33,6 @@ models_app = typer.Typer(
 
 console = Console()
 
-
-@contextlib.contextmanager
-def _reporting_errors() -> Iterator[None]:
-    """A KaonError becomes kaon's one red error line on stderr and exit code 1, never a traceback."""
-    try:
-        yield
-    except KaonError as exc:
-        fail(exc)
 
 
 def _open_registry() -> Registry:
@@ -59,7 +49,7 @@ def list_runs(
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many recent runs to show.")] = 50,
 ) -> None:
     """The most recent runs, newest first."""
-    with _reporting_errors():
+    with reporting_errors():
         runs = _open_registry().list_runs(limit=limit)
     if not runs:
         console.print("No runs yet. Start one with `kaon train`.")
@@ -82,7 +72,7 @@ def show_run(
     plot: Annotated[bool, typer.Option("--plot", help="Write a PNG of the metric curves.")] = False,
 ) -> None:
     """One run: params, summary, metric history, artifacts."""
-    with _reporting_errors():
+    with reporting_errors():
         registry = _open_registry()
         run = registry.get_run(run_id)
         history = registry.metric_history(run_id)
@@ -156,7 +146,7 @@ def _plot_history(run_id: int, run_name: str, history: dict[str, list[tuple[int,
 @models_app.command("list")
 def list_models() -> None:
     """Every registered model with its latest version."""
-    with _reporting_errors():
+    with reporting_errors():
         models = _open_registry().list_models()
     if not models:
         console.print("No models yet. Register one with `kaon train` or Registry.register_version(...).")
@@ -177,7 +167,7 @@ def show_model(
     """One model version: files, signature, metrics, lineage; with a bare name, all versions too."""
     from kaon.registry import parse_ref
 
-    with _reporting_errors():
+    with reporting_errors():
         registry = _open_registry()
         record = registry.get_version(ref)
         versions = registry.list_versions(record.name) if parse_ref(ref)[1] is None else []
@@ -210,7 +200,7 @@ def set_alias(
     version: Annotated[int, typer.Argument(help="The version it should point at.")],
 ) -> None:
     """Point NAME@ALIAS at VERSION (creates the alias or moves it)."""
-    with _reporting_errors():
+    with reporting_errors():
         _open_registry().set_alias(name, alias, version)
     console.print(f"{name}@{alias} -> {name}@{version}", highlight=False)
 
@@ -225,7 +215,7 @@ def delete_version(
     """Delete one model version (its files stay in the artifact store)."""
     from kaon.registry import parse_ref
 
-    with _reporting_errors():
+    with reporting_errors():
         name, selector = parse_ref(ref)
         if selector is None or not selector.isdigit():
             raise InvalidInputError(

@@ -12,9 +12,7 @@ registry keeps only a salted scrypt hash. The lead wires this with
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated
 
@@ -23,20 +21,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kaon.cli.app import fail
-from kaon.errors import KaonError
+from kaon.cli.app import reporting_errors
 
 token_app = typer.Typer(help="API tokens: create (shown once), list, revoke; the audit log.", no_args_is_help=True)
 console = Console()
 err_console = Console(stderr=True)
 
-
-@contextlib.contextmanager
-def _reporting_errors() -> Iterator[None]:
-    try:
-        yield
-    except KaonError as exc:
-        fail(exc)
 
 
 @token_app.command("create")
@@ -55,7 +45,7 @@ def create(
     from kaon.registry import Registry
     from kaon.security import generate_token, parse_duration_s, parse_rate, parse_scopes
 
-    with _reporting_errors():
+    with reporting_errors():
         scope_list = parse_scopes(scopes)
         rate_per_s = parse_rate(rate) if rate else None
         expires_in_s = parse_duration_s(expires) if expires else None
@@ -86,7 +76,7 @@ def list_tokens(
     """List tokens (ids, names, scopes, limits; never the tokens themselves)."""
     from kaon.registry import Registry
 
-    with _reporting_errors(), Registry() as registry:
+    with reporting_errors(), Registry() as registry:
         records = registry.tokens.list(include_revoked=include_revoked)
     if as_json:
         print(json.dumps([{
@@ -117,7 +107,7 @@ def revoke(
     """Revoke a token. Running servers refuse it within about 5 seconds."""
     from kaon.registry import Registry
 
-    with _reporting_errors(), Registry() as registry:
+    with reporting_errors(), Registry() as registry:
         record = registry.tokens.revoke(name)
         remaining = len(registry.tokens.active())
     console.print(f"revoked token '{escape(record.name)}' (id {record.token_id}); servers refuse it within ~5 s.")
@@ -133,7 +123,7 @@ def audit(
     """The audit log: tokens created and revoked, aliases moved, versions deleted, deployments changed."""
     from kaon.registry import Registry
 
-    with _reporting_errors(), Registry() as registry:
+    with reporting_errors(), Registry() as registry:
         events = registry.tokens.audit_log(limit)
     if not events:
         console.print("no admin actions yet.")
