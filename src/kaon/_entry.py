@@ -16,4 +16,10 @@ def serve(target: Any, *, name: str | None = None, trust_pickle: bool = False, *
     from kaon.serving.targets import resolve_target
 
     config = ServeConfig.from_env(name=name, trust_pickle=trust_pickle or None, **flags)
-    run(resolve_target(target, name=name, trust_pickle=trust_pickle), config)
+    if config.workers > 1:
+        from kaon.serving.workers import serve_workers
+
+        serve_workers(target, config)
+        return
+    run(resolve_target(target, name=name, trust_pickle=trust_pickle, device=config.device,
+                       precision=config.precision, top_k=config.top_k), config)

@@ -71,6 +71,10 @@ class ServeConfig:
     drift_window: int = 200
     drift_reference: str | None = None  # a reference.npz to use instead of the version's own
     alert_webhook: str | None = None  # drift alerts are also POSTed here (JSON, retried)
+    device: str = "auto"  # a model file's device: auto (a CUDA GPU when torch sees one), cpu, cuda, cuda:N
+    precision: str = "fp32"  # fp32 | bf16 | fp16 for a torch model (.pt2); bf16/fp16 are for GPUs
+    top_k: int = 0  # > 0: a classifier model answers with its k best labels and scores instead of all
+    workers: int = 1  # server processes on one port (kaon.serving.workers); each loads its own model copy
     name: str | None = None
     log_level: str = "warning"
     extra: dict[str, str] = field(default_factory=dict)
@@ -85,6 +89,9 @@ class ServeConfig:
             ("max_body_bytes", self.max_body_bytes >= 1024, "an integer >= 1024"),
             ("request_log_sample", 0.0 <= self.request_log_sample <= 1.0, "a number in [0, 1]"),
             ("request_log_max_bytes", self.request_log_max_bytes >= 4096, "an integer >= 4096"),
+            ("precision", self.precision in ("fp32", "bf16", "fp16"), "one of fp32, bf16, fp16"),
+            ("top_k", self.top_k >= 0, "an integer >= 0 (0: every class's score)"),
+            ("workers", self.workers >= 1, "an integer >= 1"),
         ]
         for name, ok, expected in checks:
             if not ok:

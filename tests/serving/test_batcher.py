@@ -112,6 +112,31 @@ def test_batcher_fails_every_request_of_a_batch_whose_handler_raises():
     assert ok == [3]  # the batcher keeps serving after a failing batch
 
 
+def test_an_exception_returned_for_one_input_fails_only_its_request():
+    calls = []
+
+    def handler(items):
+        calls.append(list(items))
+        return [OverloadedError(f"bad {i}") if i == 2 else i * 10 for i in items]
+
+    async def scenario():
+        batcher = Batcher(handler, max_batch_size=8, max_wait_ms=50, max_queue=10)
+        for _ in range(3):
+            batcher.arriving()  # three requests on their way in: the batcher waits for them
+        futures = []
+        for items in ([1], [2, 3], [4]):
+            batcher.arrived()
+            futures.append(batcher.submit(items))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    first, second, third = _run(scenario())
+    assert calls == [[1, 2, 3, 4]]  # one batch
+    assert first == [10] and third == [40]
+    assert isinstance(second, OverloadedError) and str(second) == "bad 2"  # its request fails, with that error
+
+
 def test_batcher_rejects_a_handler_that_returns_the_wrong_number_of_results():
     async def scenario():
         batcher = Batcher(lambda items: items[:1], max_batch_size=4, max_wait_ms=1, max_queue=10)

@@ -41,6 +41,14 @@ def serve(
     drift_reference: str = typer.Option(None, help="A reference.npz (kaon.monitoring.fit_reference) to use instead "
                                                    "of the one registered with the model version."),
     alert_webhook: str = typer.Option(None, help="POST drift alerts (JSON) to this http(s) URL too."),
+    device: str = typer.Option(None, help="Where a model file runs: auto | cpu | cuda | cuda:N. On a GPU, JPEG "
+                                          "bodies are decoded there in batches. [default: auto]"),
+    precision: str = typer.Option(None, help="fp32 | bf16 | fp16 for a .pt2 model (bf16/fp16 on a GPU). "
+                                             "[default: fp32]"),
+    top_k: int = typer.Option(None, help="A classifier answers with its k best labels and scores instead of "
+                                         "every class's. [default: 0, all]"),
+    workers: int = typer.Option(None, help="Server processes on this port, each with its own model copy: one "
+                                           "process uses about one core. [default: 1]"),
 ) -> None:
     """Serve a model or a Service over HTTP (JSON, images and the Open Inference Protocol V2)."""
     from kaon.serving import serve as run
@@ -54,7 +62,14 @@ def serve(
         request_log_max_per_s=request_log_max_per_s,
         monitor_max_per_s=monitor_max_per_s, drift_window=drift_window, request_log_sample=request_log_sample,
         request_log_max_bytes=request_log_max_bytes, redact_fields=redact_fields, monitor=monitor,
-        drift_reference=drift_reference, alert_webhook=alert_webhook,
+        drift_reference=drift_reference, alert_webhook=alert_webhook, device=device, precision=precision,
+        top_k=top_k, workers=workers,
     )
-    service = resolve_target(target, name=name, trust_pickle=trust_pickle)
+    if config.workers > 1:
+        from kaon.serving.workers import serve_workers
+
+        serve_workers(target, config)
+        return
+    service = resolve_target(target, name=name, trust_pickle=trust_pickle, device=config.device,
+                             precision=config.precision, top_k=config.top_k)
     run(service, config)

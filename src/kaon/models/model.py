@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from kaon.errors import InvalidInputError
+from kaon.errors import ConfigError, InvalidInputError
 from kaon.types import Signature
 
 
@@ -29,6 +29,16 @@ class Model(ABC):
 
     @abstractmethod
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def place(self, device: str | None = "auto", precision: str = "fp32") -> Model:
+        """Where and in what precision the model runs. This runtime runs on the CPU in float32 only;
+        torch models (`.pt2`) also run on a CUDA GPU and in bf16/fp16 (TorchModel.place). Returns self."""
+        if (device or "auto") not in ("auto", "cpu") or precision != "fp32":
+            raise ConfigError(
+                f"a {self.framework} model runs on the CPU in fp32 in kaon. Received: device={device!r}, "
+                f"precision={precision!r}. Serve a torch.export .pt2 for a GPU or bf16/fp16, or make an "
+                f"fp16 variant with `kaon optimize --methods fp16`.")
+        return self
 
     def validate(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
         """Check names, shapes and dtypes against the signature; cast where it is safe."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from kaon.errors import InvalidInputError, ModelLoadError, require
+from kaon.errors import ConfigError, InvalidInputError, ModelLoadError, require
 from kaon.models.model import Model
 from kaon.types import Signature, TensorSpec
 
@@ -16,19 +16,46 @@ def _torch() -> Any:
     return require("torch", "torch", "Running a PyTorch model")
 
 
+#: `precision` names -> torch dtypes. fp32 is the default; bf16/fp16 are for GPUs.
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _to_numpy(tensor: Any) -> np.ndarray:
+    torch = _torch()
+    tensor = tensor.detach()
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        tensor = tensor.float()  # numpy has no bfloat16; callers get float32 as from an fp32 model
+    return tensor.cpu().numpy()
+
+
 def outputs_to_numpy(result: Any, names: list[str] | None = None) -> dict[str, np.ndarray]:
     """A module's output (tensor, tuple of tensors or dict) as named numpy arrays."""
     torch = _torch()
     if isinstance(result, torch.Tensor):
         items = [result]
     elif isinstance(result, dict):
-        return {k: v.detach().float().cpu().numpy() if v.dtype in (torch.bfloat16, torch.float16)
-                else v.detach().cpu().numpy() for k, v in result.items()}
+        return {k: _to_numpy(v) for k, v in result.items()}
     else:
         items = list(result)
     if names is None or len(names) != len(items):
         names = ["output"] if len(items) == 1 else [f"output_{i}" for i in range(len(items))]
-    return {n: t.detach().cpu().numpy() for n, t in zip(names, items, strict=True)}
+    return {n: _to_numpy(t) for n, t in zip(names, items, strict=True)}
+
+
+def resolve_device(device: str | None) -> str:
+    """'auto' (or None) -> 'cuda' when torch sees a GPU, else 'cpu'; 'cuda' without one is a ConfigError."""
+    torch = _torch()
+    text = (device or "auto").strip().lower()
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return text
+    if text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} was asked for, but torch sees no CUDA GPU (torch "
+                              f"{torch.__version__}). Use --device cpu, or install a CUDA build of torch.")
+        return text
+    raise ConfigError(f"device must be auto, cpu, cuda or cuda:N. Received: {device!r}.")
 
 
 def _writable(array: np.ndarray) -> np.ndarray:
@@ -54,6 +81,37 @@ class TorchModel(Model):
                 pass  # an ExportedProgram's module cannot switch mode; it was exported in eval mode
         self._input_names = [s.name for s in signature.inputs]
         self._output_names = [s.name for s in signature.outputs]
+        self.precision = "fp32"
+        self._dtype = torch.float32
+        self._autocast = False  # True when the module could not be cast: autocast runs it in `_dtype`
+        self._channels_last = False
+
+    def place(self, device: str | None = "auto", precision: str = "fp32") -> TorchModel:
+        """Move the module to `device` ('auto': a CUDA GPU when torch sees one) and run it in `precision`
+        (fp32, bf16 or fp16). Inputs and outputs stay float32 numpy arrays. Returns self."""
+        torch = _torch()
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}. Received: {precision!r}.")
+        target = torch.device(resolve_device(device))
+        dtype = getattr(torch, PRECISIONS[precision])
+        self.module.to(target)
+        self.device, self.precision, self._dtype, self._autocast = target, precision, dtype, False
+        # convolutions on a GPU are fastest channels-last (NHWC tensor cores); same results either way
+        self._channels_last = target.type == "cuda" and any(len(s.shape) == 4 for s in self.signature.inputs)
+        if self._channels_last:
+            self.module.to(memory_format=torch.channels_last)
+        if dtype != torch.float32:
+            self.module.to(dtype)
+            try:  # an exported graph may hold float32 constants that no longer match: autocast instead
+                self._run(self._zeros())
+            except RuntimeError:
+                self.module.float()
+                self._autocast = True
+                self._run(self._zeros())  # fails loudly if the model cannot run in this precision at all
+        return self
+
+    def _zeros(self) -> dict[str, np.ndarray]:
+        return {s.name: np.zeros([2 if d == -1 else d for d in s.shape], dtype=s.dtype) for s in self.signature.inputs}
 
     @classmethod
     def from_module(cls, module: Any, input_example: np.ndarray | dict[str, np.ndarray],
@@ -69,8 +127,22 @@ class TorchModel(Model):
 
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = _torch()
-        args = [torch.from_numpy(_writable(inputs[n])).to(self.device) for n in self._input_names]
-        with torch.inference_mode():
+        return self.run_tensors([torch.from_numpy(_writable(inputs[n])) for n in self._input_names])
+
+    def run_tensors(self, tensors: list[Any]) -> dict[str, np.ndarray]:
+        """Run on torch tensors (one per input, in signature order; on any device), without the numpy
+        validation of `run`: for inputs kaon made itself, such as images decoded on the GPU."""
+        torch = _torch()
+        args = []
+        for tensor in tensors:
+            tensor = tensor.to(self.device, non_blocking=True)
+            if tensor.is_floating_point():
+                if not self._autocast:
+                    tensor = tensor.to(self._dtype)
+                if self._channels_last and tensor.dim() == 4:
+                    tensor = tensor.contiguous(memory_format=torch.channels_last)
+            args.append(tensor)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self._dtype, enabled=self._autocast):
             result = self.module(*args)
         return outputs_to_numpy(result, self._output_names)
 

@@ -72,7 +72,7 @@ class KaonApp:
         self.metrics = ServerMetrics()
         self.ready = False
         self.in_flight = 0  # a plain int read by the gauge: a locked Gauge.inc per request costs more
-        self.metrics.in_flight.set_function(lambda: float(self.in_flight))
+        self.metrics.gauge_function(self.metrics.in_flight, lambda: float(self.in_flight))
         self._id_prefix = os.urandom(4).hex()  # request ids: a per-process prefix and a counter, no uuid4 per request
         self._ids = itertools.count(1)
         self.batchers: dict[str, Batcher] = {}
@@ -105,7 +105,7 @@ class KaonApp:
                     max_queue=self.config.max_queue, is_async=spec.is_async, name=spec.name,
                     on_batch=batch_hist.observe,
                 )
-                queue_gauge.set_function(_depth_of(self.batchers[spec.name]))
+                self.metrics.gauge_function(queue_gauge, _depth_of(self.batchers[spec.name]))
                 self._batcher_by_path[spec.path] = self.batchers[spec.name]
         models = self.service.models
         if models:

@@ -216,7 +216,14 @@ class Batcher:
         for pending in batch:
             end = start + len(pending.items)
             if not pending.future.done():
-                pending.future.set_result(results[start:end])
+                mine = results[start:end]
+                # a handler may answer one input with an exception (a picture that does not decode, say):
+                # that request fails with it, the rest of the batch does not
+                failed = next((r for r in mine if isinstance(r, BaseException)), None)
+                if failed is None:
+                    pending.future.set_result(mine)
+                else:
+                    pending.future.set_exception(failed)
             start = end
 
 

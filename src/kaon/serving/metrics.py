@@ -1,19 +1,36 @@
-"""Prometheus metrics of one server: its own registry, so two apps in one process never mix."""
+"""Prometheus metrics of one server: its own registry, so two apps in one process never mix.
+
+With `kaon serve --workers N` every worker process writes its values to files in the folder named by
+PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode), and `/metrics`, whichever worker answers
+it, reports the sum over all of them: counters and histograms add up, gauges are summed over live workers.
+"""
 
 from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# How often a worker copies its function-backed gauges (queue depth, in flight) into the shared files.
+MULTIPROCESS_REFRESH_S = 0.5
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 class ServerMetrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
+        self.multiprocess = multiprocess_dir() is not None
         self.registry = CollectorRegistry(auto_describe=True)
+        live = {"multiprocess_mode": "livesum"} if self.multiprocess else {}
         self.requests = Counter("kaon_requests", "HTTP requests by route and status",
                                 ["route", "status"], registry=self.registry)
         self.latency = Histogram("kaon_request_latency_seconds", "Request latency by route", ["route"],
@@ -21,9 +38,29 @@ class ServerMetrics:
         self.batch_size = Histogram("kaon_batch_size", "Realised batch size per forward pass", ["endpoint"],
                                     buckets=BATCH_BUCKETS, registry=self.registry)
         self.queue_depth = Gauge("kaon_queue_depth", "Items waiting in a batcher queue", ["endpoint"],
-                                 registry=self.registry)
-        self.in_flight = Gauge("kaon_in_flight_requests", "Requests being served now", registry=self.registry)
+                                 registry=self.registry, **live)  # type: ignore[arg-type]
+        self.in_flight = Gauge("kaon_in_flight_requests", "Requests being served now", registry=self.registry,
+                               **live)  # type: ignore[arg-type]
         self._children: dict[tuple[str, int], tuple[object, object]] = {}
+        self._functions: list[tuple[Gauge, Callable[[], float]]] = []
+        self._refresher: threading.Thread | None = None
+
+    def gauge_function(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """`gauge` reports `read()`: when scraped in one process, every MULTIPROCESS_REFRESH_S across workers
+        (a function is not shared between processes: its value is copied into the shared files)."""
+        if not self.multiprocess:
+            gauge.set_function(read)
+            return
+        self._functions.append((gauge, read))
+        if self._refresher is None:
+            self._refresher = threading.Thread(target=self._refresh, name="kaon-metrics", daemon=True)
+            self._refresher.start()
+
+    def _refresh(self) -> None:
+        stop = threading.Event()
+        while not stop.wait(MULTIPROCESS_REFRESH_S):
+            for gauge, read in list(self._functions):
+                gauge.set(read())
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         key = (route, status)
@@ -35,4 +72,12 @@ class ServerMetrics:
         children[1].observe(seconds)  # type: ignore[attr-defined]
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        for gauge, read in list(self._functions):  # this worker's own values are fresh
+            gauge.set(read())
+        combined = CollectorRegistry()
+        MultiProcessCollector(combined)
+        return generate_latest(combined)

@@ -6,8 +6,10 @@ from typing import Any
 
 import numpy as np
 
+from kaon.errors import InvalidInputError
 from kaon.models import Model
 from kaon.serving.explain import ExplainMethod, ExplainQueue, ExplainTarget
+from kaon.serving.images import EncodedImage, as_array, decode_batch
 from kaon.serving.service import Service, endpoint
 from kaon.serving.tensors import Tensor
 
@@ -22,11 +24,27 @@ def _looks_like_image(shape: tuple[int, ...]) -> bool:
     return (shape[1] in (1, 3) and min(shape[2:]) >= 8) or (shape[3] in (1, 3) and min(shape[1:3]) >= 8)
 
 
-def rows_to_predictions(outputs: dict[str, np.ndarray], labels: list[str] | None) -> list[dict[str, Any]]:
-    """Split batched outputs into one JSON-ready dict per input; classifiers also get a 'label'."""
+def rows_to_predictions(outputs: dict[str, np.ndarray], labels: list[str] | None,
+                        top_k: int = 0) -> list[dict[str, Any]]:
+    """Split batched outputs into one JSON-ready dict per input; classifiers also get a 'label'.
+    With `top_k` > 0 a classifier's row is `{"label", "top_k": [{"label", "score"}, ...]}` instead of
+    every class's score: 1,000 ImageNet scores cost more to write as JSON than the model takes to run."""
     names = list(outputs)
     count = len(outputs[names[0]])
     classify = len(names) == 1 and outputs[names[0]].ndim == 2 and outputs[names[0]].shape[1] > 1
+
+    def label(index: int) -> Any:
+        return labels[index] if labels and index < len(labels) else index
+
+    if classify and top_k > 0:
+        scores = outputs[names[0]]
+        k = min(top_k, scores.shape[1])
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1), axis=1)
+        top_scores = np.take_along_axis(scores, top, axis=1).tolist()
+        return [{"label": label(row[0]),
+                 "top_k": [{"label": label(c), "score": v} for c, v in zip(row, vals, strict=True)]}
+                for row, vals in zip(top.tolist(), top_scores, strict=True)]
     rows: list[dict[str, Any]] = []
     lists = {n: outputs[n].tolist() for n in names}
     if classify:
@@ -34,17 +52,33 @@ def rows_to_predictions(outputs: dict[str, np.ndarray], labels: list[str] | None
     for i in range(count):
         row: dict[str, Any] = {n: lists[n][i] for n in names}
         if classify:
-            row["label"] = labels[best[i]] if labels and best[i] < len(labels) else best[i]
+            row["label"] = label(best[i])
         rows.append(row)
     return rows
 
 
-def model_service(model: Model, version: str | None = None) -> type[Service]:
-    """Build a Service class whose `predict` runs `model` on a list of inputs, batched."""
+def decodes_on_device(model: Model) -> bool:
+    """True for a torch model on a GPU with torchvision at hand: its JPEGs are decoded there (nvJPEG)."""
+    device = getattr(model, "device", None)
+    if getattr(device, "type", None) != "cuda" or not hasattr(model, "run_tensors"):
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("torchvision") is not None
+
+
+def model_service(model: Model, version: str | None = None, *, top_k: int = 0,
+                  decode_on_device: bool | None = None) -> type[Service]:
+    """Build a Service class whose `predict` runs `model` on a list of inputs, batched.
+    `top_k`: a classifier answers with its k best labels and scores (see rows_to_predictions).
+    `decode_on_device` (default: `decodes_on_device(model)`): JPEG bodies are decoded a batch at a time
+    where the model runs instead of one by one on the event loop."""
     if len(model.signature.inputs) != 1:
         return _multi_input_service(model, version)
     spec = model.signature.inputs[0]
-    item = Tensor(spec.shape[1:], spec.dtype, image=_looks_like_image(spec.shape))
+    image = _looks_like_image(spec.shape)
+    lazy = image and (decodes_on_device(model) if decode_on_device is None else decode_on_device)
+    item = Tensor(spec.shape[1:], spec.dtype, image=image, encoded=lazy)
     labels = model.signature.labels
     class_name = "".join(p[:1].upper() + p[1:] for p in model.name.replace("-", "_").split("_") if p) or "Model"
 
@@ -58,13 +92,20 @@ def model_service(model: Model, version: str | None = None) -> type[Service]:
             explainer.close()
 
     def predict(self: Any, inputs: list[item]) -> list[dict[str, Any]]:  # type: ignore[valid-type]
-        batch: np.ndarray = np.stack(inputs)  # (N, *item shape)
-        return rows_to_predictions(self.model.run({spec.name: batch}), labels)
+        if not (lazy and any(isinstance(x, EncodedImage) for x in inputs)):
+            return rows_to_predictions(self.model.run({spec.name: np.stack(inputs)}), labels, top_k)
+        errors: list[tuple[int, ValueError]] = []
+        batch = decode_batch(inputs, self.model.device, errors=errors)
+        rows: list[Any] = rows_to_predictions(self.model.run_tensors([batch]), labels, top_k) if len(batch) else []
+        for index, error in errors:  # a picture that does not decode fails its own request (400), alone
+            rows.insert(index, InvalidInputError(str(error)))
+        return rows
 
     async def explain(self: Any, inputs: list[item], method: ExplainMethod = "integrated_gradients",  # type: ignore[valid-type]
                       target: ExplainTarget = None, heatmap: bool = False) -> list[dict[str, Any]]:
         """Attributions for each input (see kaon.serving.explain); batched with concurrent requests."""
-        return await self.explainer.explain(inputs, method, target, heatmap)
+        arrays = [as_array(x) for x in inputs]
+        return await self.explainer.explain(arrays, method, target, heatmap)
 
     # Annotations are strings under `from __future__ import annotations`; give the real types.
     predict.__annotations__ = {"inputs": list[item], "return": list[dict[str, Any]]}  # type: ignore[valid-type]

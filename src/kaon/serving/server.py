@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 from kaon.config import ServeConfig
 from kaon.serving.app import KaonApp
 from kaon.serving.service import Service
+from kaon.serving.tensors import is_image_type
 
 
 def banner(app: KaonApp, config: ServeConfig) -> str:
@@ -30,9 +33,15 @@ def banner(app: KaonApp, config: ServeConfig) -> str:
     lines += [monitoring, ""] if monitoring else [""]
     # the example: /predict when there is one (a model's main route), else the first endpoint
     first = next((spec for spec in app.specs if spec.path == "/predict"), app.specs[0] if app.specs else None)
-    if first is not None:
+    example = _example_value(first) if first is not None else ""
+    if first is not None and first.item_type is not None and is_image_type(first.item_type) and len(example) > 400:
+        # a big image: a picture's bytes, not a page of zeros as nested arrays
+        lines += [
+            "Try it (a JPEG or PNG of the model's input size):",
+            f"  curl -s -X POST {base}{first.path} -H 'content-type: image/jpeg' --data-binary @picture.jpg",
+        ]
+    elif first is not None:
         field = next(iter(first.params))
-        example = _example_value(first)
         call = "predict(" if first.path == "/predict" else f"call('{first.path[1:]}', "
         lines += [
             "Try it:",
@@ -95,9 +104,16 @@ def serve(target: Service | type[Service] | KaonApp, config: ServeConfig | None 
         http=_http_protocol(), loop="uvloop" if _has("uvloop") else "asyncio",
         **tls,
     ))
-    if print_banner:
-        print(banner(app, config), flush=True)
-    server.run()
+    from kaon.serving.workers import LISTEN_FD_ENV, mark_ready
+
+    listen_fd = os.environ.get(LISTEN_FD_ENV)
+    if listen_fd:  # a worker of `kaon serve --workers N`: accept on the supervisor's socket, banner to it
+        server.on_started = lambda: mark_ready(banner(app, config))
+        server.run(sockets=[socket.socket(fileno=int(listen_fd))])
+    else:
+        if print_banner:
+            print(banner(app, config), flush=True)
+        server.run()
     if not server.started:
         raise SystemExit(1)
 
@@ -136,6 +152,13 @@ def _graceful_server_class() -> type:
     class GracefulServer(uvicorn.Server):
         """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, so the process dies by the signal.
         A stop asked for is a clean exit for kaon: in-flight requests finished, exit code 0."""
+
+        on_started: Any = None  # called once the app is set up and the server accepts
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.on_started is not None and not self.should_exit:
+                self.on_started()
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:

@@ -14,24 +14,26 @@ from kaon.serving.model_service import model_service
 from kaon.serving.service import Service
 
 
-def resolve_target(target: Any, *, name: str | None = None, trust_pickle: bool = False) -> type[Service]:
-    """A Service class for `target`. Models are loaded here, so a bad file fails before the server starts."""
+def resolve_target(target: Any, *, name: str | None = None, trust_pickle: bool = False, device: str = "auto",
+                   precision: str = "fp32", top_k: int = 0) -> type[Service]:
+    """A Service class for `target`. Models are loaded (and placed on `device` in `precision`) here, so a
+    bad file or setting fails before the server starts. A Service of the user's own places its models."""
     if isinstance(target, type) and issubclass(target, Service):
         return target
     if isinstance(target, Service):
         return type(target)
     if isinstance(target, Model):
-        if name:
-            target.name = name
-        return model_service(target, getattr(getattr(target, "version", None), "version", None))
-    text = str(target)
-    if ":" in text and text.split(":", 1)[0].endswith(".py"):
-        return load_service_class(text)
-    model = load(text, trust_pickle=trust_pickle)
+        model = target
+    else:
+        text = str(target)
+        if ":" in text and text.split(":", 1)[0].endswith(".py"):
+            return load_service_class(text)
+        model = load(text, trust_pickle=trust_pickle)
     if name:
         model.name = name
+    model.place(device, precision)
     version = getattr(model, "version", None)
-    return model_service(model, str(version.version) if version is not None else None)
+    return model_service(model, str(version.version) if version is not None else None, top_k=top_k)
 
 
 def load_service_class(spec: str) -> type[Service]:

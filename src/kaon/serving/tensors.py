@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -20,25 +19,7 @@ import numpy as np
 import orjson
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 
-
-def decode_image_bytes(data: bytes, channels: int, size: tuple[int, int] | None) -> np.ndarray:
-    """PNG/JPEG bytes -> float32 (C, H, W) in [0, 1]. Raises ValueError saying what is wrong."""
-    from PIL import Image as PILImage
-    from PIL import UnidentifiedImageError
-
-    try:
-        with PILImage.open(io.BytesIO(data)) as opened:
-            # the header gives the size: refuse a wrong one before decoding (a tiny PNG can inflate to GBs)
-            if size is not None and (opened.height, opened.width) != size:
-                raise ValueError(
-                    f"expected an image of {size[0]}x{size[1]} pixels. Received: {opened.height}x{opened.width}. "
-                    f"Resize it before sending."
-                )
-            img = opened.convert("L" if channels == 1 else "RGB")
-        array = np.asarray(img, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, PILImage.DecompressionBombError, SyntaxError) as exc:
-        raise ValueError(f"the bytes are not a readable PNG or JPEG image ({len(data)} bytes received)") from exc
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+from kaon.serving.images import EncodedImage, decode_image_bytes
 
 
 def _from_base64(text: str) -> bytes:
@@ -53,7 +34,7 @@ def _from_base64(text: str) -> bytes:
         ) from exc
 
 
-def _array_validator(shape: tuple[int, ...], dtype: str, image: bool) -> Any:
+def _array_validator(shape: tuple[int, ...], dtype: str, image: bool, encoded: bool = False) -> Any:
     want = tuple(shape)
     # an image item is (C, H, W), or (H, W, C) as Keras models take it
     channels_last = image and want[0] not in (1, 3) and want[-1] in (1, 3)
@@ -61,13 +42,19 @@ def _array_validator(shape: tuple[int, ...], dtype: str, image: bool) -> Any:
     def matches(got: tuple[int, ...]) -> bool:
         return len(got) == len(want) and all(w in (-1, g) for w, g in zip(want, got, strict=True))
 
-    def validate(value: Any) -> np.ndarray:
+    def validate(value: Any) -> np.ndarray | EncodedImage:
         if isinstance(value, np.ndarray):
             array = value
         elif isinstance(value, (str, bytes)):
             if not image:
                 raise ValueError(f"expected a nested array of shape {list(want)}. Received: a string.")
             raw = value if isinstance(value, bytes) else _from_base64(value)
+            if encoded:  # JPEGs stay bytes until their batch is decoded where the model runs
+                size = (want[0], want[1]) if channels_last else (want[1], want[2])
+                channels = want[2] if channels_last else want[0]
+                lazy = EncodedImage.check(raw, channels, size, channels_last)
+                if lazy is not None:
+                    return lazy
             if channels_last:
                 return decode_image_bytes(raw, want[2], (want[0], want[1])).transpose(1, 2, 0)
             return decode_image_bytes(raw, want[0], (want[1], want[2]))
@@ -127,16 +114,20 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: str
     image: bool
+    encoded: bool = False
 
 
-def Tensor(shape: tuple[int, ...], dtype: str = "float32", image: bool = False) -> Any:  # noqa: N802
-    """A parameter type for one array of `shape` (one item of a batch), received as a numpy array."""
+def Tensor(shape: tuple[int, ...], dtype: str = "float32", image: bool = False,  # noqa: N802
+           encoded: bool = False) -> Any:
+    """A parameter type for one array of `shape` (one item of a batch), received as a numpy array.
+    `encoded=True` (images only): a JPEG arrives as a `kaon.serving.images.EncodedImage`, its header
+    checked, for the endpoint to decode with its batch (`images.decode_batch`, on a GPU)."""
     return Annotated[
         Any,
-        PlainValidator(_array_validator(tuple(shape), dtype, image)),
+        PlainValidator(_array_validator(tuple(shape), dtype, image, encoded and image)),
         PlainSerializer(_serialize, when_used="json"),
         WithJsonSchema(_array_schema(tuple(shape), dtype, image)),
-        TensorInfo(tuple(shape), dtype, image),
+        TensorInfo(tuple(shape), dtype, image, encoded and image),
     ]
 
 
@@ -176,9 +167,10 @@ def batch_fast_path(param: str, info: TensorInfo) -> Callable[[bytes], list[np.n
     return decode
 
 
-def Image(height: int, width: int, channels: int = 1) -> Any:  # noqa: N802
-    """A parameter type for one image: nested array or base64 PNG/JPEG in, float32 (C, H, W) out."""
-    return Tensor((channels, height, width), "float32", image=True)
+def Image(height: int, width: int, channels: int = 1, encoded: bool = False) -> Any:  # noqa: N802
+    """A parameter type for one image: nested array or base64 PNG/JPEG in, float32 (C, H, W) out.
+    `encoded=True`: JPEGs arrive as `EncodedImage`s for `kaon.serving.images.decode_batch` (see Tensor)."""
+    return Tensor((channels, height, width), "float32", image=True, encoded=encoded)
 
 
 def is_image_type(tp: Any) -> bool:

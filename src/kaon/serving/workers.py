@@ -1,0 +1,194 @@
+"""`kaon serve --workers N`: N server processes answering on one port.
+
+One Python process serves on one core: its event loop and its batches share one GIL. On a GPU that caps
+ResNet-50 with JPEG bodies at ~2,000 img/s while the card does ~14,000 (BENCHMARKS.md). Workers are
+separate processes, each with its own model copy, batcher and event loop, accepting on one listening
+socket that this supervisor binds first (a taken port fails here, before any model loads) and passes on.
+
+    supervisor (binds host:port, prints the banner, forwards Ctrl-C/SIGTERM, restarts a worker that dies)
+       |-> worker 0: python -m kaon.cli serve TARGET   (KAON_* settings, the socket's fd, KAON_WORKER_INDEX=0)
+       |-> worker 1: ...
+
+Metrics are summed across workers (kaon.serving.metrics, prometheus_client's multiprocess mode). Each
+worker runs its own drift monitor on the requests it answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from kaon.config import ServeConfig
+from kaon.errors import ConfigError
+
+log = logging.getLogger("kaon.serving.workers")
+
+LISTEN_FD_ENV = "KAON_LISTEN_FD"
+READY_FILE_ENV = "KAON_READY_FILE"
+WORKER_INDEX_ENV = "KAON_WORKER_INDEX"
+STARTUP_TIMEOUT_S = 600.0  # loading a big model onto a GPU can take minutes
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The listening socket every worker accepts on. A taken port is a clear error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}. Pick another --port, or stop what "
+                          f"uses it.") from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def worker_env(config: ServeConfig, fd: int, index: int, metrics_dir: str, ready_file: Path) -> dict[str, str]:
+    """A worker's environment: every setting as its KAON_* variable (ServeConfig.from_env reads them back)."""
+    env = dict(os.environ)
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.name == "extra" or value is None:
+            continue
+        env[f"KAON_{field.name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    env.update({"KAON_WORKERS": "1", LISTEN_FD_ENV: str(fd), WORKER_INDEX_ENV: str(index),
+                READY_FILE_ENV: str(ready_file), "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+                "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def mark_ready(banner_text: str) -> None:
+    """Called by a worker once it serves: tells the supervisor (and gives it the banner to print)."""
+    path = os.environ.get(READY_FILE_ENV)
+    if path:
+        tmp = Path(path + ".tmp")
+        tmp.write_text(banner_text)
+        tmp.replace(path)
+
+
+class Supervisor:
+    """Starts the workers, waits until all serve, restarts one that dies, stops them all on a signal."""
+
+    def __init__(self, target: str, config: ServeConfig) -> None:
+        self.target = target
+        self.config = config
+        self.workdir = Path(tempfile.mkdtemp(prefix="kaon-workers-"))
+        self.metrics_dir = self.workdir / "metrics"
+        self.metrics_dir.mkdir()
+        self.sock = bind_listener(config.host, config.port)
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * config.workers
+        self.restarts = [0] * config.workers
+        self.stopping = False
+
+    def _ready_file(self, index: int) -> Path:
+        return self.workdir / f"ready-{index}"
+
+    def _start(self, index: int) -> None:
+        self._ready_file(index).unlink(missing_ok=True)
+        env = worker_env(self.config, self.sock.fileno(), index, str(self.metrics_dir), self._ready_file(index))
+        self.procs[index] = subprocess.Popen(
+            [sys.executable, "-m", "kaon.cli", "serve", self.target], env=env, pass_fds=(self.sock.fileno(),),
+            stdin=subprocess.DEVNULL)
+
+    def run(self, print_banner: bool = True) -> int:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for index in range(self.config.workers):
+                self._start(index)
+            if not self._wait_all_ready():
+                return 1
+            if print_banner:
+                banner = self._ready_file(0).read_text()
+                print(banner.replace("kaon is serving", f"kaon is serving ({self.config.workers} workers)", 1),
+                      flush=True)
+            while not self.stopping:
+                self._watch()
+                time.sleep(0.2)
+            return self._stop_all()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.sock.close()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+
+    def _wait_all_ready(self) -> bool:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline and not self.stopping:
+            for index, proc in enumerate(self.procs):
+                if proc is not None and proc.poll() is not None:
+                    print(f"kaon: worker {index} exited with code {proc.returncode} while starting; stopping the "
+                          f"others (its error is above).", file=sys.stderr, flush=True)
+                    self._stop_all()
+                    return False
+            if all(self._ready_file(i).exists() for i in range(self.config.workers)):
+                return True
+            time.sleep(0.1)
+        if not self.stopping:
+            print(f"kaon: the workers were not all ready within {STARTUP_TIMEOUT_S:.0f} s; stopping them.",
+                  file=sys.stderr, flush=True)
+        self._stop_all()
+        return False
+
+    def _watch(self) -> None:
+        for index, proc in enumerate(self.procs):
+            if proc is None or proc.poll() is None:
+                continue
+            delay = RESTART_BACKOFF_S[min(self.restarts[index], len(RESTART_BACKOFF_S) - 1)]
+            self.restarts[index] += 1
+            print(f"kaon: worker {index} (pid {proc.pid}) exited with code {proc.returncode}; restarting it in "
+                  f"{delay:g} s.", file=sys.stderr, flush=True)
+            self._mark_dead(proc.pid)
+            self.procs[index] = None
+            end = time.monotonic() + delay
+            while time.monotonic() < end and not self.stopping:
+                time.sleep(0.1)
+            if not self.stopping:
+                self._start(index)
+
+    def _mark_dead(self, pid: int) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, str(self.metrics_dir))
+
+    def _stop_all(self) -> int:
+        """SIGTERM every worker (each finishes its in-flight requests), wait, then 0 if all exited cleanly."""
+        live = [p for p in self.procs if p is not None and p.poll() is None]
+        for proc in live:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + max(5.0, self.config.timeout_s) + 5.0
+        codes = []
+        for proc in live:
+            try:
+                codes.append(proc.wait(timeout=max(0.1, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes.append(proc.wait())
+        return 0 if all(code == 0 for code in codes) else 1
+
+
+def serve_workers(target: Any, config: ServeConfig, print_banner: bool = True) -> None:
+    """Serve `target` (a model file, registry reference or service.py:Class) with config.workers processes."""
+    if not isinstance(target, (str, os.PathLike)):
+        raise ConfigError(
+            f"--workers {config.workers} starts worker processes that load the target themselves, so it must be "
+            f"a model file, a registry reference or path/to/service.py:Class. Received: a "
+            f"{type(target).__name__}. Save the model (kaon.register or torch.export) and serve that.")
+    code = Supervisor(str(target), config).run(print_banner)
+    if code != 0:
+        raise SystemExit(code)

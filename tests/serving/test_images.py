@@ -1,0 +1,216 @@
+"""JPEG bodies kept encoded until their batch is decoded (the GPU path), model placement and precision,
+and top-k answers. The nvJPEG decode itself needs a GPU (bench/gpu_serving.py checks its pixels against
+PIL's there); here the same code paths run on the CPU."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from kaon.errors import ConfigError
+from kaon.models import load_file
+from kaon.serving.images import EncodedImage, as_array, decode_batch, decode_image_bytes
+from kaon.serving.model_service import model_service, rows_to_predictions
+from kaon.serving.tensors import Image
+from tests.servers import Server
+
+
+def _encode(pixels: np.ndarray, fmt: str = "JPEG") -> bytes:
+    buffer = io.BytesIO()
+    PILImage.fromarray(pixels).save(buffer, format=fmt, quality=90)
+    return buffer.getvalue()
+
+
+def _rgb(seed: int, size: int = 16) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+
+
+def test_encoded_image_checks_the_header_and_keeps_only_jpegs():
+    jpeg = _encode(_rgb(0))
+    lazy = EncodedImage.check(jpeg, 3, (16, 16), channels_last=False)
+    assert isinstance(lazy, EncodedImage) and lazy.data == jpeg
+    assert EncodedImage.check(_encode(_rgb(0), "PNG"), 3, (16, 16), False) is None  # PNGs are decoded at once
+    with pytest.raises(ValueError, match="expected an image of 8x8 pixels. Received: 16x16"):
+        EncodedImage.check(jpeg, 3, (8, 8), False)
+    with pytest.raises(ValueError, match="not a readable PNG or JPEG"):
+        EncodedImage.check(b"\xff\xd8\xff" + b"garbage" * 10, 3, (16, 16), False)
+
+
+def test_decode_batch_matches_pil_for_mixed_items_and_layouts():
+    jpegs = [_encode(_rgb(i)) for i in range(3)]
+    array = np.random.default_rng(5).random((3, 16, 16), dtype=np.float32)
+    items = [EncodedImage(jpegs[0], 3, False), array, EncodedImage(jpegs[1], 3, False), EncodedImage(jpegs[2], 3, False)]
+    batch = decode_batch(items, "cpu").numpy()
+    assert batch.shape == (4, 3, 16, 16) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch[1], array)
+    for row, data in zip((0, 2, 3), jpegs, strict=True):
+        np.testing.assert_allclose(batch[row], decode_image_bytes(data, 3, None), atol=1e-6)
+    last = EncodedImage(jpegs[0], 3, channels_last=True)
+    assert as_array(last).shape == (16, 16, 3)
+    np.testing.assert_allclose(decode_batch([last], "cpu").numpy()[0], as_array(last), atol=1e-6)
+
+
+def test_image_type_with_encoded_passes_jpegs_through_and_decodes_the_rest():
+    import pydantic
+
+    adapter = pydantic.TypeAdapter(list[Image(16, 16, channels=3, encoded=True)])
+    jpeg, png = _encode(_rgb(1)), _encode(_rgb(1), "PNG")
+    got = adapter.validate_python([jpeg, png, np.zeros((3, 16, 16)).tolist()])
+    assert isinstance(got[0], EncodedImage)
+    assert isinstance(got[1], np.ndarray) and got[1].shape == (3, 16, 16)
+    with pytest.raises(pydantic.ValidationError, match="expected an image of 16x16 pixels"):
+        adapter.validate_python([_encode(_rgb(1, size=8))])
+
+
+@pytest.fixture(scope="module")
+def rgb_model(tmp_path_factory):
+    import torch
+
+    from kaon.models.torch import export_program
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 14 * 14, 12), torch.nn.Softmax(dim=1)).eval()
+    path = tmp_path_factory.mktemp("rgb") / "rgb.pt2"
+    export_program(net, np.random.rand(2, 3, 16, 16).astype(np.float32), path)
+    return path
+
+
+def test_model_service_decodes_jpegs_with_the_batch_and_answers_as_the_eager_path(rgb_model):
+    model = load_file(rgb_model)
+    jpegs = [_encode(_rgb(i)) for i in range(4)]
+    lazy_cls = model_service(model, decode_on_device=True)
+    eager_cls = model_service(model, decode_on_device=False)
+    lazy, eager = lazy_cls(), eager_cls()
+    lazy.setup()
+    eager.setup()
+    import pydantic
+
+    item = lazy_cls.predict.__annotations__["inputs"]
+    items = pydantic.TypeAdapter(item).validate_python(jpegs)
+    assert all(isinstance(x, EncodedImage) for x in items)
+    arrays = [decode_image_bytes(j, 3, None) for j in jpegs]
+    got, want = lazy.predict(items), eager.predict(arrays)
+    assert [r["label"] for r in got] == [r["label"] for r in want]
+    np.testing.assert_allclose([r["output"] for r in got], [r["output"] for r in want], atol=1e-5)
+    lazy.teardown()
+    eager.teardown()
+
+
+def test_a_jpeg_that_does_not_decode_fails_alone_in_its_batch(rgb_model):
+    from kaon.errors import InvalidInputError
+
+    good = [_encode(_rgb(i)) for i in range(3)]
+    broken = good[0][: len(good[0]) // 3]  # the header is fine, the pixels are cut off
+    items = [EncodedImage.check(d, 3, (16, 16), False) for d in (good[0], broken, good[1], good[2])]
+    assert all(isinstance(x, EncodedImage) for x in items)
+    errors: list = []
+    batch = decode_batch(items, "cpu", errors=errors)
+    assert batch.shape == (3, 3, 16, 16) and [i for i, _ in errors] == [1]
+    with pytest.raises(ValueError, match="not a readable PNG or JPEG"):
+        decode_batch(items, "cpu")
+    service = model_service(load_file(rgb_model), decode_on_device=True)()
+    service.setup()
+    rows = service.predict(items)
+    assert isinstance(rows[1], InvalidInputError) and "not a readable PNG or JPEG" in str(rows[1])
+    eager = service.predict([decode_image_bytes(d, 3, None) for d in good])
+    assert [r["label"] for i, r in enumerate(rows) if i != 1] == [r["label"] for r in eager]
+    service.teardown()
+
+
+def test_place_runs_bf16_close_to_fp32_and_refuses_what_cannot_run(rgb_model, tmp_path):
+    x = np.random.default_rng(0).random((5, 3, 16, 16), dtype=np.float32)
+    fp32 = load_file(rgb_model).place("cpu", "fp32").predict(x)
+    bf16_model = load_file(rgb_model).place("auto", "bf16")
+    bf16 = bf16_model.predict(x)
+    assert bf16.dtype == np.float32 and bf16_model.precision == "bf16"
+    assert 0 < np.abs(bf16 - fp32).max() < 2e-2  # rounded to bf16, so close but not equal
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        load_file(rgb_model).place("cpu", "int4")
+    with pytest.raises(ConfigError, match="torch sees no CUDA GPU"):
+        load_file(rgb_model).place("cuda", "fp32")
+    with pytest.raises(ConfigError, match="device must be auto, cpu, cuda or cuda:N. Received: 'tpu'"):
+        load_file(rgb_model).place("tpu", "fp32")
+
+
+def test_onnx_model_refuses_a_gpu_or_bf16_with_a_way_out(tmp_path):
+    import torch
+
+    net = torch.nn.Linear(4, 2).eval()
+    torch.onnx.export(net, (torch.rand(1, 4),), str(tmp_path / "m.onnx"), input_names=["x"], dynamo=False,
+                      dynamic_axes={"x": {0: "n"}})
+    model = load_file(tmp_path / "m.onnx")
+    assert model.place("auto", "fp32") is model
+    with pytest.raises(ConfigError, match="runs on the CPU in fp32 in kaon.*Serve a torch.export .pt2"):
+        model.place("cuda", "fp32")
+    with pytest.raises(ConfigError, match="precision='bf16'"):
+        model.place("cpu", "bf16")
+
+
+def test_top_k_rows_are_sorted_and_labelled():
+    scores = np.array([[0.1, 0.5, 0.2, 0.9], [0.4, 0.3, 0.2, 0.1]], dtype=np.float32)
+    rows = rows_to_predictions({"probs": scores}, ["a", "b", "c", "d"], top_k=2)
+    assert rows == [
+        {"label": "d", "top_k": [{"label": "d", "score": pytest.approx(0.9)}, {"label": "b", "score": pytest.approx(0.5)}]},
+        {"label": "a", "top_k": [{"label": "a", "score": pytest.approx(0.4)}, {"label": "b", "score": pytest.approx(0.3)}]},
+    ]
+    assert len(rows_to_predictions({"probs": scores}, None, top_k=10)[0]["top_k"]) == 4  # k capped at the classes
+    full = rows_to_predictions({"probs": scores}, None)
+    assert full[0]["label"] == 3 and len(full[0]["probs"]) == 4
+
+
+SERVICE = textwrap.dedent('''
+    import kaon
+    from kaon.serving.images import EncodedImage, decode_batch
+
+    class Pictures(kaon.Service):
+        @kaon.endpoint(max_batch_size=16, max_wait_ms=5)
+        def predict(self, images: list[kaon.Image(16, 16, channels=3, encoded=True)]) -> list[dict]:
+            kinds = [type(x).__name__ for x in images]
+            pixels = decode_batch(images, "cpu")
+            return [{"kind": k, "mean": float(p.mean())} for k, p in zip(kinds, pixels)]
+''')
+
+
+def test_a_service_gets_jpeg_bodies_encoded_over_http(tmp_path):
+    (tmp_path / "pictures.py").write_text(SERVICE)
+    server = Server(["serve", f"{tmp_path / 'pictures.py'}:Pictures"], env={"KAON_HOME": str(tmp_path / "home")})
+    try:
+        server.wait_ready()
+        pixels = _rgb(3)
+        jpeg, png = _encode(pixels), _encode(pixels, "PNG")
+        as_jpeg = httpx.post(server.url + "/predict", content=jpeg, headers={"content-type": "image/jpeg"})
+        as_png = httpx.post(server.url + "/predict", content=png, headers={"content-type": "image/png"})
+        assert as_jpeg.status_code == as_png.status_code == 200
+        assert as_jpeg.json()[0]["kind"] == "EncodedImage" and as_png.json()[0]["kind"] == "ndarray"
+        assert as_jpeg.json()[0]["mean"] == pytest.approx(decode_image_bytes(jpeg, 3, None).mean(), abs=1e-6)
+        assert as_png.json()[0]["mean"] == pytest.approx(pixels.mean() / 255, abs=1e-6)
+        wrong = httpx.post(server.url + "/predict", content=_encode(_rgb(3, size=8)),
+                           headers={"content-type": "image/jpeg"})
+        broken = httpx.post(server.url + "/predict", content=b"\xff\xd8\xff" + b"x" * 50,
+                            headers={"content-type": "image/jpeg"})
+        cut = httpx.post(server.url + "/predict", content=jpeg[: len(jpeg) // 3],
+                         headers={"content-type": "image/jpeg"})
+        for answer, words in ((wrong, "expected an image of 16x16 pixels. Received: 8x8"),
+                              (broken, "not a readable PNG or JPEG")):
+            assert 400 <= answer.status_code < 500 and words in answer.text
+        assert cut.status_code == 500  # this Service's own decode_batch raised: its error, not kaon's
+        assert httpx.get(server.url + "/readyz").status_code == 200  # still serving
+    finally:
+        assert server.stop() == 0
+
+
+def test_serve_cli_refuses_a_gpu_that_is_not_there(tmp_path, rgb_model):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "kaon.cli", "serve", str(rgb_model), "--device", "cuda"],
+                          capture_output=True, text=True, timeout=120, env={**__import__("os").environ,
+                                                                             "KAON_HOME": str(tmp_path)})
+    assert done.returncode != 0
+    assert "torch sees no CUDA GPU" in done.stdout + done.stderr and "--device cpu" in done.stdout + done.stderr
