@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -121,6 +122,38 @@ def model_alone(path: Path, device: str, batch: int, precisions: list[str], seco
     return results
 
 
+def graphs_check(path: Path, device: str, precision: str, seconds: float) -> dict[str, Any]:
+    """CUDA graphs against op-by-op launches: the same outputs (a batch of 50 runs in the 64 graph, its
+    padding rows dropped), and img/s at small and large batches."""
+    import torch
+
+    from kaon.models import load_file
+
+    eager = load_file(path).place(device, precision, cuda_graphs=False)
+    graphed = load_file(path).place(device, precision)
+    shape = eager.signature.inputs[0].shape[1:]
+    x = torch.rand(50, *shape, device=device)
+    graphed.run_tensors([torch.rand(64, *shape, device=device)])  # fill the 64 graph's rows with other data
+    a, b = eager.run_tensors([x])["output"], graphed.run_tensors([x])["output"]
+    out: dict[str, Any] = {"max_abs_diff": float(np.abs(a - b).max()), "max_abs_output": float(np.abs(a).max()),
+                           "same_top1": bool((a.argmax(1) == b.argmax(1)).all()), "img_per_s": {}}
+    print(f"  graphs vs eager ({precision}, batch 50): max |diff| {out['max_abs_diff']:.4g} of max |out| "
+          f"{out['max_abs_output']:.4g}, same top-1: {out['same_top1']}", flush=True)
+    for batch in (8, 32, 128):
+        x = torch.rand(batch, *shape, device=device)
+        for label, model in (("eager", eager), ("graphs", graphed)):
+            for _ in range(3):
+                model.run_tensors([x])
+            count, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                model.run_tensors([x])
+                count += batch
+            rate = count / (time.perf_counter() - started)
+            out["img_per_s"][f"{label}_{batch}"] = round(rate, 1)
+            print(f"  {label} batch {batch}: {rate:,.0f} img/s", flush=True)
+    return out
+
+
 def decode_rate(jpegs: list[Path], device: str, batch: int, seconds: float) -> dict[str, Any]:
     """Batched decode img/s on `device` (nvJPEG on a GPU) and the largest pixel difference against PIL."""
     import torch
@@ -163,8 +196,11 @@ def served(path: Path, jpegs: list[Path], precision: str, connections: list[int]
         for c in connections:
             run_wrk(server.url + "/predict", b"", c, min(3.0, seconds), threads=threads,
                     content_type="image/jpeg", body_files=jpegs)  # warm-up: every batch size's kernels
+            profiler = _profile(server.proc.pid if server.proc else 0, workers, c, seconds)
             result = run_wrk(server.url + "/predict", b"", c, seconds, threads=threads, timeout_s=30,
                              content_type="image/jpeg", body_files=jpegs)
+            if profiler is not None:
+                profiler.wait(timeout=30)
             out["runs"][str(c)] = result.to_dict()
             print(f"  served c{c}: {result.rps:,.0f} img/s, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
                   f"errors {result.errors}", flush=True)
@@ -173,6 +209,23 @@ def served(path: Path, jpegs: list[Path], precision: str, connections: list[int]
     finally:
         server.stop()
         print((workdir / f"kaon-{workers}.log").read_text()[-800:], flush=True)
+
+
+def _profile(pid: int, workers: int, connections: int, seconds: float) -> subprocess.Popen[bytes] | None:
+    """With KAON_BENCH_PYSPY (a py-spy binary) and $OUT set: sample one serving process during the run."""
+    pyspy, out = os.environ.get("KAON_BENCH_PYSPY"), os.environ.get("OUT")
+    if not pyspy or not out or not pid:
+        return None
+    target = pid
+    if workers > 1:  # the supervisor only waits: sample its first worker
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        found = children.read_text().split() if children.exists() else []
+        if not found:
+            return None
+        target = int(found[0])
+    return subprocess.Popen([pyspy, "record", "-p", str(target), "-d", str(max(1, int(seconds) - 2)), "-r", "200",
+                             "-f", "raw", "-o", f"{out}/prof-w{workers}-c{connections}.txt", "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _post_jpeg(url: str, path: Path) -> Any:
@@ -202,6 +255,8 @@ def main() -> None:
     parser.add_argument("--connections", default="64,256", help="wrk concurrencies, comma-separated")
     parser.add_argument("--wrk-threads", type=int, default=4)
     parser.add_argument("--workers", default="1,4", help="kaon serve --workers values to measure, comma-separated")
+    parser.add_argument("--quick", action="store_true", help="model alone in the served precision only, no "
+                                                               "decode or CUDA-graph checks")
     parser.add_argument("--batch", type=int, default=256, help="model-alone batch and the server's max batch")
     args = parser.parse_args()
     import torch
@@ -220,13 +275,16 @@ def main() -> None:
         print(f"  exported {path.name} in {time.perf_counter() - started:.1f} s", flush=True)
         jpegs = make_jpegs(work, 64, size)
         results["jpeg_bytes_mean"] = int(np.mean([p.stat().st_size for p in jpegs]))
-        precisions = ["fp32", "bf16"] if args.dry_run else ["fp32", "bf16", "fp16"]
         precision = "fp32" if args.dry_run else "bf16"
+        precisions = [precision] if args.quick else ["fp32", "bf16"] if args.dry_run else ["fp32", "bf16", "fp16"]
         results["served_precision"] = precision
         stages = [
             ("model_alone", lambda: model_alone(path, device, args.batch, precisions, args.seconds / 2)),
-            ("decode", lambda: decode_rate(jpegs, device, 128, args.seconds / 4)),
         ]
+        if not args.quick:
+            stages.append(("decode", lambda: decode_rate(jpegs, device, 128, args.seconds / 4)))
+        if device == "cuda" and not args.quick:
+            stages.append(("graphs", lambda: graphs_check(path, device, precision, args.seconds / 8)))
         concurrencies = [int(c) for c in args.connections.split(",")]
         stages += [(f"served_workers_{n}", lambda n=n: served(path, jpegs, precision, concurrencies, args.seconds,
                                                                args.wrk_threads, args.batch, work, n))

@@ -44,7 +44,8 @@ def test_encoded_image_checks_the_header_and_keeps_only_jpegs():
 def test_decode_batch_matches_pil_for_mixed_items_and_layouts():
     jpegs = [_encode(_rgb(i)) for i in range(3)]
     array = np.random.default_rng(5).random((3, 16, 16), dtype=np.float32)
-    items = [EncodedImage(jpegs[0], 3, False), array, EncodedImage(jpegs[1], 3, False), EncodedImage(jpegs[2], 3, False)]
+    lazy = [EncodedImage(j, 3, False) for j in jpegs]
+    items = [lazy[0], array, lazy[1], lazy[2]]
     batch = decode_batch(items, "cpu").numpy()
     assert batch.shape == (4, 3, 16, 16) and batch.dtype == np.float32
     np.testing.assert_allclose(batch[1], array)
@@ -152,13 +153,42 @@ def test_onnx_model_refuses_a_gpu_or_bf16_with_a_way_out(tmp_path):
         model.place("cpu", "bf16")
 
 
+def test_top_k_indices_match_a_full_sort():
+    from kaon.serving.model_service import top_k_indices
+
+    scores = np.random.default_rng(3).random((40, 300)).astype(np.float32)
+    for k in (1, 5, 16, 40):
+        np.testing.assert_array_equal(top_k_indices(scores, k), np.argsort(-scores, axis=1, kind="stable")[:, :k])
+
+
+def test_decode_batch_stacks_uint8_decodes_once_in_either_layout(monkeypatch):
+    """torchvision's decoder gives uint8 (C, H, W): the batch is converted in one pass (faked here by PIL,
+    since nvJPEG needs a GPU)."""
+    import torch
+
+    from kaon.serving import images
+
+    def fake_decoder(batch, device):
+        rgb = [np.asarray(PILImage.open(io.BytesIO(im.data)).convert("RGB")) for im in batch]
+        return [torch.from_numpy(pixels.transpose(2, 0, 1).copy()) for pixels in rgb]
+
+    monkeypatch.setattr(images, "_decode_jpegs", fake_decoder)
+    jpegs = [_encode(_rgb(i)) for i in range(3)]
+    for last in (False, True):
+        got = decode_batch([EncodedImage(j, 3, last) for j in jpegs], "cpu").numpy()
+        want = np.stack([as_array(EncodedImage(j, 3, last)) for j in jpegs])
+        assert got.shape == want.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 def test_top_k_rows_are_sorted_and_labelled():
     scores = np.array([[0.1, 0.5, 0.2, 0.9], [0.4, 0.3, 0.2, 0.1]], dtype=np.float32)
     rows = rows_to_predictions({"probs": scores}, ["a", "b", "c", "d"], top_k=2)
-    assert rows == [
-        {"label": "d", "top_k": [{"label": "d", "score": pytest.approx(0.9)}, {"label": "b", "score": pytest.approx(0.5)}]},
-        {"label": "a", "top_k": [{"label": "a", "score": pytest.approx(0.4)}, {"label": "b", "score": pytest.approx(0.3)}]},
-    ]
+    def best(*pairs):
+        return [{"label": label, "score": pytest.approx(score)} for label, score in pairs]
+
+    assert rows == [{"label": "d", "top_k": best(("d", 0.9), ("b", 0.5))},
+                    {"label": "a", "top_k": best(("a", 0.4), ("b", 0.3))}]
     assert len(rows_to_predictions({"probs": scores}, None, top_k=10)[0]["top_k"]) == 4  # k capped at the classes
     full = rows_to_predictions({"probs": scores}, None)
     assert full[0]["label"] == 3 and len(full[0]["probs"]) == 4

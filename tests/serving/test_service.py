@@ -140,3 +140,35 @@ def test_the_batch_fast_path_agrees_with_the_validator_and_leaves_every_other_ca
     ]
     assert [decode(body) for body in not_mine] == [None] * len(not_mine)
     assert tensor_info(Image(8, 8)).shape == (1, 8, 8) and tensor_info(int) is None
+
+
+def test_warm_up_runs_before_ready_for_each_batched_endpoint():
+    import asyncio
+
+    from kaon.config import ServeConfig
+    from kaon.serving.app import KaonApp
+
+    calls = []
+
+    class Warm(kaon.Service):
+        @kaon.endpoint(max_batch_size=8)
+        def predict(self, xs: list[float]) -> list[float]:
+            return xs
+
+        @kaon.endpoint
+        def info(self, name: str) -> dict:  # not a list: unbatched, nothing to warm up
+            return {}
+
+        def warm_up(self, endpoint: str, max_batch_size: int) -> None:
+            calls.append((endpoint, max_batch_size, app.ready))
+
+    app = KaonApp(Warm, ServeConfig())
+
+    async def scenario():
+        await app.startup()
+        ready = app.ready
+        await app.shutdown()
+        return ready
+
+    assert asyncio.run(scenario()) is True
+    assert calls == [("predict", 8, False)]  # once per batched endpoint, before the server said ready

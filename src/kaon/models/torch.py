@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from kaon.errors import ConfigError, InvalidInputError, ModelLoadError, require
+from kaon.models._cuda_graphs import GraphRunner
 from kaon.models.model import Model
 from kaon.types import Signature, TensorSpec
 
@@ -85,10 +86,12 @@ class TorchModel(Model):
         self._dtype = torch.float32
         self._autocast = False  # True when the module could not be cast: autocast runs it in `_dtype`
         self._channels_last = False
+        self._graphs: GraphRunner | None = None
 
-    def place(self, device: str | None = "auto", precision: str = "fp32") -> TorchModel:
+    def place(self, device: str | None = "auto", precision: str = "fp32", cuda_graphs: bool = True) -> TorchModel:
         """Move the module to `device` ('auto': a CUDA GPU when torch sees one) and run it in `precision`
-        (fp32, bf16 or fp16). Inputs and outputs stay float32 numpy arrays. Returns self."""
+        (fp32, bf16 or fp16). Inputs and outputs stay float32 numpy arrays. On a GPU, batches of up to 256
+        replay CUDA graphs (kaon.models._cuda_graphs) unless `cuda_graphs=False`. Returns self."""
         torch = _torch()
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}. Received: {precision!r}.")
@@ -96,6 +99,7 @@ class TorchModel(Model):
         dtype = getattr(torch, PRECISIONS[precision])
         self.module.to(target)
         self.device, self.precision, self._dtype, self._autocast = target, precision, dtype, False
+        self._graphs = None  # captured for the old placement, if any
         # convolutions on a GPU are fastest channels-last (NHWC tensor cores); same results either way
         self._channels_last = target.type == "cuda" and any(len(s.shape) == 4 for s in self.signature.inputs)
         if self._channels_last:
@@ -108,7 +112,19 @@ class TorchModel(Model):
                 self.module.float()
                 self._autocast = True
                 self._run(self._zeros())  # fails loudly if the model cannot run in this precision at all
+        if cuda_graphs and target.type == "cuda":
+            self._graphs = GraphRunner(self._forward, self._channels_last)
         return self
+
+    def warm_up(self, max_batch_size: int) -> None:
+        """Capture the CUDA graphs for every batch size up to `max_batch_size` now (a no-op off a GPU)."""
+        if self._graphs is None:
+            return
+        torch = _torch()
+        for bucket in self._graphs.buckets_up_to(max_batch_size):
+            example = [torch.zeros([bucket] + [1 if d == -1 else d for d in s.shape[1:]],
+                                   dtype=getattr(torch, s.dtype)) for s in self.signature.inputs]
+            self.run_tensors(example)
 
     def _zeros(self) -> dict[str, np.ndarray]:
         return {s.name: np.zeros([2 if d == -1 else d for d in s.shape], dtype=s.dtype) for s in self.signature.inputs}
@@ -142,9 +158,18 @@ class TorchModel(Model):
                 if self._channels_last and tensor.dim() == 4:
                     tensor = tensor.contiguous(memory_format=torch.channels_last)
             args.append(tensor)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self._dtype, enabled=self._autocast):
-            result = self.module(*args)
-        return outputs_to_numpy(result, self._output_names)
+        if self._graphs is not None:
+            done = self._graphs.run(args, lambda out: outputs_to_numpy(out, self._output_names))
+            if done is not None:
+                return done  # type: ignore[no-any-return]
+        return outputs_to_numpy(self._forward(*args), self._output_names)
+
+    def _forward(self, *args: Any) -> Any:
+        torch = _torch()
+        # no autocast weight cache: a CUDA graph capture must not keep tensors made outside it
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self._dtype, enabled=self._autocast,
+                                                    cache_enabled=False):
+            return self.module(*args)
 
 
 def export_program(module: Any, input_example: np.ndarray | dict[str, np.ndarray], path: Path) -> Signature:

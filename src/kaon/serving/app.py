@@ -95,7 +95,10 @@ class KaonApp:
     async def startup(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self.service.setup)
+        warm_up = getattr(self.service, "warm_up", None)
         for spec in self.specs:
+            if spec.batched and callable(warm_up):  # e.g. capture CUDA graphs before the first request
+                await loop.run_in_executor(self._executor, warm_up, spec.name, spec.max_batch_size)
             if spec.batched:
                 method = getattr(self.service, spec.method_name)
                 queue_gauge = self.metrics.queue_depth.labels(spec.name)

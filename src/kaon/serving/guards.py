@@ -352,6 +352,12 @@ def _image_elements(body: bytes) -> int:
 
     from PIL import Image
 
+    from kaon.serving.images import jpeg_frame
+
+    frame = jpeg_frame(body)  # a JPEG's header in ~1 us; PIL's open (~40 us) for the rest
+    if frame is not None:
+        return frame[0] * frame[1] * max(1, frame[2])
+
     try:
         with Image.open(io.BytesIO(body)) as image:  # reads the header only
             width, height = image.size
