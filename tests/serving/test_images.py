@@ -131,6 +131,10 @@ def test_place_runs_bf16_close_to_fp32_and_refuses_what_cannot_run(rgb_model, tm
     bf16 = bf16_model.predict(x)
     assert bf16.dtype == np.float32 and bf16_model.precision == "bf16"
     assert 0 < np.abs(bf16 - fp32).max() < 2e-2  # rounded to bf16, so close but not equal
+    from kaon.explanation import explain
+
+    attributions = explain(bf16_model, x[:2], method="integrated_gradients").attributions
+    assert attributions.shape == (2, 3, 16, 16) and np.isfinite(attributions).all()  # inputs cast to bf16 too
     with pytest.raises(ConfigError, match="precision must be one of"):
         load_file(rgb_model).place("cpu", "int4")
     with pytest.raises(ConfigError, match="torch sees no CUDA GPU"):

@@ -97,7 +97,9 @@ class TensorAdapter:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, *item) -> (B, K), differentiable when the model is a torch module."""
         if self.module is not None:
-            out = first_output(self.module(x.to(self.device)))
+            # a model placed in bf16/fp16 (kaon serve --precision) takes its inputs in that dtype
+            dtype = getattr(self.model, "_dtype", None) if getattr(self.model, "precision", "fp32") != "fp32" else None
+            out = first_output(self.module(x.to(self.device, dtype=dtype or x.dtype)))
         else:
             result = self.model.run({self.spec.name: x.detach().cpu().numpy()})
             out = torch.from_numpy(np.ascontiguousarray(result[self.model.signature.outputs[0].name]))

@@ -153,7 +153,7 @@ class TorchModel(Model):
         for tensor in tensors:
             tensor = tensor.to(self.device, non_blocking=True)
             if tensor.is_floating_point():
-                if not self._autocast:
+                if self.precision != "fp32" and not self._autocast:  # fp32: inputs keep their own dtype
                     tensor = tensor.to(self._dtype)
                 if self._channels_last and tensor.dim() == 4:
                     tensor = tensor.contiguous(memory_format=torch.channels_last)
