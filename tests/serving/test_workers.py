@@ -25,6 +25,15 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _alive(pid: int) -> bool:
+    """Running (a zombie left for its new parent to reap is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def _predict_total(metrics: str) -> float:
     lines = [line for line in metrics.splitlines()
              if line.startswith('kaon_requests_total{route="/predict",status="200"}')]
@@ -49,8 +58,27 @@ def test_workers_share_the_port_and_sum_their_metrics(models_dir, probe, tmp_pat
             assert _predict_total(httpx.get(server.url + "/metrics").text) == sent
         code = server.stop(signal.SIGTERM)
         assert code == 0, server.output()
-        assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()
-                    and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]]
+        assert not [pid for pid in workers if _alive(pid)]
+    finally:
+        server.stop()
+
+
+def test_workers_stop_when_their_supervisor_is_killed(models_dir, tmp_path):
+    import time
+
+    server = Server(["serve", str(models_dir / "digits.pt2"), "--workers", "2"],
+                    env={"KAON_HOME": str(tmp_path / "home")})
+    try:
+        server.wait_ready(timeout_s=120)
+        workers = _children(server.proc.pid)
+        assert len(workers) == 2
+        server.proc.kill()  # SIGKILL: the supervisor cannot forward anything
+        server.proc.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+            time.sleep(0.2)
+        alive = [pid for pid in workers if _alive(pid)]
+        assert not alive, f"orphaned workers still running: {alive}"
     finally:
         server.stop()
 

@@ -104,11 +104,12 @@ def serve(target: Service | type[Service] | KaonApp, config: ServeConfig | None 
         http=_http_protocol(), loop="uvloop" if _has("uvloop") else "asyncio",
         **tls,
     ))
-    from kaon.serving.workers import LISTEN_FD_ENV, mark_ready
+    from kaon.serving.workers import LISTEN_FD_ENV, mark_ready, watch_supervisor
 
     listen_fd = os.environ.get(LISTEN_FD_ENV)
     if listen_fd:  # a worker of `kaon serve --workers N`: accept on the supervisor's socket, banner to it
         server.on_started = lambda: mark_ready(banner(app, config))
+        watch_supervisor()
         server.run(sockets=[socket.socket(fileno=int(listen_fd))])
     else:
         if print_banner:

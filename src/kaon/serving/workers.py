@@ -36,6 +36,7 @@ log = logging.getLogger("kaon.serving.workers")
 LISTEN_FD_ENV = "KAON_LISTEN_FD"
 READY_FILE_ENV = "KAON_READY_FILE"
 WORKER_INDEX_ENV = "KAON_WORKER_INDEX"
+SUPERVISOR_PID_ENV = "KAON_SUPERVISOR_PID"
 STARTUP_TIMEOUT_S = 600.0  # loading a big model onto a GPU can take minutes
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -65,9 +66,27 @@ def worker_env(config: ServeConfig, fd: int, index: int, metrics_dir: str, ready
             continue
         env[f"KAON_{field.name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     env.update({"KAON_WORKERS": "1", LISTEN_FD_ENV: str(fd), WORKER_INDEX_ENV: str(index),
+                SUPERVISOR_PID_ENV: str(os.getpid()),
                 READY_FILE_ENV: str(ready_file), "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
                 "PYTHONUNBUFFERED": "1"})
     return env
+
+
+def watch_supervisor(interval_s: float = 1.0) -> None:
+    """In a worker: stop (as on SIGTERM) once the supervisor is gone, even killed with SIGKILL, so that no
+    orphan keeps serving on its socket."""
+    import threading
+
+    expected = os.environ.get(SUPERVISOR_PID_ENV)
+    if not expected:
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(expected):
+            time.sleep(interval_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="kaon-supervisor-watch", daemon=True).start()
 
 
 def mark_ready(banner_text: str) -> None:
