@@ -67,7 +67,7 @@ class ServeConfig:
     request_log_max_bytes: int = 64 * 1024 * 1024  # the log rotates at this size, keeping 3 old files
     redact_fields: str = ""  # comma-separated field names masked in the request log (beside e-mails, cards...)
     monitor: bool = True  # drift and outlier detection, when the model version has a reference
-    monitor_max_per_s: int = 200
+    monitor_max_per_s: int = 100  # requests a second fed to drift detection (a 200-input window in 2 s)
     drift_window: int = 200
     drift_reference: str | None = None  # a reference.npz to use instead of the version's own
     alert_webhook: str | None = None  # drift alerts are also POSTed here (JSON, retried)

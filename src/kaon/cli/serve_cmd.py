@@ -36,7 +36,7 @@ def serve(
                                                  "(e-mails, phone and card numbers always are)."),
     monitor: bool = typer.Option(None, "--monitor/--no-monitor",
                                  help="Drift and outlier detection against the version's reference. [default: on]"),
-    monitor_max_per_s: int = typer.Option(None, help="Most requests fed to drift detection per second. [default: 200]"),
+    monitor_max_per_s: int = typer.Option(None, help="Most requests fed to drift detection per second. [default: 100]"),
     drift_window: int = typer.Option(None, help="Inputs per drift test window. [default: 200]"),
     drift_reference: str = typer.Option(None, help="A reference.npz (kaon.monitoring.fit_reference) to use instead "
                                                    "of the one registered with the model version."),

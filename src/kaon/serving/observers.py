@@ -3,19 +3,12 @@
 `observe(request, response, elapsed_s)` is all a request pays: a sampling draw and an append to a
 bounded deque (when it is full the request is counted in `kaon_monitor_dropped_total` and not
 observed). At most `max_logged_per_s` requests a second are logged (default 100) and at most
-`max_monitored_per_s` are monitored (default 200): enough for a 200-input drift window every second,
-and a bounded cost however busy the server is. One thread wakes up every `interval_s` (0.1 s) and
-drains the deque in batches: it writes the redacted request log and decodes the inputs of
-successful predictions to feed the Monitor, which re-runs the model's feature extractor on them
-(penultimate-layer embeddings) in batches of up to 256. Large batches, few wake-ups: the thread
-rarely competes with serving for the GIL.
-
-A client that wants a request's outlier score sends `X-Kaon-Outlier: 1`; `annotate` then scores
-that request's inputs and adds `X-Kaon-Outlier-Score: 0.42,1.73` (one per input; above 1.0 is an
-outlier, rarer than 99 in 100 reference inputs).
-
-    observers = build_observers(app, config)   # None when neither a request log nor a reference is set
-    observers.start(); ...; observers.stop()
+`max_monitored_per_s` are monitored (default 100): a 200-input drift window every 2 s, and a bounded
+cost however busy the server is (at 200 a second the monitor took ~4% of a busy digits server's CPU).
+One thread wakes up every `interval_s` (0.1 s) and drains the deque in batches: it writes the redacted
+request log and decodes the inputs of successful predictions to feed the Monitor, which re-runs the
+model's feature extractor on them (penultimate-layer embeddings) in batches of up to 256. Large batches,
+few wake-ups: the thread rarely competes with serving for the GIL.
 """
 
 from __future__ import annotations
@@ -65,7 +58,7 @@ Decoder = Callable[[Any], np.ndarray]
 class Observers:
     def __init__(self, *, request_log: RequestLog | None = None, log_sample_rate: float = 1.0,
                  max_logged_per_s: int = 100, monitor_factory: Callable[[], Monitor] | None = None,
-                 max_monitored_per_s: int = 200, decoders: dict[str, Decoder] | None = None,
+                 max_monitored_per_s: int = 100, decoders: dict[str, Decoder] | None = None,
                  metrics: MonitorMetrics | None = None, max_pending: int = 8192, max_batch: int = 256,
                  interval_s: float = 0.1, closers: list[Callable[[], None]] | None = None) -> None:
         if not 0.0 <= log_sample_rate <= 1.0:
@@ -358,5 +351,5 @@ def build_observers(app: Any, config: Any) -> Observers | None:
         decoders = model_decoders(app, model)
     return Observers(request_log=request_log, log_sample_rate=float(getattr(config, "request_log_sample", 1.0)),
                      max_logged_per_s=int(getattr(config, "request_log_max_per_s", 100)),
-                     monitor_factory=factory, max_monitored_per_s=int(getattr(config, "monitor_max_per_s", 200)),
+                     monitor_factory=factory, max_monitored_per_s=int(getattr(config, "monitor_max_per_s", 100)),
                      decoders=decoders, metrics=metrics, closers=closers)
