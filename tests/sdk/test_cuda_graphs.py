@@ -86,13 +86,24 @@ def test_a_batch_runs_in_its_bucket_and_padding_rows_never_leak(fake_cuda):
     finish = lambda out: out.clone()  # noqa: E731
     big = torch.randn(64, 6)
     np.testing.assert_allclose(runner.run([big], finish), net(big).detach(), atol=1e-6)
-    assert set(runner.graphs) == {64} and calls == [64, 64, 64, 64]  # 2 warm-ups, the capture, one replay
+    assert [k[0] for k in runner.graphs] == [64] and calls == [64, 64, 64, 64]  # 2 warm-ups, capture, replay
     small = torch.randn(50, 6)  # the same graph, 14 rows left from the batch before
     out = runner.run([small], finish)
     assert out.shape == (50, 3)
     np.testing.assert_allclose(out, net(small).detach(), atol=1e-6)
-    assert set(runner.graphs) == {64}
+    assert [k[0] for k in runner.graphs] == [64]
     assert runner.run([torch.randn(300, 6)], finish) is None  # over the largest bucket: the caller runs it
+
+
+def test_inputs_of_another_shape_get_their_own_graph(fake_cuda):
+    def call(x):
+        return x.sum(dim=tuple(range(1, x.dim())))
+
+    runner = _runner(call, fake_cuda)
+    short, long = torch.randn(3, 5), torch.randn(3, 9)  # e.g. two token counts
+    np.testing.assert_allclose(runner.run([short], lambda o: o.clone()), short.sum(1), atol=1e-5)
+    np.testing.assert_allclose(runner.run([long], lambda o: o.clone()), long.sum(1), atol=1e-5)
+    assert sorted(k[1][0] for k in runner.graphs) == [(5,), (9,)]
 
 
 def test_a_module_that_cannot_be_captured_runs_eagerly_from_then_on(fake_cuda, caplog):
@@ -115,6 +126,6 @@ def test_torch_model_uses_the_runner_only_on_a_gpu_and_warms_every_bucket_up(fak
     model.warm_up(64)  # nothing to capture off a GPU
     model._graphs = _runner(model._forward, fake_cuda)  # as place() does on a GPU
     model.warm_up(20)
-    assert sorted(model._graphs.graphs) == [b for b in _cuda_graphs.BUCKETS if b <= 24]
+    assert sorted(k[0] for k in model._graphs.graphs) == [b for b in _cuda_graphs.BUCKETS if b <= 24]
     x = np.random.default_rng(0).random((3, 4), dtype=np.float32)
     np.testing.assert_allclose(model.predict(x), net(torch.from_numpy(x)).detach().numpy(), atol=1e-6)

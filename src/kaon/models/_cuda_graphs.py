@@ -21,6 +21,9 @@ from typing import Any
 log = logging.getLogger("kaon.models")
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
+# Inputs whose other axes vary (token counts, say) get a graph per shape: past this many, new shapes run
+# op by op rather than hold GPU memory for ever more graphs.
+MAX_GRAPHS = 64
 
 
 def bucket_for(n: int, buckets: tuple[int, ...] = BUCKETS) -> int | None:
@@ -34,7 +37,8 @@ class GraphRunner:
     def __init__(self, call: Callable[..., Any], channels_last: bool) -> None:
         self.call = call
         self.channels_last = channels_last
-        self.graphs: dict[int, tuple[Any, list[Any], Any]] = {}  # bucket -> (graph, static inputs, static output)
+        # (bucket, the inputs' other axes and dtypes) -> (graph, static inputs, static output)
+        self.graphs: dict[tuple[Any, ...], tuple[Any, list[Any], Any]] = {}
         self.pool: Any = None
         self.lock = threading.Lock()
         self.disabled = False
@@ -54,12 +58,16 @@ class GraphRunner:
         bucket = bucket_for(n)
         if self.disabled or bucket is None or any(a.dim() == 0 or a.shape[0] != n for a in args):
             return None
+        key = (bucket, *((tuple(a.shape[1:]), a.dtype) for a in args))
         with self.lock, torch.inference_mode():
-            entry = self.graphs.get(bucket)
+            entry = self.graphs.get(key)
             if entry is None:
+                if len(self.graphs) >= MAX_GRAPHS:
+                    return None
                 entry = self._capture(bucket, args)
                 if entry is None:
                     return None
+                self.graphs[key] = entry
             graph, static_inputs, static_output = entry
             for static, arg in zip(static_inputs, args, strict=True):
                 static[:n].copy_(arg)
@@ -93,6 +101,5 @@ class GraphRunner:
             log.warning("CUDA graph capture failed (%s: %s); the model runs op by op from now on.",
                         type(exc).__name__, exc)
             return None
-        self.graphs[bucket] = (graph, static_inputs, static_output)
         log.info("captured a CUDA graph for batches of up to %d", bucket)
-        return self.graphs[bucket]
+        return graph, static_inputs, static_output

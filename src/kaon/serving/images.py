@@ -142,7 +142,7 @@ def decode_batch(items: list[Any], device: Any, errors: list[tuple[int, ValueErr
     kept = [(i, t) for i, t in enumerate(out) if t is not None]
     if not kept:
         return torch.empty((0, *_item_shape(items[0])), device=device)
-    if all(t.dtype == torch.uint8 for _, t in kept):  # the common case: one stack, one conversion
+    if all(t.dtype == torch.uint8 and isinstance(items[i], EncodedImage) for i, t in kept):  # one conversion
         batch = torch.stack([t for _, t in kept]).float().div_(255.0)
         return batch.permute(0, 2, 3, 1) if items[kept[0][0]].channels_last else batch
     return torch.stack([_as_item(items[i], t) for i, t in kept])
