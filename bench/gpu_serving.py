@@ -8,9 +8,10 @@ In one run, on the first CUDA device:
      normalisation inside, channels-last) on a batch already on the GPU, in fp32, bf16 and fp16 (img/s);
      the bf16 figure is the "model alone" limit, the three together are issue 4's precision figures;
   2. nvJPEG: torchvision's batched decode of 224x224 JPEGs, and its pixels against PIL's;
-  3. `kaon serve resnet50.pt2 --precision bf16 --top-k 5 --max-batch-size 256`, loaded by wrk on 127.0.0.1
-     with JPEG bodies (64 distinct pictures, ~15 KB each) at two concurrencies: requests/s (= img/s),
-     p50/p99, and the share of the model-alone limit. Every answer is checked to be a 200.
+  3. `kaon serve resnet50.pt2 --precision bf16 --top-k 5 --max-batch-size 256 --workers N` for each N of
+     --workers, loaded by wrk on 127.0.0.1 with JPEG bodies (64 distinct pictures, ~12 KB each) at each
+     of --connections: requests/s (= img/s), p50/p99, errors (non-2xx answers count as errors), and the
+     best figure's share of the model-alone limit.
 Results go to bench/results/gpu-serving-*.json (and $OUT when set). Set KAON_BENCH_WRK to a wrk binary
 that is not on the PATH.
 """
