@@ -12,14 +12,7 @@ def serve(target: Any, *, name: str | None = None, trust_pickle: bool = False, *
 
     Flags are ServeConfig fields: host, port, max_batch_size, max_wait_ms, timeout_s, max_queue, ...
     """
-    from kaon.serving import serve as run
-    from kaon.serving.targets import resolve_target
+    from kaon.serving.targets import serve_target
 
     config = ServeConfig.from_env(name=name, trust_pickle=trust_pickle or None, **flags)
-    if config.workers > 1:
-        from kaon.serving.workers import serve_workers
-
-        serve_workers(target, config)
-        return
-    run(resolve_target(target, name=name, trust_pickle=trust_pickle, device=config.device,
-                       precision=config.precision, top_k=config.top_k), config)
+    serve_target(target, config, name=name, trust_pickle=trust_pickle)

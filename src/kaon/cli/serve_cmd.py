@@ -51,8 +51,7 @@ def serve(
                                            "process uses about one core. [default: 1]"),
 ) -> None:
     """Serve a model or a Service over HTTP (JSON, images and the Open Inference Protocol V2)."""
-    from kaon.serving import serve as run
-    from kaon.serving.targets import resolve_target
+    from kaon.serving.targets import serve_target
 
     config = ServeConfig.from_env(
         name=name, host=host, port=port, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
@@ -65,11 +64,4 @@ def serve(
         drift_reference=drift_reference, alert_webhook=alert_webhook, device=device, precision=precision,
         top_k=top_k, workers=workers,
     )
-    if config.workers > 1:
-        from kaon.serving.workers import serve_workers
-
-        serve_workers(target, config)
-        return
-    service = resolve_target(target, name=name, trust_pickle=trust_pickle, device=config.device,
-                             precision=config.precision, top_k=config.top_k)
-    run(service, config)
+    serve_target(target, config, name=name, trust_pickle=trust_pickle)

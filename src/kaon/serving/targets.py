@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kaon.config import ServeConfig
 from kaon.errors import ConfigError, ModelLoadError
 from kaon.models import Model
 from kaon.sdk import load
@@ -34,6 +35,20 @@ def resolve_target(target: Any, *, name: str | None = None, trust_pickle: bool =
     model.place(device, precision)
     version = getattr(model, "version", None)
     return model_service(model, str(version.version) if version is not None else None, top_k=top_k)
+
+
+def serve_target(target: Any, config: ServeConfig, *, name: str | None = None, trust_pickle: bool = False) -> None:
+    """What `kaon serve TARGET` and `kaon.serve(target)` run: `config.workers` processes, or one server here
+    with the model placed as `config` says (device, precision, top-k)."""
+    if config.workers > 1:
+        from kaon.serving.workers import serve_workers
+
+        serve_workers(target, config)
+        return
+    from kaon.serving.server import serve
+
+    serve(resolve_target(target, name=name, trust_pickle=trust_pickle, device=config.device,
+                         precision=config.precision, top_k=config.top_k), config)
 
 
 def load_service_class(spec: str) -> type[Service]:
