@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,30 +152,25 @@ def start(home: Path, name: str, args: list[str], body: bytes, token: str | None
     import httpx
 
     headers = {"authorization": f"Bearer {token}"} if token else {}
-    while True:
-        try:
-            if httpx.post(server.predict_url, content=body, headers={**headers, "content-type": "application/json"},
-                          timeout=5).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or (server.proc is not None and server.proc.poll() is not None):
-            server.stop()
-            raise RuntimeError(f"{name} did not start; see {server.log_path}")
-        time.sleep(0.3)
-    if not monitored:
-        return server
-    while True:  # the monitor calibrates its thresholds in the background: measure once that is done
-        try:
-            scrape = httpx.get(server.url + "/metrics", headers=headers, timeout=5)
-            if scrape.status_code == 200 and "kaon_drift_threshold{" in scrape.text:
-                return server
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or (server.proc is not None and server.proc.poll() is not None):
-            server.stop()
-            raise RuntimeError(f"{name} did not start; see {server.log_path}")
-        time.sleep(0.3)
+
+    def wait_for(ok: Callable[[], bool]) -> None:
+        while True:
+            try:
+                if ok():
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or (server.proc is not None and server.proc.poll() is not None):
+                server.stop()
+                raise RuntimeError(f"{name} did not start; see {server.log_path}")
+            time.sleep(0.3)
+
+    wait_for(lambda: httpx.post(server.predict_url, content=body, timeout=5,
+                                headers={**headers, "content-type": "application/json"}).status_code == 200)
+    if monitored:  # the monitor calibrates its thresholds in the background: measure once that is done
+        wait_for(lambda: "kaon_drift_threshold{" in httpx.get(server.url + "/metrics", headers=headers,
+                                                               timeout=5).text)
+    return server
 
 
 def wrk(url: str, body: bytes, token: str | None, connections: int, duration_s: float) -> dict[str, float]:
