@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -56,9 +57,9 @@ class ServerMetrics:
             self._refresher = threading.Thread(target=self._refresh, name="kaon-metrics", daemon=True)
             self._refresher.start()
 
-    def _refresh(self) -> None:
-        stop = threading.Event()
-        while not stop.wait(MULTIPROCESS_REFRESH_S):
+    def _refresh(self) -> None:  # a daemon thread: it ends with the worker process
+        while True:
+            time.sleep(MULTIPROCESS_REFRESH_S)
             for gauge, read in list(self._functions):
                 gauge.set(read())
 
