@@ -50,6 +50,29 @@ def test_without_tokens_everything_is_open_and_with_require_auth_nothing_but_pro
     run(scenario())
 
 
+def test_a_verified_token_is_checked_without_awaiting_and_a_new_one_with() -> None:
+    """The per-request path: once a token is verified (scrypt, in a thread), `check` decides at once."""
+    token, record = make_token("ci", ("predict",), rate_per_s=1000.0)
+
+    async def scenario() -> None:
+        guard = AuthGuard(lambda: [record])
+        await guard.start()
+        first = request("POST", "/predict", token)
+        pending = guard.check(first)
+        assert pending is not None  # first sight of this token: verify it
+        await pending
+        assert principal_of(first).name == "ci"
+        for _ in range(3):
+            again = request("POST", "/predict", token)
+            assert guard.check(again) is None
+            assert principal_of(again).name == "ci"
+            release_request(again)
+        with pytest.raises(ForbiddenError):  # refusals come from check itself too
+            guard.check(request("GET", "/metrics", token))
+        assert guard.check(request("GET", "/healthz")) is None
+
+    run(scenario())
+
 def test_a_valid_token_passes_and_names_its_principal() -> None:
     token, record = make_token("ci", ("predict",))
 

@@ -5,7 +5,7 @@ Pure parts only: the registry stores tokens (`kaon.registry.tokens`), serving en
 """
 
 from kaon.security.headers import cors_headers, security_headers
-from kaon.security.ratelimit import Bucket, Decision, RateLimit, take
+from kaon.security.ratelimit import Bucket, RateLimit
 from kaon.security.routes import AUTHENTICATED, PUBLIC_ROUTES, required_scope
 from kaon.security.tls import check_tls_files
 from kaon.security.tokens import (
@@ -23,7 +23,7 @@ from kaon.security.tokens import (
 )
 
 __all__ = [
-    "AUTHENTICATED", "PUBLIC_ROUTES", "SCOPES", "Bucket", "Decision", "NewToken", "RateLimit", "bearer_token",
+    "AUTHENTICATED", "PUBLIC_ROUTES", "SCOPES", "Bucket", "NewToken", "RateLimit", "bearer_token",
     "check_tls_files", "cors_headers", "generate_token", "has_scope", "hash_secret", "parse_duration_s",
-    "parse_rate", "parse_scopes", "required_scope", "security_headers", "take", "token_id_of", "verify_secret",
+    "parse_rate", "parse_scopes", "required_scope", "security_headers", "token_id_of", "verify_secret",
 ]

@@ -66,6 +66,8 @@ class KaonApp:
         self.name = service_name(type(self.service))
         self.specs = endpoint_specs(type(self.service), self.config.max_batch_size, self.config.max_wait_ms)
         self.guards = guards or []
+        # A guard with a synchronous check (kaon's own) is called without a coroutine per request.
+        self._checks = [getattr(guard, "check", guard) for guard in self.guards]
         from kaon.security.headers import security_headers
 
         self._security_headers = security_headers(tls=bool(self.config.tls_cert))
@@ -183,8 +185,10 @@ class KaonApp:
             client = scope.get("client")
             request = Request(method, path, headers, body, request_id, scope.get("query_string", b"").decode(),
                               client=client[0] if client else None, arriving=arriving)
-            for guard in self.guards:
-                await guard(request)
+            for check in self._checks:
+                pending = check(request)
+                if pending is not None:
+                    await pending
             if route is not None:
                 response = await route[1](request)
             elif is_v2 and self._v2 is not None:
@@ -207,7 +211,9 @@ class KaonApp:
             self.in_flight -= 1
         observers = self.observers
         if observers is not None and request is not None:
-            await observers.annotate(request, response)
+            annotating = observers.annotate(request, response)
+            if annotating is not None:
+                await annotating
         headers_out = [(b"content-type", response.content_type), (b"x-request-id", request_id.encode()),
                        *self._security_headers, *response.headers]
         await send({"type": "http.response.start", "status": response.status, "headers": headers_out})

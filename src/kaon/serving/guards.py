@@ -1,5 +1,8 @@
 """Guards: what a request must pass before it is routed. Each is `async guard(request) -> None` that
-raises a KaonError (401, 403, 413, 429, 503); KaonApp runs them in order for every request.
+raises a KaonError (401, 403, 413, 429, 503); KaonApp runs them in order for every request. The guards
+here also have `check(request)`, which KaonApp calls instead: it admits or refuses at once and returns
+None, or returns an awaitable for the rest (a token seen for the first time is hashed in a thread). Every
+request passes through them, and a coroutine per guard per request cost more than most checks do.
 
 | guard | what | answers |
 | --- | --- | --- |
@@ -45,7 +48,6 @@ from kaon.security import (
     bearer_token,
     has_scope,
     required_scope,
-    take,
     token_id_of,
     verify_secret,
 )
@@ -97,21 +99,21 @@ class _Verified:
     checked_at_s: float
 
 
-class _Slot:
-    __slots__ = ("counts", "token_id")
+class _Usage:
+    """One token's use of this replica: its rate bucket (made on first use) and its requests in flight."""
 
-    def __init__(self, counts: dict[str, int], token_id: str) -> None:
-        self.counts, self.token_id = counts, token_id
+    __slots__ = ("bucket", "in_flight")
 
-    def release(self) -> None:
-        self.counts[self.token_id] -= 1
+    def __init__(self) -> None:
+        self.bucket: Bucket | None = None
+        self.in_flight = 0
 
 
 def release_request(request: Any) -> None:
     """Give back the concurrency slot an AuthGuard took for `request` (safe to call more than once)."""
-    slot = request.__dict__.pop(_SLOT, None)
-    if slot is not None:
-        slot.release()
+    usage = request.__dict__.pop(_SLOT, None)
+    if usage is not None:
+        usage.in_flight -= 1
 
 
 def principal_of(request: Any) -> Principal | None:
@@ -126,7 +128,19 @@ def unauthorized(message: str) -> UnauthorizedError:
     )
 
 
-class AuthGuard:
+class Checks:
+    """A guard made of a synchronous `check(request)`: calling it runs the check and awaits what it returns."""
+
+    def check(self, request: Any) -> Awaitable[None] | None:
+        raise NotImplementedError
+
+    async def __call__(self, request: Any) -> None:
+        pending = self.check(request)
+        if pending is not None:
+            await pending
+
+
+class AuthGuard(Checks):
     """Bearer tokens from the registry: 401 without a valid one, 403 without the scope, 429 over its limits."""
 
     def __init__(self, load_tokens: Callable[[], list[Any]], *, require_auth: bool = False,
@@ -148,10 +162,9 @@ class AuthGuard:
         self._verified: dict[str, _Verified] = {}
         self._rejected: dict[str, float] = {}  # token -> when it failed verification
         self._pending: dict[str, asyncio.Future[bool]] = {}
-        self._buckets: dict[str, Bucket] = {}
-        self._failures = Bucket(MAX_FAILED_VERIFICATIONS_PER_S, 0.0)
+        self._usage: dict[str, _Usage] = {}
         self._failure_limit = RateLimit(MAX_FAILED_VERIFICATIONS_PER_S, int(MAX_FAILED_VERIFICATIONS_PER_S))
-        self._in_flight: dict[str, int] = {}
+        self._failures = Bucket(self._failure_limit, 0.0)
 
     # the token table -----------------------------------------------------------------------------
 
@@ -228,7 +241,10 @@ class AuthGuard:
 
     # the check -----------------------------------------------------------------------------------
 
-    async def __call__(self, request: Any) -> None:
+    def check(self, request: Any) -> Awaitable[None] | None:
+        """Admit `request` or raise. A token already verified is checked here and now (about 1 us, nothing
+        awaited); the first request with a token, or before the token table is loaded, gets an awaitable that
+        does the rest (KaonApp awaits it)."""
         key = (request.method, request.path)
         scope = self._scopes.get(key)
         if scope is None:
@@ -236,8 +252,22 @@ class AuthGuard:
             if len(self._scopes) < _MAX_CACHED:
                 self._scopes[key] = scope
         if scope == _PUBLIC:
-            return
+            return None
         now_s = self.clock()
+        table = self._table
+        if table is None or now_s - table.loaded_at_s > self.max_stale_s:
+            return self._check_slowly(request, scope, now_s)
+        if not table.auth_on:
+            return None
+        header = request.headers.get("authorization")
+        verified = self._verified.get(header) if header is not None else None
+        if verified is None:
+            return self._check_slowly(request, scope, now_s)
+        self._admit(request, scope, table, verified, header, now_s)
+        return None
+
+    async def _check_slowly(self, request: Any, scope: str, now_s: float) -> None:
+        """`check` for a request that needs the token table loaded, or its token verified with scrypt."""
         table = self._table
         if table is None or now_s - table.loaded_at_s > self.max_stale_s:
             table = await self._ensure_table(now_s)
@@ -253,6 +283,12 @@ class AuthGuard:
             if len(self._verified) >= _MAX_CACHED:
                 self._verified.clear()
             self._verified[header] = verified  # type: ignore[index]
+        self._admit(request, scope, table, verified, header, now_s)
+
+    def _admit(self, request: Any, scope: str, table: _Table, verified: _Verified, header: str | None,
+               now_s: float) -> None:
+        """The token still exists, is unexpired, has the scope, and is under its rate and concurrency limits:
+        take one request from each, or raise."""
         entry = table.by_id.get(verified.token_id)
         if entry is None or entry.secret_hash != verified.secret_hash:
             self._verified.pop(header, None)  # type: ignore[arg-type]
@@ -266,22 +302,27 @@ class AuthGuard:
                 f"{request.method} {request.path} needs the '{scope}' scope. Received: token id "
                 f"{principal.token_id}. Create a token with it: kaon token create --name NAME --scopes {scope}"
             )
-        if entry.rate is not None:
-            decision = take(self._buckets.get(principal.token_id), entry.rate, now_s)
-            self._buckets[principal.token_id] = decision.bucket
-            if not decision.allowed:
+        usage = self._usage.get(principal.token_id)
+        if usage is None:
+            usage = self._usage[principal.token_id] = _Usage()
+        rate = entry.rate
+        if rate is not None:
+            bucket = usage.bucket
+            if bucket is None:
+                bucket = usage.bucket = Bucket(rate, now_s)
+            wait_s = bucket.take(rate, now_s)
+            if wait_s:
                 raise RateLimitedError(
-                    f"token '{principal.name}' is over its rate limit of {entry.rate.rate_per_s:g} requests/s "
-                    f"(burst {entry.rate.burst}). Retry after {decision.retry_after_s:.2f} s.",
-                    retry_after_s=max(1.0, math.ceil(decision.retry_after_s)))
-        in_flight = self._in_flight.get(principal.token_id, 0)
-        if in_flight >= entry.max_concurrent:
+                    f"token '{principal.name}' is over its rate limit of {rate.rate_per_s:g} requests/s "
+                    f"(burst {rate.burst}). Retry after {wait_s:.2f} s.",
+                    retry_after_s=max(1.0, math.ceil(wait_s)))
+        if usage.in_flight >= entry.max_concurrent:
             raise RateLimitedError(
-                f"token '{principal.name}' already has {in_flight} requests in flight, its limit "
+                f"token '{principal.name}' already has {usage.in_flight} requests in flight, its limit "
                 f"(max_concurrent={entry.max_concurrent}). Wait for answers before sending more.",
                 retry_after_s=1.0)
-        self._in_flight[principal.token_id] = in_flight + 1
-        request.__dict__[_SLOT] = _Slot(self._in_flight, principal.token_id)
+        usage.in_flight += 1
+        request.__dict__[_SLOT] = usage
         request.__dict__[_PRINCIPAL] = principal
 
     async def _verify(self, token: str, table: _Table, now_s: float) -> _Verified:
@@ -294,8 +335,8 @@ class AuthGuard:
             raise unauthorized(f"the API token (id {token_id}) is not valid.")
         pending = self._pending.get(token)
         if pending is None:  # concurrent first requests with one token share one scrypt
-            decision = take(self._failures, self._failure_limit, now_s, cost=0.0)
-            if decision.bucket.tokens < 1.0:
+            self._failures.take(self._failure_limit, now_s, cost=0.0)  # refill only
+            if self._failures.tokens < 1.0:
                 raise unauthorized("too many invalid API tokens were sent; the server refuses to check more "
                                    "for a moment.")
             loop = asyncio.get_running_loop()
@@ -308,14 +349,14 @@ class AuthGuard:
         else:
             ok = await pending
         if not ok:
-            self._failures = take(self._failures, self._failure_limit, now_s).bucket
+            self._failures.take(self._failure_limit, now_s)
             if len(self._rejected) < _MAX_CACHED:
                 self._rejected[token] = now_s
             raise unauthorized(f"the API token (id {token_id}) is not valid.")
         return _Verified(entry.principal.token_id, entry.secret_hash, now_s)
 
 
-class TensorLimitGuard:
+class TensorLimitGuard(Checks):
     """413 for a request that would become more than `max_elements` numbers once decoded.
 
     JSON bodies: each number needs a separator, so `commas + 1` bounds the count from above at
@@ -326,7 +367,7 @@ class TensorLimitGuard:
     def __init__(self, max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS) -> None:
         self.max_elements = max_elements
 
-    async def __call__(self, request: Any) -> None:
+    def check(self, request: Any) -> None:
         body = request.body
         if len(body) < 64:
             return

@@ -20,7 +20,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,15 +113,19 @@ class Observers:
             return
         self._pending.append((request, response, elapsed_s, now_s, log_it, monitor_it))
 
-    async def annotate(self, request: Any, response: Any) -> None:
-        """Add X-Kaon-Outlier-Score to `response` when the request asked for it with X-Kaon-Outlier: 1."""
-        flag = request.headers.get(OUTLIER_HEADER, "").lower()
+    def annotate(self, request: Any, response: Any) -> Awaitable[None] | None:
+        """What adds X-Kaon-Outlier-Score to `response` when the request asked for it with X-Kaon-Outlier: 1
+        (await it), else None: a request that did not ask costs no coroutine."""
+        flag = request.headers.get(OUTLIER_HEADER)
         monitor = self.monitor
-        if flag not in ("1", "true", "yes") or response.status != 200 or monitor is None:
-            return
+        if flag is None or flag.lower() not in ("1", "true", "yes") or response.status != 200 or monitor is None:
+            return None
         decoder = self._decoder(request.path)
         if decoder is None:
-            return
+            return None
+        return self._annotate(request, response, monitor, decoder)
+
+    async def _annotate(self, request: Any, response: Any, monitor: Monitor, decoder: Decoder) -> None:
         loop = asyncio.get_running_loop()
         try:
             scores = await loop.run_in_executor(None, lambda: monitor.score(decoder(request)))
