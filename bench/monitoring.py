@@ -212,8 +212,11 @@ def cpu_s(pid: int) -> float:
 def overhead(home: Path, data: dict[str, np.ndarray], args: argparse.Namespace) -> dict[str, Any]:
     """Three servers side by side, each idle while another is loaded: two identical 'off' ones (their
     difference is the noise floor of this machine) and the 'on' one. wrk visits them in a rotating order,
-    --rounds times, so that all three see the same drifts in machine load. Two figures: throughput, and
-    the server's CPU time per request (from /proc), which a busy neighbour disturbs less."""
+    round after round, so that all three see the same drifts in machine load. The three are started afresh
+    --restarts times (--rounds split between them): one process can run 5-10% faster or slower than an
+    identical twin for its whole life here, so a single trio measures its processes as much as the feature.
+    Two figures: throughput, and the server's CPU time per request (from /proc), which a busy neighbour
+    disturbs less."""
     import shutil
 
     body = json.dumps({"inputs": [np.round(data["x_test"][0], 4).tolist()]}).encode()
@@ -227,29 +230,36 @@ def overhead(home: Path, data: dict[str, np.ndarray], args: argparse.Namespace) 
     tokens = {"off": None, "off-b": None, "on": token}
     order = list(tokens)
     runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in tokens}
-    servers: dict[str, ServerProcess] = {}
+    restarts = max(1, min(args.restarts, args.rounds))
+    round_index = 0
     try:
-        servers["off"] = start(off_home, "overhead-off", [], body, None, monitored=False)
-        servers["off-b"] = start(off_home, "overhead-off-b", [], body, None, monitored=False)
-        servers["on"] = start(on_home, "overhead-on", on_args, body, token, monitored="monitor" in parts)
-        for mode, server in servers.items():
-            wrk(server.predict_url, body, tokens[mode], args.connections, 3.0)  # warm-up
-        for round_index in range(args.rounds):
-            for mode in order[round_index % 3:] + order[:round_index % 3]:
-                server = servers[mode]
-                assert server.proc is not None
-                before_s = cpu_s(server.proc.pid)
-                result = wrk(server.predict_url, body, tokens[mode], args.connections, args.duration_s)
-                served = result["rps"] * args.duration_s
-                result["cpu_us_per_request"] = (cpu_s(server.proc.pid) - before_s) / max(served, 1) * 1e6
-                runs[mode].append(result)
-                print(f"  round {round_index + 1:2d} {mode:5s}: {result['rps']:8.0f} req/s"
-                      f"  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
-                      f"  cpu {result['cpu_us_per_request']:.0f} us/request"
-                      f"  errors {result['errors']:.0f}", flush=True)
+        for trio in range(restarts):
+            servers: dict[str, ServerProcess] = {}
+            try:
+                servers["off"] = start(off_home, "overhead-off", [], body, None, monitored=False)
+                servers["off-b"] = start(off_home, "overhead-off-b", [], body, None, monitored=False)
+                servers["on"] = start(on_home, "overhead-on", on_args, body, token, monitored="monitor" in parts)
+                for mode, server in servers.items():
+                    wrk(server.predict_url, body, tokens[mode], args.connections, 3.0)  # warm-up
+                for _ in range(args.rounds // restarts + (trio < args.rounds % restarts)):
+                    for mode in order[round_index % 3:] + order[:round_index % 3]:
+                        server = servers[mode]
+                        assert server.proc is not None
+                        before_s = cpu_s(server.proc.pid)
+                        result = wrk(server.predict_url, body, tokens[mode], args.connections, args.duration_s)
+                        served = result["rps"] * args.duration_s
+                        result["cpu_us_per_request"] = (cpu_s(server.proc.pid) - before_s) / max(served, 1) * 1e6
+                        result["trio"] = trio
+                        runs[mode].append(result)
+                        print(f"  round {round_index + 1:2d} {mode:5s}: {result['rps']:8.0f} req/s"
+                              f"  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
+                              f"  cpu {result['cpu_us_per_request']:.0f} us/request"
+                              f"  errors {result['errors']:.0f}  (servers #{trio + 1})", flush=True)
+                    round_index += 1
+            finally:
+                for server in servers.values():
+                    server.stop()
     finally:
-        for server in servers.values():
-            server.stop()
         for folder in (off_home, on_home):
             shutil.rmtree(folder, ignore_errors=True)
     median = {mode: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for mode, rs in runs.items()}
@@ -261,13 +271,15 @@ def overhead(home: Path, data: dict[str, np.ndarray], args: argparse.Namespace) 
     throughput_cost = 1.0 - paired("on", "rps")
     cpu_cost = paired("on", "cpu_us_per_request") - 1.0
     noise = abs(1.0 - statistics.median(a["rps"] / b["rps"] for a, b in zip(runs["off"], runs["off-b"], strict=True)))
-    print(f"\nc={args.connections}, {args.rounds} rounds of {args.duration_s:g} s: off {median['off']['rps']:.0f} / "
-          f"{median['off-b']['rps']:.0f} req/s, on {median['on']['rps']:.0f} req/s")
+    print(f"\nc={args.connections}, {round_index} rounds of {args.duration_s:g} s on {restarts} fresh sets of "
+          f"servers: off {median['off']['rps']:.0f} / {median['off-b']['rps']:.0f} req/s, "
+          f"on {median['on']['rps']:.0f} req/s")
     print(f"cost of {'auth + rate limit + request log + detectors' if args.on == 'all' else args.on}: "
           f"throughput {throughput_cost:+.1%}, "
           f"CPU per request {cpu_cost:+.1%} (budget 10%); noise floor (off vs its twin) {noise:.1%}")
-    return {"connections": args.connections, "duration_s": args.duration_s, "on": args.on, "runs": runs,
-            "median": median, "throughput_cost": throughput_cost, "cpu_cost": cpu_cost, "noise_floor": noise}
+    return {"connections": args.connections, "duration_s": args.duration_s, "on": args.on, "restarts": restarts,
+            "runs": runs, "median": median, "throughput_cost": throughput_cost, "cpu_cost": cpu_cost,
+            "noise_floor": noise}
 
 
 # drift -------------------------------------------------------------------------------------------
@@ -362,6 +374,8 @@ def main() -> None:
     parser.add_argument("what", nargs="?", choices=["overhead", "drift", "all"], default="all")
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--duration-s", type=float, default=4.0)
+    parser.add_argument("--restarts", type=int, default=4,
+                        help="overhead: start the three servers afresh this many times (rounds split between them)")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--on", choices=["all", "auth", "log", "monitor"], default="all",
                         help="what the 'on' server of `overhead` turns on (default: all of it)")
