@@ -140,11 +140,30 @@ def unmonitored_home(home: Path, dest: Path) -> Path:
     return dest
 
 
+#: `overhead --pin`: the command prefixes that keep each server on one CPU and wrk on another, set by main().
+PINNED: dict[str, list[str]] = {"server": [], "wrk": []}
+
+
+def pin_prefixes() -> dict[str, list[str]]:
+    """taskset prefixes for the server (first CPU this process may use) and wrk (the second), or none when
+    there is one CPU or no taskset. Unpinned, the scheduler moves a server's two threads (event loop and
+    batch) between the cores and its CPU per request swings ~25% between identical processes here; pinned,
+    ~5%."""
+    import shutil
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    taskset = shutil.which("taskset")
+    if len(cpus) < 2 or taskset is None:
+        print("not pinned: needs two CPUs and taskset (util-linux)")
+        return {"server": [], "wrk": []}
+    return {"server": [taskset, "-c", str(cpus[0])], "wrk": [taskset, "-c", str(cpus[1])]}
+
+
 def start(home: Path, name: str, args: list[str], body: bytes, token: str | None, *,
           monitored: bool = True) -> ServerProcess:
     port = free_port()
-    server = ServerProcess(name, [sys.executable, "-m", "kaon.cli", "serve", "digits@1", "--port", str(port),
-                                  "--max-queue", "4096", *args],
+    server = ServerProcess(name, [*PINNED["server"], sys.executable, "-m", "kaon.cli", "serve", "digits@1",
+                                  "--port", str(port), "--max-queue", "4096", *args],
                            port=port, log_path=RESULTS / "logs" / f"monitoring-{name}.log",
                            env={"KAON_HOME": str(home), "OMP_NUM_THREADS": "1"})
     server.start()
@@ -180,8 +199,8 @@ def wrk(url: str, body: bytes, token: str | None, connections: int, duration_s: 
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(_WRK % {"auth": auth, "body": body.decode()})
     try:
-        done = subprocess.run([require_wrk(), "-t", "1", "-c", str(connections), "-d", f"{duration_s:g}s",
-                               "--timeout", "10s", "-s", script.name, url],
+        done = subprocess.run([*PINNED["wrk"], require_wrk(), "-t", "1", "-c", str(connections),
+                               "-d", f"{duration_s:g}s", "--timeout", "10s", "-s", script.name, url],
                               capture_output=True, text=True, timeout=duration_s + 60)
     finally:
         os.unlink(script.name)
@@ -381,7 +400,12 @@ def main() -> None:
                         help="what the 'on' server of `overhead` turns on (default: all of it)")
     parser.add_argument("--clean", type=int, default=6000, help="clean requests for the false-alarm count")
     parser.add_argument("--reps", type=int, default=3, help="runs per shift")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="overhead: let the scheduler place servers and wrk (default: each server on one "
+                             "CPU, wrk on another)")
     args = parser.parse_args()
+    if args.what in ("overhead", "all") and not args.no_pin:
+        PINNED.update(pin_prefixes())
     RESULTS.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="kaon-bench-monitoring-") as tmp:
