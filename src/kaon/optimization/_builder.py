@@ -21,7 +21,14 @@ from kaon.optimization.export import compare_outputs, export_onnx, onnx_files, s
 from kaon.optimization.measure import BATCH_LATENCY, BATCH_THROUGHPUT, Runner, onnx_runner, predict, torch_runner
 from kaon.optimization.plan import Target, plan_quantization
 from kaon.optimization.profile import profile_groups
-from kaon.optimization.quantize import Scheme, calibration_batches, op_groups, prepare, quantize_model
+from kaon.optimization.quantize import (
+    Scheme,
+    calibration_batches,
+    op_groups,
+    prepare,
+    quantize_model,
+    split_outlier_rows,
+)
 from kaon.optimization.report import Variant
 
 PRUNE_RATIOS = (0.5, 0.25)  # the second is tried only when the first loses more accuracy than the budget
@@ -160,6 +167,17 @@ class Builder:
                                      optimize_graph=scheme == "static")
             if note:
                 variant.notes.append(note)
+            if scheme == "dynamic":  # one scale per tensor: an outlier first token (a [CLS]) gets its own
+                before = op_groups(prepared, scheme)
+                split, after = split_outlier_rows(
+                    prepared, folder / "split.onnx", groups=before,
+                    calibration=calibration_batches({ctx.source.input_name: ctx.tune[0]}, ctx.calibration_samples))
+                prepared.unlink()
+                prepared = split
+                num_split = sum(len(g.nodes) for g in after) - sum(len(g.nodes) for g in before)
+                if num_split:
+                    variant.notes.append(f"{num_split} dense layers: the first position's activations are over 3x any "
+                                         f"other's on the tuning samples, so it gets its own int8 scale")
             groups = op_groups(prepared, scheme)
             if not groups:
                 variant.status = "skipped"
