@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import ServerProcess, free_port, require_wrk  # noqa: E402
+from _load import PINNED, ServerProcess, free_port, pin_to_cpus, require_wrk  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -140,29 +140,10 @@ def unmonitored_home(home: Path, dest: Path) -> Path:
     return dest
 
 
-#: `overhead --pin`: the command prefixes that keep each server on one CPU and wrk on another, set by main().
-PINNED: dict[str, list[str]] = {"server": [], "wrk": []}
-
-
-def pin_prefixes() -> dict[str, list[str]]:
-    """taskset prefixes for the server (first CPU this process may use) and wrk (the second), or none when
-    there is one CPU or no taskset. Unpinned, the scheduler moves a server's two threads (event loop and
-    batch) between the cores and its CPU per request swings ~25% between identical processes here; pinned,
-    ~5%."""
-    import shutil
-
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    taskset = shutil.which("taskset")
-    if len(cpus) < 2 or taskset is None:
-        print("not pinned: needs two CPUs and taskset (util-linux)")
-        return {"server": [], "wrk": []}
-    return {"server": [taskset, "-c", str(cpus[0])], "wrk": [taskset, "-c", str(cpus[1])]}
-
-
 def start(home: Path, name: str, args: list[str], body: bytes, token: str | None, *,
           monitored: bool = True) -> ServerProcess:
     port = free_port()
-    server = ServerProcess(name, [*PINNED["server"], sys.executable, "-m", "kaon.cli", "serve", "digits@1",
+    server = ServerProcess(name, [sys.executable, "-m", "kaon.cli", "serve", "digits@1",
                                   "--port", str(port), "--max-queue", "4096", *args],
                            port=port, log_path=RESULTS / "logs" / f"monitoring-{name}.log",
                            env={"KAON_HOME": str(home), "OMP_NUM_THREADS": "1"})
@@ -404,8 +385,8 @@ def main() -> None:
                         help="overhead: let the scheduler place servers and wrk (default: each server on one "
                              "CPU, wrk on another)")
     args = parser.parse_args()
-    if args.what in ("overhead", "all") and not args.no_pin:
-        PINNED.update(pin_prefixes())
+    if args.what in ("overhead", "all") and not args.no_pin and not pin_to_cpus():
+        print("not pinned: needs two CPUs and taskset (util-linux)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="kaon-bench-monitoring-") as tmp:

@@ -51,6 +51,7 @@ from _load import (  # noqa: E402
     ServerProcess,
     cpu_busy_s,
     free_port,
+    pin_to_cpus,
     post_json,
     require_wrk,
     run_wrk,
@@ -553,6 +554,9 @@ def main() -> None:
                         help="before each server, wait up to this long for other work on the machine to stop")
     parser.add_argument("--profile", action="store_true",
                         help="instead: profile kaon with py-spy under the top concurrency on the small model")
+    parser.add_argument("--pin", action="store_true",
+                        help="each server on one CPU and wrk on another (taskset): the one-core comparison of a "
+                             "server with the floor; the heavy model's two onnxruntime threads then share a core")
     parser.add_argument("--setup", action="store_true", help="create the missing peer virtualenvs, then exit")
     args = parser.parse_args()
     if args.quick:
@@ -568,6 +572,8 @@ def main() -> None:
         setup_venvs(servers)
         return
     require_wrk()
+    if args.pin and not pin_to_cpus():
+        raise SystemExit("--pin needs two CPUs and taskset (util-linux)")
     missing = [s for s in servers if s in VENV_OF and not (VENVS / VENV_OF[s] / "bin" / "python").exists()]
     if missing:
         print(f"skipping {missing}: no virtualenv under {VENVS}. Build them with: python bench/serving.py --setup")
