@@ -53,6 +53,10 @@ def test_class_and_rate_tests() -> None:
     assert drift.class_test(np.array([10, 0]), np.array([5, 0]))[1] == 1.0  # one class seen: nothing to test
     assert drift.rate_test(2, 200, 0.01) > 0.3
     assert drift.rate_test(20, 200, 0.01) < 1e-6
+    from scipy.stats import binom
+
+    for count, total, rate in [(1, 10, 0.5), (5, 200, 0.01), (30, 200, 0.06), (200, 200, 0.3)]:
+        assert drift.rate_test(count, total, rate) == pytest.approx(binom.sf(count - 1, total, rate), rel=1e-9)
     assert drift.neglog10(0.001) == pytest.approx(3.0) and drift.neglog10(0.0) == 300.0
 
 

@@ -169,15 +169,20 @@ class Builder:
                 variant.notes.append(note)
             if scheme == "dynamic":  # one scale per tensor: an outlier first token (a [CLS]) gets its own
                 before = op_groups(prepared, scheme)
-                split, after = split_outlier_rows(
-                    prepared, folder / "split.onnx", groups=before,
-                    calibration=calibration_batches({ctx.source.input_name: ctx.tune[0]}, ctx.calibration_samples))
-                prepared.unlink()
-                prepared = split
-                num_split = sum(len(g.nodes) for g in after) - sum(len(g.nodes) for g in before)
-                if num_split:
-                    variant.notes.append(f"{num_split} dense layers: the first position's activations are over 3x any "
-                                         f"other's on the tuning samples, so it gets its own int8 scale")
+                try:
+                    split, after = split_outlier_rows(
+                        prepared, folder / "split.onnx", groups=before,
+                        calibration=calibration_batches({ctx.source.input_name: ctx.tune[0]},
+                                                        ctx.calibration_samples))
+                except Exception as exc:  # noqa: BLE001 - a refinement: int8 goes on without it
+                    variant.notes.append(f"first-token split skipped ({type(exc).__name__}: {str(exc)[:200]})")
+                else:
+                    prepared.unlink()
+                    prepared = split
+                    num_split = sum(len(g.nodes) for g in after) - sum(len(g.nodes) for g in before)
+                    if num_split:
+                        variant.notes.append(f"{num_split} dense layers: the first position's activations are over "
+                                             f"3x any other's on the tuning samples, so it gets its own int8 scale")
             groups = op_groups(prepared, scheme)
             if not groups:
                 variant.status = "skipped"
