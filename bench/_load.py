@@ -44,6 +44,7 @@ end
 _WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "%(content_type)s"
+%(headers)s
 wrk.body = [==[%(body)s]==]
 """ + _WRK_DONE
 
@@ -100,9 +101,10 @@ def require_wrk() -> str:
 
 def run_wrk(url: str, body: bytes, connections: int, duration_s: float, threads: int = 1,
             timeout_s: float = 10.0, content_type: str = "application/json",
-            body_files: list[Path] | None = None) -> LoadResult:
+            body_files: list[Path] | None = None, headers: dict[str, str] | None = None) -> LoadResult:
     """POST `body` to `url` over `connections` keep-alive connections for `duration_s` seconds.
     With `body_files`, each request's body is the next of those files instead (binary bodies).
+    `headers` are sent on every request too (one body only), e.g. an Authorization header.
 
     One wrk thread: wrk's C event loop answers far more requests per second than any server here,
     and on a 2-core machine a second wrk thread would only take CPU from the server under test.
@@ -114,7 +116,8 @@ def run_wrk(url: str, body: bytes, connections: int, duration_s: float, threads:
         if body_files:
             script.write(_WRK_FILES_SCRIPT % {"content_type": content_type})
         else:
-            script.write(_WRK_SCRIPT % {"body": body.decode(), "content_type": content_type})
+            extra = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
+            script.write(_WRK_SCRIPT % {"body": body.decode(), "content_type": content_type, "headers": extra})
     try:
         args = [*PINNED["wrk"], wrk, "-t", str(min(threads, connections)), "-c", str(connections),
                 "-d", f"{duration_s:g}s", "--timeout", f"{timeout_s:g}s", "-s", script.name, url]

@@ -42,25 +42,11 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import PINNED, ServerProcess, free_port, pin_to_cpus, require_wrk  # noqa: E402
+from _load import ServerProcess, free_port, pin_to_cpus, run_wrk  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 MNIST = Path("/work/shared/data/mnist/t10k-images-idx3-ubyte.gz")
-
-_WRK = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-%(auth)s
-wrk.body = [==[%(body)s]==]
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format('BENCH_RESULT {"requests": %%d, "duration_us": %%d, "errors": %%d, "status": %%d, ' ..
-    '"p50_us": %%d, "p99_us": %%d}\\n', summary.requests, summary.duration,
-    e.connect + e.read + e.write + e.timeout, e.status, latency:percentile(50), latency:percentile(99)))
-end
-"""
-
 
 # the model ---------------------------------------------------------------------------------------
 
@@ -174,23 +160,10 @@ def start(home: Path, name: str, args: list[str], body: bytes, token: str | None
 
 
 def wrk(url: str, body: bytes, token: str | None, connections: int, duration_s: float) -> dict[str, float]:
-    if not url.startswith("http://127.0.0.1:"):
-        raise ValueError(f"only 127.0.0.1 is loaded. Received: {url!r}")
-    auth = f'wrk.headers["Authorization"] = "Bearer {token}"' if token else ""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(_WRK % {"auth": auth, "body": body.decode()})
-    try:
-        done = subprocess.run([*PINNED["wrk"], require_wrk(), "-t", "1", "-c", str(connections),
-                               "-d", f"{duration_s:g}s", "--timeout", "10s", "-s", script.name, url],
-                              capture_output=True, text=True, timeout=duration_s + 60)
-    finally:
-        os.unlink(script.name)
-    line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH_RESULT "))
-    raw = json.loads(line[len("BENCH_RESULT "):])
-    seconds = raw["duration_us"] / 1e6
-    ok = raw["requests"] - raw["errors"] - raw["status"]
-    return {"rps": ok / seconds, "errors": raw["errors"] + raw["status"], "p50_ms": raw["p50_us"] / 1e3,
-            "p99_ms": raw["p99_us"] / 1e3}
+    """`_load.run_wrk` with the token's Authorization header, as the numbers the JSON results keep."""
+    result = run_wrk(url, body, connections, duration_s,
+                     headers={"Authorization": f"Bearer {token}"} if token else None)
+    return {"rps": result.rps, "errors": float(result.errors), "p50_ms": result.p50_ms, "p99_ms": result.p99_ms}
 
 
 def make_token(home: Path, rate: str) -> str:
@@ -213,9 +186,9 @@ def overhead(home: Path, data: dict[str, np.ndarray], args: argparse.Namespace) 
     """Three servers side by side, each idle while another is loaded: two identical 'off' ones (their
     difference is the noise floor of this machine) and the 'on' one. wrk visits them in a rotating order,
     round after round, so that all three see the same drifts in machine load. The three are started afresh
-    --restarts times (--rounds split between them): one process can run 5-10% faster or slower than an
-    identical twin for its whole life here, so a single trio measures its processes as much as the feature.
-    Two figures: throughput, and the server's CPU time per request (from /proc), which a busy neighbour
+    --restarts times (--rounds split between them): unpinned, one process can run up to 25% faster or
+    slower than an identical twin for its whole life here, so a single trio measures its processes as much
+    as the feature. Two figures: throughput, and the server's CPU time per request (from /proc), which a busy neighbour
     disturbs less."""
     import shutil
 
