@@ -167,30 +167,26 @@ class Builder:
                                      optimize_graph=scheme == "static")
             if note:
                 variant.notes.append(note)
-            if scheme == "dynamic":  # one scale per tensor: an outlier first token (a [CLS]) gets its own
-                before = op_groups(prepared, scheme)
-                try:
-                    split, after = split_outlier_rows(
-                        prepared, folder / "split.onnx", groups=before,
-                        calibration=calibration_batches({ctx.source.input_name: ctx.tune[0]},
-                                                        ctx.calibration_samples))
-                except Exception as exc:  # noqa: BLE001 - a refinement: int8 goes on without it
-                    variant.notes.append(f"first-token split skipped ({type(exc).__name__}: {str(exc)[:200]})")
-                else:
-                    prepared.unlink()
-                    prepared = split
-                    num_split = sum(len(g.nodes) for g in after) - sum(len(g.nodes) for g in before)
-                    if num_split:
-                        variant.notes.append(f"{num_split} dense layers: the first position's activations are over "
-                                             f"3x any other's on the tuning samples, so it gets its own int8 scale")
             groups = op_groups(prepared, scheme)
             if not groups:
                 variant.status = "skipped"
                 variant.notes.append("the model has no operator onnxruntime quantizes (Conv, MatMul, Gemm, Gather)")
                 return None
-            calibration = None
-            if scheme == "static":
-                calibration = calibration_batches({ctx.source.input_name: ctx.tune[0]}, ctx.calibration_samples)
+            tuning = calibration_batches({ctx.source.input_name: ctx.tune[0]}, ctx.calibration_samples)
+            if scheme == "dynamic":  # one scale per tensor: an outlier first token (a [CLS]) gets its own
+                try:
+                    split, split_groups = split_outlier_rows(prepared, folder / "split.onnx", groups=groups,
+                                                             calibration=tuning)
+                except Exception as exc:  # noqa: BLE001 - a refinement: int8 goes on without it
+                    variant.notes.append(f"first-token split skipped ({type(exc).__name__}: {str(exc)[:200]})")
+                else:
+                    num_split = sum(len(g.nodes) for g in split_groups) - sum(len(g.nodes) for g in groups)
+                    prepared.unlink()
+                    prepared, groups = split, split_groups
+                    if num_split:
+                        variant.notes.append(f"{num_split} dense layers: the first position's activations are over "
+                                             f"3x any other's on the tuning samples, so it gets its own int8 scale")
+            calibration = tuning if scheme == "static" else None
             batch = BATCH_LATENCY if ctx.target == "latency" else BATCH_THROUGHPUT
             timings, notes = profile_groups(prepared, groups, scheme=scheme,
                                             feeds={ctx.source.input_name: _tile(ctx.held[0], batch)},
