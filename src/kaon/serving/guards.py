@@ -24,6 +24,7 @@ A guard that admits a request with a concurrency slot must see it released:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import math
@@ -128,11 +129,12 @@ def unauthorized(message: str) -> UnauthorizedError:
     )
 
 
-class Checks:
+class Checks(abc.ABC):
     """A guard made of a synchronous `check(request)`: calling it runs the check and awaits what it returns."""
 
+    @abc.abstractmethod
     def check(self, request: Any) -> Awaitable[None] | None:
-        raise NotImplementedError
+        """None once `request` is admitted, an awaitable that admits it or raises, or raise now."""
 
     async def __call__(self, request: Any) -> None:
         pending = self.check(request)
