@@ -46,6 +46,23 @@ def test_mmd_null_quantile_bounds_clean_windows_and_a_shift_exceeds_it() -> None
     assert mmd(rng.normal(0.5, size=(100, 8))) > 3 * threshold
 
 
+def test_sliding_mmd_matches_mmd_of_the_same_window() -> None:
+    rng = np.random.default_rng(3)
+    pool = rng.normal(size=(400, 6))
+    mmd = drift.MMD(pool[:300], drift.median_bandwidth(pool))
+    sliding = drift.SlidingMMD(mmd, window=50)
+    stream = np.concatenate([rng.normal(size=(120, 6)), rng.normal(0.7, size=(130, 6))])
+    with pytest.raises(ValueError, match="holds 30 of 50"):
+        sliding.push(stream[:30])
+        sliding.value()
+    pushed = 30
+    for size in (25, 13, 1, 20, 60, 49):  # smaller and larger than the window, crossing the ring's end
+        sliding.push(stream[pushed:pushed + size])
+        pushed += size
+        assert sliding.value() == pytest.approx(mmd(stream[pushed - 50:pushed]), abs=1e-6)
+    assert sliding.value() > 3 * abs(mmd(stream[:50]))  # the shifted half is in the window now
+
+
 def test_class_and_rate_tests() -> None:
     reference = np.array([100, 100, 100, 100])
     assert drift.class_test(reference, np.array([25, 24, 26, 25]))[1] > 0.5

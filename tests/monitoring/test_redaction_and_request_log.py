@@ -54,6 +54,35 @@ def test_huge_strings_lists_and_nesting_are_cut() -> None:
     assert redactor.redact([[[[[[1]]]]]]) == [[[["[TOO DEEP]"]]]]
 
 
+class WalkOnly(Redactor):
+    """The item-by-item walk, without the one-pass check for tensors of numbers."""
+
+    def _plain_numbers(self, value: list, depth: int) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("value", [
+    {"inputs": [[[0.0, 0.25], [1.0, 0.5]]]},  # a tensor: returned as it came
+    {"inputs": [[1, 2], [3, 4]], "flags": [[True, False]]},
+    [[0.5, 4111111111111111]],  # a card number as a JSON number inside a tensor
+    [[0.5, -4111111111111111]],
+    [[1.0, "+14155552671"]],  # a phone number as a string that numpy would read as a float
+    [["4111111111111111"]],
+    [[1.0, None]], [[1.0, [2.0]]], [[]], [[1.0] * 300],  # ragged, empty, too long to keep whole
+    [[10**30]],
+    [[[[[[1.0]]]]]],  # deeper than max_depth below
+])
+def test_tensors_skip_the_walk_and_redact_exactly_as_it_does(value: object) -> None:
+    fast, walk = Redactor(max_depth=4), WalkOnly(max_depth=4)
+    assert fast.redact(value) == walk.redact(value)
+
+
+def test_a_tensor_body_is_returned_without_a_copy() -> None:
+    tensor = [[[0.1] * 8] * 8]
+    assert Redactor().redact({"inputs": tensor})["inputs"] is tensor
+    assert Redactor().redact({"inputs": [[0.1, 4111111111111111]]})["inputs"] == [[0.1, "[CARD]"]]
+
+
 def exchange(index: int, body: bytes = b'{"inputs": [[1, 2]], "email": "a@b.example"}') -> Exchange:
     return Exchange(request_id=f"r{index}", method="POST", path="/predict", status=200, latency_ms=1.5,
                     request_body=body, response_body=b'[{"label": 3}]',

@@ -76,9 +76,7 @@ def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _kernel_mean(a: np.ndarray, b: np.ndarray, gamma: float, same: bool) -> float:
-    k = _sq_dists(a, b)
-    k *= -gamma
-    np.exp(k, out=k)
+    k = _kernel(a, b, gamma)
     if same:
         n = len(a)
         return float((k.sum(dtype=np.float64) - np.trace(k)) / max(n * (n - 1), 1))
@@ -92,12 +90,56 @@ class MMD:
         # float32: kernel values lie in [0, 1] and are averaged, so single precision is plenty, at half the cost
         self.reference = np.asarray(reference, dtype=np.float32)
         self.gamma = 1.0 / (2.0 * bandwidth * bandwidth)
-        self._ref_term = _kernel_mean(self.reference, self.reference, self.gamma, same=True)
+        self.reference_term = _kernel_mean(self.reference, self.reference, self.gamma, same=True)
 
     def __call__(self, window: np.ndarray) -> float:
         w = np.asarray(window, dtype=np.float32)
-        return float(self._ref_term + _kernel_mean(w, w, self.gamma, same=True)
+        return float(self.reference_term + _kernel_mean(w, w, self.gamma, same=True)
                 - 2.0 * _kernel_mean(self.reference, w, self.gamma, same=False))
+
+
+class SlidingMMD:
+    """`MMD` of the last `window` points pushed, kept up to date as points arrive.
+
+    Each point's kernel values against the reference and against the other window points are computed
+    once, when it enters (a row of a ring-indexed window x window kernel matrix and its mean against the
+    reference), so an evaluation costs two sums instead of (reference + window) x window kernels. Same value
+    as `MMD.__call__` on the same window, to float32 rounding.
+    """
+
+    def __init__(self, mmd: MMD, window: int) -> None:
+        self.mmd = mmd
+        self.window = window
+        self.count = 0  # points pushed so far; the window is full from `window` on
+        self._next = 0  # the ring slot the next point goes to
+        self._points = np.zeros((window, mmd.reference.shape[1]), dtype=np.float32)
+        self._kernel = np.zeros((window, window), dtype=np.float32)
+        self._to_reference = np.zeros(window, dtype=np.float64)
+
+    def push(self, points: np.ndarray) -> None:
+        points = np.asarray(points, dtype=np.float32)[-self.window:]
+        slots = (self._next + np.arange(len(points))) % self.window
+        self._points[slots] = points
+        rows = _kernel(points, self._points, self.mmd.gamma)  # against the whole ring, the new points included
+        self._kernel[slots, :] = rows
+        self._kernel[:, slots] = rows.T
+        self._to_reference[slots] = _kernel(points, self.mmd.reference, self.mmd.gamma).mean(axis=1, dtype=np.float64)
+        self._next = int(slots[-1] + 1) % self.window if len(points) else self._next
+        self.count += len(points)
+
+    def value(self) -> float:
+        """MMD^2 of the window against the reference (the window must be full)."""
+        if self.count < self.window:
+            raise ValueError(f"the window holds {self.count} of {self.window} points; push more before value().")
+        n = self.window
+        within = (self._kernel.sum(dtype=np.float64) - np.trace(self._kernel, dtype=np.float64)) / (n * (n - 1))
+        return float(self.mmd.reference_term + within - 2.0 * self._to_reference.mean())
+
+
+def _kernel(a: np.ndarray, b: np.ndarray, gamma: float) -> np.ndarray:
+    k = _sq_dists(a, b)
+    k *= -gamma
+    return np.exp(k, out=k)
 
 
 def mmd_null(pool: np.ndarray, reference_size: int, window: int, bandwidth: float, num_rounds: int = 500,

@@ -73,7 +73,7 @@ class Monitor:
         self.observed = 0
         self.alerts: list[Alert] = []
         self._since_eval = 0
-        self._embeddings: collections.deque[np.ndarray] = collections.deque(maxlen=window)
+        self._arrived: list[np.ndarray] = []  # embeddings not yet pushed into the sliding MMD
         self._features: collections.deque[np.ndarray] = collections.deque(maxlen=window)
         self._classes: collections.deque[int] = collections.deque(maxlen=window)
         self._outliers: collections.deque[bool] = collections.deque(maxlen=window)
@@ -83,7 +83,8 @@ class Monitor:
         pool = reference.embeddings
         ref_size = min(mmd_reference_size, max(len(pool) - window, len(pool) // 2))
         rng = np.random.default_rng(seed)
-        self._mmd = drift.MMD(pool[rng.permutation(len(pool))[:ref_size]], reference.bandwidth)
+        self._mmd = drift.SlidingMMD(drift.MMD(pool[rng.permutation(len(pool))[:ref_size]], reference.bandwidth),
+                                     window)
         null = drift.mmd_null(pool, ref_size, window, reference.bandwidth, calibration_rounds, seed)
         self.detectors["embedding_mmd"] = DetectorStatus(
             "embedding_mmd", threshold=drift.null_quantile(null, 1.0 - alpha),
@@ -147,7 +148,7 @@ class Monitor:
             embeddings = f.logits if f.logits is not None else f.outputs
         classes = f.outputs.argmax(axis=1) if self.reference.class_counts is not None else None
         for i in range(len(scores)):
-            self._embeddings.append(embeddings[i])
+            self._arrived.append(embeddings[i])
             self._outliers.append(bool(scores[i] > 1.0))
             if classes is not None:
                 self._classes.append(int(classes[i]))
@@ -155,7 +156,7 @@ class Monitor:
                 self._features.append(np.asarray(x[i], dtype=np.float64).reshape(-1))
             self.observed += 1
             self._since_eval += 1
-            if len(self._embeddings) >= self.window and self._since_eval >= self.stride:
+            if self._mmd.count + len(self._arrived) >= self.window and self._since_eval >= self.stride:
                 self._since_eval = 0
                 self._evaluate()
         if self.metrics is not None:
@@ -170,7 +171,9 @@ class Monitor:
     # detectors -----------------------------------------------------------------------------------
 
     def _evaluate(self) -> None:
-        stats: dict[str, float] = {"embedding_mmd": self._mmd(np.stack(self._embeddings))}
+        self._mmd.push(np.stack(self._arrived[-self.window:]))
+        self._arrived.clear()
+        stats: dict[str, float] = {"embedding_mmd": self._mmd.value()}
         if "features_ks" in self.detectors and len(self._features) >= self.window:
             window = np.stack(self._features)
             _, pvalues = drift.ks_test(self._ks_reference, window)
