@@ -1,6 +1,7 @@
 """Security and monitoring: what they cost in throughput, and how fast drift is caught on real shifts.
 
     python bench/monitoring.py overhead      # c=64 throughput: everything off vs auth + rate limit + log + detectors
+    python bench/monitoring.py overhead --together   # the same, the three servers loaded at once on one CPU
     python bench/monitoring.py drift         # false alarms on clean digits; inputs until the alert per shift
     python bench/monitoring.py               # both
 
@@ -13,7 +14,10 @@ connections for --duration-s to each in turn, --rounds times; throughput and the
 per request (/proc) are recorded:
   off: no token in the registry, no request log, the same model registered without reference.npz
   on:  a token with the predict scope and a rate limit (high enough never to refuse), sent on every
-       request; --request-log (every request, redacted); drift + outlier detectors on every input.
+       request; --request-log and drift + outlier detectors at their default caps (100 requests/s each).
+--together loads the three at once instead (each pinned to the same CPU, three wrk on the other) and
+compares their CPU time per request over the same seconds: the machine's speed, which drifts by up to
+2x over seconds on this shared host, is then the same for all three.
 
 drift: the same server over HTTP, one digit per request. Clean traffic: held-out digits (the test
 split, drawn with replacement) for --clean inputs, counting alerts. Each shift: --reps runs from a
@@ -26,6 +30,7 @@ Results: tables on stdout and JSON under bench/results/.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import gzip
 import json
 import os
@@ -182,6 +187,17 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def measure(server: ServerProcess, body: bytes, token: str | None, connections: int,
+            duration_s: float) -> dict[str, float]:
+    """wrk against `server`, with the server's CPU time per answered request over the same seconds."""
+    assert server.proc is not None
+    before_s = cpu_s(server.proc.pid)
+    result = wrk(server.predict_url, body, token, connections, duration_s)
+    served = result["rps"] * duration_s
+    result["cpu_us_per_request"] = (cpu_s(server.proc.pid) - before_s) / max(served, 1) * 1e6
+    return result
+
+
 def overhead(home: Path, data: dict[str, np.ndarray], args: argparse.Namespace) -> dict[str, Any]:
     """Three servers side by side, each idle while another is loaded: two identical 'off' ones (their
     difference is the noise floor of this machine) and the 'on' one. wrk visits them in a rotating order,
@@ -200,6 +216,11 @@ def overhead(home: Path, data: dict[str, np.ndarray], args: argparse.Namespace) 
     token = make_token(on_home, "1000000/s") if "auth" in parts else None
     on_args = (["--request-log", str(on_home / "requests.jsonl")] if "log" in parts else []) + os.environ.get(
         "BENCH_ON_EXTRA", "").split()
+    if args.together and not args.default_caps:
+        # Sharing one CPU three ways, each server answers about a third of the requests it would alone, while the
+        # request log and the monitor take a fixed number of requests a second (their caps, 100/s each by default).
+        # A third of each cap keeps the share of requests they observe what it is for a server alone.
+        on_args += ["--request-log-max-per-s", str(round(100 / 3)), "--monitor-max-per-s", str(round(100 / 3))]
     tokens = {"off": None, "off-b": None, "on": token}
     order = list(tokens)
     runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in tokens}
@@ -213,15 +234,16 @@ def overhead(home: Path, data: dict[str, np.ndarray], args: argparse.Namespace) 
                 servers["off-b"] = start(off_home, "overhead-off-b", [], body, None, monitored=False)
                 servers["on"] = start(on_home, "overhead-on", on_args, body, token, monitored="monitor" in parts)
                 for mode, server in servers.items():
-                    wrk(server.predict_url, body, tokens[mode], args.connections, 3.0)  # warm-up
+                    measure(server, body, tokens[mode], args.connections, 3.0)  # warm-up
                 for _ in range(args.rounds // restarts + (trio < args.rounds % restarts)):
-                    for mode in order[round_index % 3:] + order[:round_index % 3]:
-                        server = servers[mode]
-                        assert server.proc is not None
-                        before_s = cpu_s(server.proc.pid)
-                        result = wrk(server.predict_url, body, tokens[mode], args.connections, args.duration_s)
-                        served = result["rps"] * args.duration_s
-                        result["cpu_us_per_request"] = (cpu_s(server.proc.pid) - before_s) / max(served, 1) * 1e6
+                    modes = order[round_index % 3:] + order[:round_index % 3]
+                    loads = [(servers[mode], body, tokens[mode], args.connections, args.duration_s) for mode in modes]
+                    if args.together:  # the three loaded at once, sharing one CPU: the same machine for each
+                        with concurrent.futures.ThreadPoolExecutor(len(loads)) as pool:
+                            results = list(pool.map(lambda load: measure(*load), loads))
+                    else:
+                        results = [measure(*load) for load in loads]
+                    for mode, result in zip(modes, results, strict=True):
                         result["trio"] = trio
                         runs[mode].append(result)
                         print(f"  round {round_index + 1:2d} {mode:5s}: {result['rps']:8.0f} req/s"
@@ -354,6 +376,14 @@ def main() -> None:
                         help="what the 'on' server of `overhead` turns on (default: all of it)")
     parser.add_argument("--clean", type=int, default=6000, help="clean requests for the false-alarm count")
     parser.add_argument("--reps", type=int, default=3, help="runs per shift")
+    parser.add_argument("--together", action="store_true",
+                        help="overhead: load the three servers at once, all pinned to one CPU, each round (the "
+                             "same machine conditions for each; compare their CPU per request). The 'on' server's "
+                             "request log and monitor caps become a third of their defaults, so that they observe "
+                             "the share of requests they would alone (--default-caps: keep the defaults)")
+    parser.add_argument("--default-caps", action="store_true",
+                        help="overhead --together: keep the default caps (the observers then take three times "
+                             "their standalone share of requests: an upper bound)")
     parser.add_argument("--no-pin", action="store_true",
                         help="overhead: let the scheduler place servers and wrk (default: each server on one "
                              "CPU, wrk on another)")
