@@ -177,6 +177,7 @@ class Settings:
     max_batch_size: int
     max_wait_ms: float
     num_threads: int
+    kaon_workers: int = 1
 
 
 def server_process(name: str, model: Path, settings: Settings, log_path: Path) -> ServerProcess:
@@ -190,6 +191,8 @@ def server_process(name: str, model: Path, settings: Settings, log_path: Path) -
     if name == "kaon":
         args = [sys.executable, "-m", "kaon.cli", "serve", str(model), "--port", str(port),
                 "--max-batch-size", str(settings.max_batch_size), "--max-wait-ms", f"{settings.max_wait_ms:g}"]
+        if settings.kaon_workers > 1:  # kaon shares the cores out between them (cores / N threads each)
+            args += ["--workers", str(settings.kaon_workers)]
         env = {"KAON_NUM_THREADS": str(settings.num_threads)} if settings.num_threads else {}
         return ServerProcess(name, args, port, log_path, cwd=ROOT, env=env)
     if name == "fastapi":
@@ -548,6 +551,9 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="the batch window, the same for all")
     parser.add_argument("--num-threads", type=int, default=0,
                         help="onnxruntime intra-op threads for every server (0: onnxruntime's default)")
+    parser.add_argument("--kaon-workers", type=int, default=1,
+                        help="kaon serve --workers N (each worker's model gets cores/N threads unless "
+                             "--num-threads says otherwise)")
     parser.add_argument("--floors-on-all-models", action="store_true",
                         help="also run the floor servers with the heavy model's request body")
     parser.add_argument("--quiet-wait-s", type=float, default=2.0,
@@ -581,7 +587,7 @@ def main() -> None:
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_dir = RESULTS / f"serving-{stamp}-logs"
-    settings = Settings(args.max_batch_size, args.max_wait_ms, args.num_threads)
+    settings = Settings(args.max_batch_size, args.max_wait_ms, args.num_threads, args.kaon_workers)
     if args.profile:
         profile_kaon(settings, max(concurrencies), args.duration_s, stamp)
         return
@@ -629,7 +635,8 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "settings": {"rounds": args.rounds, "duration_s": args.duration_s, "warmup_s": args.warmup_s,
                      "concurrency": concurrencies, "max_batch_size": args.max_batch_size,
-                     "max_wait_ms": args.max_wait_ms, "num_threads": args.num_threads, "servers": servers,
+                     "max_wait_ms": args.max_wait_ms, "num_threads": args.num_threads,
+                     "kaon_workers": args.kaon_workers, "servers": servers,
                      "models": cases},
         "machine": machine(), "versions": env_versions, "models": {c: CASES[c].description for c in cases},
         "model_alone": alone,

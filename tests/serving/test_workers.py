@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 from pathlib import Path
@@ -48,6 +49,12 @@ def test_workers_share_the_port_and_sum_their_metrics(models_dir, probe, tmp_pat
         server.wait_ready(timeout_s=120)
         workers = _children(server.proc.pid)
         assert len(workers) == 2, f"expected 2 worker processes under the supervisor, found {workers}"
+        share = str(max(1, len(os.sched_getaffinity(0)) // 2))  # the cores shared out, unless the user set it
+        for pid in workers:
+            environ = dict(item.split("=", 1) for item in
+                           Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+            assert environ["KAON_NUM_THREADS"] == os.environ.get("KAON_NUM_THREADS", share)
+            assert environ["OMP_NUM_THREADS"] == os.environ.get("OMP_NUM_THREADS", share)
         sent = 24
         for _ in range(sent):  # a new connection each time: the kernel hands them to either worker
             answer = httpx.post(server.url + "/predict", json={"inputs": x[:2].tolist()})
