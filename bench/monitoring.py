@@ -16,8 +16,8 @@ per request (/proc) are recorded:
   on:  a token with the predict scope and a rate limit (high enough never to refuse), sent on every
        request; --request-log and drift + outlier detectors at their default caps (100 requests/s each).
 --together loads the three at once instead (each pinned to the same CPU, three wrk on the other) and
-compares their CPU time per request over the same seconds: the machine's speed, which drifts by up to
-2x over seconds on this shared host, is then the same for all three.
+compares their CPU time per request over the same seconds: the machine's speed, which moved by 1.5x
+between adjacent 4-second rounds on this shared host, is then the same for all three.
 
 drift: the same server over HTTP, one digit per request. Clean traffic: held-out digits (the test
 split, drawn with replacement) for --clean inputs, counting alerts. Each shift: --reps runs from a
@@ -205,7 +205,7 @@ def overhead(home: Path, data: dict[str, np.ndarray], args: argparse.Namespace) 
     --restarts times (--rounds split between them): unpinned, one process can run up to 25% faster or
     slower than an identical twin for its whole life here, so a single trio measures its processes as much
     as the feature. Two figures: throughput, and the server's CPU time per request (from /proc), which a busy neighbour
-    disturbs less."""
+    disturbs less. With --together the three are loaded at once instead, on one shared CPU."""
     import shutil
 
     body = json.dumps({"inputs": [np.round(data["x_test"][0], 4).tolist()]}).encode()
