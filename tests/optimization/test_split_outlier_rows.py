@@ -116,8 +116,10 @@ def test_optimize_gives_an_outlier_first_token_its_own_scale(tmp_path: Path) -> 
         loss.backward()
         optimizer.step()
     np.savez(tmp_path / "samples.npz", x=x, y=y)
+    # target "size": every group goes to int8 whatever this machine's timings say (at "throughput" this small
+    # model's groups were sometimes not faster in int8 on a busy CI machine, and nothing was quantized)
     report = optimize(model.eval(), calibration_data=tmp_path / "samples.npz", methods="onnx,int8-dynamic",
-                      max_accuracy_drop=100.0, num_rounds=1, output_dir=tmp_path / "out")
+                      target="size", max_accuracy_drop=100.0, num_rounds=1, output_dir=tmp_path / "out")
     int8 = next(v for v in report.variants if v.name == "int8-dynamic")
     assert int8.status == "ok", int8.notes
     assert any("the first position's activations are over 3x" in note for note in int8.notes), int8.notes
