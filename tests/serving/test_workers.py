@@ -90,6 +90,25 @@ def test_workers_stop_when_their_supervisor_is_killed(models_dir, tmp_path):
         server.stop()
 
 
+def test_a_stop_while_the_workers_start_is_a_clean_stop(models_dir, tmp_path):
+    """SIGTERM before every worker serves (one may still be loading its model) stops them all and exits 0."""
+    import time
+
+    server = Server(["serve", str(models_dir / "digits.pt2"), "--workers", "2"],
+                    env={"KAON_HOME": str(tmp_path / "home")})
+    try:
+        deadline = time.monotonic() + 60
+        while len(_children(server.proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = _children(server.proc.pid)
+        assert len(workers) == 2
+        code = server.stop(signal.SIGTERM)
+        assert code == 0, server.output()
+        assert not [pid for pid in workers if _alive(pid)]
+    finally:
+        server.stop()
+
+
 def test_a_worker_that_cannot_start_stops_the_rest_with_its_error(tmp_path):
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"PK\x03\x04 not an onnx file")

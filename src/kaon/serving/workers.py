@@ -141,7 +141,8 @@ class Supervisor:
             for index in range(self.config.workers):
                 self._start(index)
             if not self._wait_all_ready():
-                return 1
+                # Ctrl-C/SIGTERM while the workers were starting is a stop like any other, not a failure
+                return self._stop_all() if self.stopping else 1
             if print_banner:
                 banner = self._ready_file(0).read_text()
                 print(banner.replace("kaon is serving", f"kaon is serving ({self.config.workers} workers)", 1),
@@ -171,9 +172,10 @@ class Supervisor:
             if all(self._ready_file(i).exists() for i in range(self.config.workers)):
                 return True
             time.sleep(0.1)
-        if not self.stopping:
-            print(f"kaon: the workers were not all ready within {STARTUP_TIMEOUT_S:.0f} s; stopping them.",
-                  file=sys.stderr, flush=True)
+        if self.stopping:
+            return False  # run() stops them
+        print(f"kaon: the workers were not all ready within {STARTUP_TIMEOUT_S:.0f} s; stopping them.",
+              file=sys.stderr, flush=True)
         self._stop_all()
         return False
 
@@ -199,7 +201,10 @@ class Supervisor:
         multiprocess.mark_process_dead(pid, str(self.metrics_dir))
 
     def _stop_all(self) -> int:
-        """SIGTERM every worker (each finishes its in-flight requests), wait, then 0 if all exited cleanly."""
+        """SIGTERM every worker (each finishes its in-flight requests), wait, then 0 if all exited cleanly.
+
+        A worker still loading its model has no handler for SIGTERM yet and dies of it (-15): it had no request
+        in flight, so that counts as clean too."""
         live = [p for p in self.procs if p is not None and p.poll() is None]
         for proc in live:
             proc.send_signal(signal.SIGTERM)
@@ -211,7 +216,7 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 codes.append(proc.wait())
-        return 0 if all(code == 0 for code in codes) else 1
+        return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
 
 
 def serve_workers(target: Any, config: ServeConfig, print_banner: bool = True) -> None:
