@@ -124,7 +124,7 @@ class SlidingMMD:
         self._kernel[slots, :] = rows
         self._kernel[:, slots] = rows.T
         self._to_reference[slots] = _kernel(points, self.mmd.reference, self.mmd.gamma).mean(axis=1, dtype=np.float64)
-        self._next = int(slots[-1] + 1) % self.window if len(points) else self._next
+        self._next = (self._next + len(points)) % self.window
         self.count += len(points)
 
     def value(self) -> float:

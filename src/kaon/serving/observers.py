@@ -86,8 +86,7 @@ class Observers:
         self._closers = closers or []
         self._pending: collections.deque[tuple[Any, Any, float, float, bool, bool]] = collections.deque()
         self._random = random.random
-        self._stopping = False
-        self._stop = threading.Event()  # wakes the thread at once when the server stops
+        self._stopping = threading.Event()  # set by stop(); wakes the thread at once
         self._disabled_paths: set[str] = set()
         self._thread: threading.Thread | None = None
         self.ready = threading.Event()
@@ -145,8 +144,7 @@ class Observers:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Observe what is queued (up to `timeout_s`), then close the request log and the alert sinks."""
-        self._stopping = True
-        self._stop.set()
+        self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
         if self.request_log is not None:
@@ -179,10 +177,9 @@ class Observers:
             # Wake up a few times a second and take everything queued: large batches cost far less per
             # request than small ones, and the thread competes for the GIL with serving rarely.
             if len(self._pending) < self.max_batch:
-                if self._stopping and not self._pending:
+                if self._stopping.is_set() and not self._pending:
                     return
-                if not self._stopping:
-                    self._stop.wait(self.interval_s)
+                self._stopping.wait(self.interval_s)
             while self._pending:
                 batch: list[tuple[Any, Any, float, float, bool, bool]] = []
                 while self._pending and len(batch) < self.max_batch:
