@@ -2,7 +2,7 @@
 
     >>> report = optimize("digits@1", max_accuracy_drop=0.5, target="throughput")   # doctest: +SKIP
     >>> report.registered, report.before_after()                                     # doctest: +SKIP
-    ('digits@2', 'digits@1 -> digits@2 (pruned-50+int8-dynamic): throughput ...')
+    ('digits@2', 'digits@1 -> digits@2 (pruned-75): throughput ...')
 
 Steps: export to ONNX and check it against the original; build the variants (int8 dynamic and
 static on the operators that int8 makes faster here, structured and unstructured pruning with a

@@ -43,9 +43,11 @@ def prune_structured(module: nn.Module, example: np.ndarray, *, ratio: float = 0
     before = {name: _width(layer) for name, layer in layers}
     narrowest = min(before[name] for name, _ in layers[:-1]) if len(layers) > 1 else 0
     round_to = 16 if narrowest >= 32 else (8 if narrowest >= 16 else None)
+    ratios = {layer: 1 - _kept(before[name], ratio, round_to) / before[name] for name, layer in layers[:-1]}
     module.eval()
     pruner = tp.pruner.MetaPruner(module, inputs, importance=tp.importance.MagnitudeImportance(p=2),
-                                  pruning_ratio=ratio, ignored_layers=[layers[-1][1]], round_to=round_to)
+                                  pruning_ratio=0.0, pruning_ratio_dict={k: v for k, v in ratios.items() if v > 0},
+                                  ignored_layers=[layers[-1][1]], round_to=round_to)
     pruner.step()
     return {name: (before[name], _width(layer)) for name, layer in layers if _width(layer) != before[name]}
 
@@ -129,6 +131,14 @@ def _layers_in_call_order(module: nn.Module, inputs: torch.Tensor) -> list[tuple
     for name, layer in order:
         seen.setdefault(name, layer)
     return list(seen.items())
+
+
+def _kept(width: int, ratio: float, round_to: int | None) -> int:
+    """How many of a layer's `width` channels stay: (1 - ratio) of them, a multiple of round_to, at least round_to."""
+    kept = width * (1 - ratio)
+    if round_to is None:
+        return max(1, round(kept))
+    return min(width, max(round_to, int(kept / round_to + 0.5) * round_to))
 
 
 def _width(layer: nn.Module) -> int:
