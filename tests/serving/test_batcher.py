@@ -6,7 +6,7 @@ import math
 import pytest
 
 from kaon.errors import OverloadedError
-from kaon.serving.batcher import Batcher, decide_flush
+from kaon.serving.batcher import Batcher, Deadlines, decide_flush
 
 
 def test_decide_flush_waits_for_nothing_when_queue_is_empty():
@@ -227,3 +227,31 @@ def test_a_fast_handler_timed_slow_in_the_thread_is_probed_back_onto_the_event_l
     # over PROBE_MAX_S: never blocks the loop, not even for a probe
     monkeypatch.setattr(batcher_module, "PROBE_MAX_S", 0.02)
     assert not any(run(0.03, 0.03, 8))
+
+
+def test_deadlines_fail_only_the_late_futures_with_one_timer_at_a_time():
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines(0.05, lambda: TimeoutError("late"))
+        answered, late = loop.create_future(), loop.create_future()
+        deadlines.add(answered)
+        deadlines.add(late)
+        answered.set_result("in time")
+        await asyncio.sleep(0.02)
+        later = loop.create_future()
+        deadlines.add(later)  # the done head is dropped here: the queue is what is in flight
+        assert len(deadlines) == 2
+        await asyncio.sleep(0.045)  # past the second deadline, not the third
+        assert answered.result() == "in time"
+        with pytest.raises(TimeoutError, match="late"):
+            late.result()
+        assert not later.done() and len(deadlines) == 1  # the timer re-armed for the next deadline
+        await asyncio.sleep(0.04)
+        with pytest.raises(TimeoutError):
+            later.result()
+        assert len(deadlines) == 0
+        deadlines.add(loop.create_future())
+        deadlines.close()  # at shutdown: no timer left behind
+        assert len(deadlines) == 0
+
+    asyncio.run(scenario())

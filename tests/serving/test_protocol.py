@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
+from typing import Any
 
-from kaon.serving._protocol import _JOIN_MAX_BYTES, CoalescingTransport
+import uvicorn
+from uvicorn.server import ServerState
+
+import kaon
+from kaon.config import ServeConfig
+from kaon.serving._protocol import _JOIN_MAX_BYTES, CoalescingTransport, DirectCycle, KaonHttpToolsProtocol
+from kaon.serving.app import KaonApp
 
 
 class Recorder:
@@ -77,3 +86,212 @@ def test_a_real_server_answers_pipelined_requests_in_order(onnx_server) -> None:
             data += chunk
     first, second = data.split(b"HTTP/1.1 ")[1:3]
     assert first.startswith(b"200") and second.startswith(b"404")
+
+
+# ---- kaon's POST routes answered without the ASGI cycle ---------------------------------------------
+
+
+class Doubler(kaon.Service):
+    @kaon.endpoint(max_batch_size=8, max_wait_ms=1)
+    def double(self, xs: list[float]) -> list[float]:
+        return [2 * x for x in xs]
+
+    @kaon.endpoint
+    def fail(self, n: int) -> int:
+        raise RuntimeError("secret internals")
+
+
+class Connection(Recorder):
+    """A client connection as uvicorn's protocol sees its transport: addresses, flow control."""
+
+    def get_extra_info(self, name: str) -> Any:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+@contextlib.asynccontextmanager
+async def started(config: ServeConfig | None = None) -> AsyncIterator[KaonApp]:
+    app = KaonApp(Doubler, config or ServeConfig())
+    await app.startup()
+    try:
+        yield app
+    finally:
+        await app.shutdown()
+
+
+async def _connection(app: KaonApp, server_state: ServerState) -> tuple[Any, Recorder]:
+    """uvicorn's real protocol class (kaon's subclass, bound to `app`) on a recording transport."""
+    config = uvicorn.Config(app, http=KaonHttpToolsProtocol.for_app(app), lifespan="off", log_level="warning")
+    config.load()
+    protocol = config.http_protocol_class(config=config, server_state=server_state, app_state={})
+    transport = Connection()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+def post(path: str, body: bytes, *extra: str, version: str = "1.1") -> bytes:
+    head = [f"POST {path} HTTP/{version}", "host: 127.0.0.1", "content-type: application/json", *extra]
+    if not any(h.lower().startswith("transfer-encoding") for h in extra):
+        head.append(f"content-length: {len(body)}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def _answered(transport: Recorder, count: int = 1) -> list[bytes]:
+    for _ in range(500):
+        if b"".join(transport.writes).count(b"HTTP/1.1 ") >= count:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.01)
+    return [b"HTTP/1.1 " + part for part in b"".join(transport.writes).split(b"HTTP/1.1 ")[1:]]
+
+
+def _parts(response: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_a_plain_post_is_answered_directly_and_like_the_asgi_path() -> None:
+    async def scenario() -> None:
+        async with started(ServeConfig(max_body_bytes=1024)) as app:
+            state = ServerState()
+            state.default_headers = [(b"date", b"Fri, 27 Nov 2026 12:00:00 GMT")]  # the server loop refreshes it
+            body = b'{"xs": [1.5, 2]}'
+            direct, direct_out = await _connection(app, state)
+            direct.data_received(post("/double", body))
+            assert type(direct.cycle) is DirectCycle  # no ASGI task: the app answered the parsed request
+            # a chunked body takes uvicorn's ASGI cycle; the answer must be the same
+            asgi, asgi_out = await _connection(app, state)
+            chunked = post("/double", b"", "transfer-encoding: chunked")
+            asgi.data_received(chunked + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+            assert type(asgi.cycle) is not DirectCycle
+            (one,), (two,) = await _answered(direct_out), await _answered(asgi_out)
+            (status, headers, payload), (status2, headers2, payload2) = _parts(one), _parts(two)
+            assert status == status2 == 200 and payload == payload2 == b"[3.0,4.0]"
+            assert set(headers) == set(headers2) >= {"content-type", "content-length", "x-request-id", "date",
+                                                     "x-content-type-options"}
+            assert headers["content-length"] == str(len(payload))
+            assert headers["x-request-id"] != headers2["x-request-id"]
+            assert not direct_out.closed  # keep-alive: the next request on the connection is answered too
+            direct.data_received(post("/double", b'{"xs": [5]}', "x-request-id: mine-1"))
+            second = (await _answered(direct_out, 2))[1]
+            assert _parts(second)[2] == b"[10.0]" and _parts(second)[1]["x-request-id"] == "mine-1"
+            assert state.total_requests == 3
+            metrics = app.metrics.render().decode()
+            assert 'kaon_requests_total{route="/double",status="200"} 3.0' in metrics
+
+    asyncio.run(scenario())
+
+
+def test_errors_on_the_direct_path_are_the_usual_envelopes() -> None:
+    async def scenario() -> None:
+        async with started() as app:
+            protocol, out = await _connection(app, ServerState())
+            protocol.data_received(post("/double", b'{"xs": "nope"}'))
+            protocol.data_received(post("/double", b'{"xs": [1'))
+            protocol.data_received(post("/fail", b'{"n": 1}', "connection: close"))
+            bad_type, bad_json, failed = await _answered(out, 3)
+            assert _parts(bad_type)[0] == 422 and b"xs" in _parts(bad_type)[2]
+            assert _parts(bad_json)[0] == 400
+            status, headers, body = _parts(failed)
+            assert status == 500 and headers["connection"] == "close" and b"secret" not in body
+            assert headers["x-request-id"] in body.decode()
+            assert out.closed  # the client asked to close
+
+    asyncio.run(scenario())
+
+
+def test_requests_the_direct_path_does_not_take_go_through_asgi() -> None:
+    async def scenario() -> None:
+        async with started(ServeConfig(max_body_bytes=1024)) as app:
+            state = ServerState()
+            cases = {
+                "http/1.0": post("/double", b'{"xs": [1]}', version="1.0"),
+                "expect": post("/double", b'{"xs": [1]}', "expect: 100-continue"),
+                "get": b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n",
+                "unknown route": post("/nope", b"{}"),
+                "escaped path": post("/doub%6Ce", b'{"xs": [1]}'),
+                "over the body limit": post("/double", b'{"xs": [' + b"1," * 600 + b"1]}"),
+            }
+            statuses = {}
+            for name, raw in cases.items():
+                protocol, out = await _connection(app, state)
+                protocol.data_received(raw)
+                assert type(protocol.cycle) is not DirectCycle, name
+                answers = await _answered(out)
+                statuses[name] = [_parts(answer)[0] for answer in answers]
+            assert statuses == {"http/1.0": [200], "expect": [100, 200], "get": [200], "unknown route": [404],
+                                "escaped path": [200], "over the body limit": [413]}
+
+    asyncio.run(scenario())
+
+
+def test_a_client_gone_before_the_answer_gets_no_write() -> None:
+    async def scenario() -> None:
+        async with started() as app:
+            protocol, out = await _connection(app, ServerState())
+            protocol.data_received(post("/double", b'{"xs": [1]}'))
+            cycle = protocol.cycle
+            protocol.connection_lost(None)
+            for _ in range(100):
+                if cycle.response_complete:
+                    break
+                await asyncio.sleep(0.01)
+            assert cycle.response_complete and cycle.disconnected
+            assert out.writes == [] and out.closed
+
+    asyncio.run(scenario())
+
+
+def test_pipelined_posts_are_answered_in_order() -> None:
+    """The first of two POSTs in one packet goes direct; the second waits for it (uvicorn's pipeline)."""
+    async def scenario() -> None:
+        async with started() as app:
+            protocol, out = await _connection(app, ServerState())
+            protocol.data_received(post("/double", b'{"xs": [1]}') + post("/double", b'{"xs": [2, 3]}')
+                                   + post("/double", b'{"xs": [4]}'))
+            answers = await _answered(out, 3)
+            assert [_parts(a)[2] for a in answers] == [b"[2.0]", b"[4.0,6.0]", b"[8.0]"]
+
+    asyncio.run(scenario())
+
+
+def test_a_client_that_does_not_read_holds_its_connection_until_it_does() -> None:
+    """Write backpressure: the answer is written, but the cycle ends (and reading resumes) only once drained."""
+    async def scenario() -> None:
+        async with started() as app:
+            protocol, out = await _connection(app, ServerState())
+            protocol.pause_writing()  # the transport's buffer is over its high-water mark
+            protocol.data_received(post("/double", b'{"xs": [1]}'))
+            cycle = protocol.cycle
+            (answer,) = await _answered(out)
+            assert _parts(answer)[2] == b"[2.0]" and not cycle.response_complete
+            protocol.resume_writing()
+            for _ in range(100):
+                if cycle.response_complete:
+                    break
+                await asyncio.sleep(0.01)
+            assert cycle.response_complete and not out.closed
+
+    asyncio.run(scenario())
+
+
+def test_a_client_request_id_is_echoed_only_when_it_is_short_printable_ascii() -> None:
+    async def scenario() -> None:
+        async with started() as app:
+            protocol, out = await _connection(app, ServerState())
+            body = b'{"xs": [1]}'
+            protocol.data_received(post("/double", body, "x-request-id: trace-42"))
+            protocol.data_received(post("/double", body, "x-request-id: " + "a" * 200))
+            protocol.data_received(post("/double", body).replace(b"host:", b"x-request-id: caf\xe9\r\nhost:"))
+            ids = [_parts(a)[1]["x-request-id"] for a in await _answered(out, 3)]
+            assert ids[0] == "trace-42"
+            assert all(i != "trace-42" and len(i) < 40 and i.isascii() for i in ids[1:]) and ids[1] != ids[2]
+
+    asyncio.run(scenario())

@@ -1,4 +1,4 @@
-"""uvicorn's httptools protocol, with each response leaving in one `send()` instead of two.
+"""uvicorn's httptools protocol, with each response leaving in one `send()`, and kaon's hot routes answered directly.
 
 uvicorn writes a response's status line and headers in one `transport.write()` and its body in a
 second; with uvloop each write is a `send()` syscall at once. Under c64 those two syscalls were the
@@ -6,14 +6,30 @@ largest single cost of a small-model request (py-spy: 16% and 8% of the event lo
 BENCHMARKS.md, serving). `CoalescingTransport` holds a write until the end of the current event-loop
 step: the body written right after the headers joins them, and anything written alone (an error
 answer, a 100-continue, the last chunk of a stream) still leaves in the same loop iteration.
+
+`KaonHttpToolsProtocol` also answers the plainest requests to kaon's POST routes and V2 (HTTP/1.1, a
+Content-Length within --max-body-bytes, no Expect or Upgrade, nothing pipelined before them) without the
+ASGI cycle: the parsed request goes to `KaonApp.answer`, which the ASGI path calls too, and the
+response is written as one block. The ASGI scope, the receive/send messages and their coroutines, and
+uvicorn's per-header checks cost a small-model request ~25% of its CPU under c64 (BENCHMARKS.md,
+serving). Everything else (GET routes and the docs, chunked or oversized bodies, `Expect: 100-continue`,
+HTTP/1.0, a request pipelined behind another) takes uvicorn's ASGI path as before.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+if TYPE_CHECKING:
+    from kaon.serving.app import KaonApp
+
+log = logging.getLogger("kaon.serving")
 
 # Above this a body is written on its own: copying it to join the headers would cost more than a syscall.
 _JOIN_MAX_BYTES = 64 * 1024
@@ -42,6 +58,11 @@ class CoalescingTransport:
             self._transport.write(pending)
             self._transport.write(data)
 
+    def write_now(self, data: bytes) -> None:
+        """Write `data` at once, after anything held."""
+        pending, self._pending = self._pending, None
+        self._transport.write(data if pending is None else pending + data)
+
     def flush(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None and not self._transport.is_closing():
@@ -55,8 +76,124 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
+class _Event:
+    """What uvicorn's protocol calls on a cycle's message event; a direct request has no reader to wake."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+_NO_READER = _Event()
+
+
+class DirectCycle:
+    """One request answered without ASGI: the attributes uvicorn's protocol reads on its current cycle."""
+
+    __slots__ = ("body", "disconnected", "headers", "keep_alive", "message_event", "path", "query",
+                 "response_complete", "started")
+
+    def __init__(self, path: str, query: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+        self.started = time.perf_counter()
+        self.path, self.query, self.headers, self.keep_alive = path, query, headers, keep_alive
+        self.body = bytearray()
+        self.disconnected = False
+        self.response_complete = False
+        self.message_event = _NO_READER
+
+
 class KaonHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol over a CoalescingTransport (`uvicorn.Config(http=...)`)."""
+    """uvicorn's httptools protocol over a CoalescingTransport (`uvicorn.Config(http=...)`); `kaon_app`'s POST
+    routes are answered directly when the request is a plain one (see the module's docstring)."""
+
+    kaon_app: ClassVar[KaonApp | None] = None  # set on the subclass `for_app` makes: one per server
+
+    @classmethod
+    def for_app(cls, app: KaonApp) -> type[KaonHttpToolsProtocol]:
+        """This protocol bound to `app` (a subclass per server: servers in one process do not share it)."""
+        return type(cls.__name__, (cls,), {"kaon_app": app})
+
+    def on_headers_complete(self) -> None:
+        app = self.kaon_app
+        if app is not None and self._direct(app):
+            return
+        super().on_headers_complete()
+
+    def _direct(self, app: KaonApp) -> bool:
+        """Start a DirectCycle when this request qualifies; False leaves it to uvicorn's ASGI cycle."""
+        parser = self.parser
+        if (parser.get_method() != b"POST" or self.expect_100_continue or parser.should_upgrade()
+                or parser.get_http_version() != "1.1"
+                or (self.cycle is not None and not self.cycle.response_complete)):
+            return False
+        url = httptools.parse_url(self.url)
+        raw_path = url.path
+        if b"%" in raw_path:
+            return False
+        path = raw_path.decode("ascii")
+        if ("POST", path) not in app.routes and not path.startswith("/v2/"):
+            return False
+        length = None
+        for name, value in self.headers:
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                return False
+        if length is None or not length.isdigit() or int(length) > app.config.max_body_bytes:
+            return False  # the ASGI path reads chunked bodies and answers 413
+        self.cycle = DirectCycle(path, url.query or b"", self.headers,  # type: ignore[assignment]
+                                 parser.should_keep_alive())
+        return True
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if type(cycle) is DirectCycle:
+            cycle.body += body
+            return
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        cycle = self.cycle
+        if type(cycle) is DirectCycle:
+            task = self.loop.create_task(self._answer(cycle))
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
+            return
+        super().on_message_complete()
+
+    async def _answer(self, cycle: DirectCycle) -> None:
+        app = self.kaon_app
+        assert app is not None
+        answer, written = None, False
+        try:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in cycle.headers}
+            answer = await app.answer("POST", cycle.path, headers, bytes(cycle.body), cycle.query.decode("latin-1"),
+                                      self.client[0] if self.client else None)
+            if answer is None or cycle.disconnected or self.transport.is_closing():
+                return
+            response = answer.response
+            head = [STATUS_LINE[response.status], b"content-type: ", response.content_type, b"\r\nx-request-id: ",
+                    answer.request_id.encode(), b"\r\ncontent-length: ", str(len(response.body)).encode(), b"\r\n",
+                    app.security_header_lines]
+            for name, value in (*self.server_state.default_headers, *response.headers):
+                head += [name, b": ", value, b"\r\n"]
+            if not cycle.keep_alive:
+                head.append(b"connection: close\r\n")
+            head += [b"\r\n", response.body]
+            self.transport.write_now(b"".join(head))  # type: ignore[attr-defined]
+            written = True
+            if self.flow.write_paused and not cycle.disconnected:  # a client not reading: no more until it does
+                await self.flow.drain()
+        except Exception:  # KaonApp.answer turns request errors into responses: this is a bug, so close cleanly
+            log.exception("answering POST %s failed", cycle.path)
+        finally:  # also on cancellation (a forced shutdown): a connection left without its answer is closed
+            cycle.response_complete = True
+            if (not written or not cycle.keep_alive) and not self.transport.is_closing():
+                self.transport.close()
+            self.on_response_complete()
+        if answer is not None:
+            app.finish(answer, cycle.started)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]

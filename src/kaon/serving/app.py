@@ -15,7 +15,8 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import pydantic
 from pydantic_core import PydanticSerializationError
@@ -29,7 +30,7 @@ from kaon.errors import (
     OverloadedError,
     PayloadTooLargeError,
 )
-from kaon.serving.batcher import Batcher, call_unbatched
+from kaon.serving.batcher import Batcher, Deadlines, call_unbatched
 from kaon.serving.guards import release_request
 from kaon.serving.http import Request, Response, error_response
 from kaon.serving.metrics import ServerMetrics
@@ -52,6 +53,24 @@ def _timeout_error(name: str, timeout_s: float) -> EndpointTimeoutError:
     )
 
 
+class Answer(NamedTuple):
+    """A request's response, with what `KaonApp.finish` records once it has been written."""
+
+    response: Response
+    request_id: str
+    label: str  # the route as metrics name it
+    method: str
+    path: str
+    request: Request | None  # None when the request failed before it was read (e.g. its body was too large)
+
+
+def _client_request_id(value: str | None) -> str | None:
+    """A client's own x-request-id, echoed and logged only when it is short printable ASCII."""
+    if value and len(value) <= 128 and value.isascii() and value.isprintable():
+        return value
+    return None
+
+
 def _depth_of(batcher: Batcher) -> Callable[[], float]:
     return lambda: float(batcher.queue_depth)
 
@@ -71,6 +90,7 @@ class KaonApp:
         from kaon.security.headers import security_headers
 
         self._security_headers = security_headers(tls=bool(self.config.tls_cert))
+        self.security_header_lines = b"".join(name + b": " + value + b"\r\n" for name, value in self._security_headers)
         self.metrics = ServerMetrics()
         self.ready = False
         self.in_flight = 0  # a plain int read by the gauge: a locked Gauge.inc per request costs more
@@ -78,6 +98,7 @@ class KaonApp:
         self._id_prefix = os.urandom(4).hex()  # request ids: a per-process prefix and a counter, no uuid4 per request
         self._ids = itertools.count(1)
         self.batchers: dict[str, Batcher] = {}
+        self._deadlines: list[Deadlines] = []
         self._batcher_by_path: dict[str, Batcher] = {}
         self._executor = ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 1), thread_name_prefix="kaon")
         self._v2: V2Routes | None = None
@@ -134,6 +155,8 @@ class KaonApp:
             self.observers.stop()
         for batcher in self.batchers.values():
             await batcher.stop()
+        for deadlines in self._deadlines:
+            deadlines.close()
         if self._v2 is not None:
             await self._v2.stop()
         try:
@@ -169,9 +192,27 @@ class KaonApp:
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
-        method, path = scope["method"], scope["path"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = headers.get("x-request-id") or f"{self._id_prefix}-{next(self._ids):x}"
+        client = scope.get("client")
+        answer = await self.answer(scope["method"], scope["path"], headers, None,
+                                   scope.get("query_string", b"").decode(), client[0] if client else None,
+                                   receive=receive, docs=(scope, send))
+        if answer is None:  # FastAPI served the docs itself
+            return
+        response, request_id = answer.response, answer.request_id
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": [(b"content-type", response.content_type), (b"x-request-id", request_id.encode()),
+                                (b"content-length", str(len(response.body)).encode()), *self._security_headers,
+                                *response.headers]})
+        await send({"type": "http.response.body", "body": response.body})
+        self.finish(answer, started)
+
+    async def answer(self, method: str, path: str, headers: dict[str, str], body: bytes | None, query: str = "",
+                     client: str | None = None, *, receive: Any = None,
+                     docs: tuple[dict[str, Any], Any] | None = None) -> Answer | None:
+        """The response to one request: auth, routing, the endpoint, errors mapped to responses. `body` is the
+        whole body, or None to read it with the ASGI `receive`. None back: the docs app answered (`docs`)."""
+        request_id = _client_request_id(headers.get("x-request-id")) or f"{self._id_prefix}-{next(self._ids):x}"
         route = self.routes.get((method, path))
         is_v2 = path.startswith("/v2")
         label = route[0] if route else ("/v2" if is_v2 else "other")
@@ -181,10 +222,9 @@ class KaonApp:
             arriving.arriving()
         request = None
         try:
-            body = await self._read_body(headers, receive)
-            client = scope.get("client")
-            request = Request(method, path, headers, body, request_id, scope.get("query_string", b"").decode(),
-                              client=client[0] if client else None, arriving=arriving)
+            if body is None:
+                body = await self._read_body(headers, receive)
+            request = Request(method, path, headers, body, request_id, query, client=client, arriving=arriving)
             for check in self._checks:
                 pending = check(request)
                 if pending is not None:
@@ -193,9 +233,9 @@ class KaonApp:
                 response = await route[1](request)
             elif is_v2 and self._v2 is not None:
                 response = await self._v2.handle(request)
-            elif self._is_docs(path):
-                await self._docs(scope, body, send, request_id)
-                return
+            elif docs is not None and self._is_docs(path):
+                await self._docs(docs[0], body, docs[1], request_id)
+                return None
             else:
                 response = self._not_found(request)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes an error response
@@ -214,16 +254,19 @@ class KaonApp:
             annotating = observers.annotate(request, response)
             if annotating is not None:
                 await annotating
-        headers_out = [(b"content-type", response.content_type), (b"x-request-id", request_id.encode()),
-                       *self._security_headers, *response.headers]
-        await send({"type": "http.response.start", "status": response.status, "headers": headers_out})
-        await send({"type": "http.response.body", "body": response.body})
+        return Answer(response, request_id, label, method, path, request)
+
+    def finish(self, answer: Answer, started: float) -> None:
+        """After the response has been written: metrics, the observers (request log, drift), the log line."""
         elapsed_s = time.perf_counter() - started
-        self.metrics.observe(label, response.status, elapsed_s)
-        if observers is not None and request is not None:
-            observers.observe(request, response, elapsed_s)
+        response = answer.response
+        self.metrics.observe(answer.label, response.status, elapsed_s)
+        observers = self.observers
+        if observers is not None and answer.request is not None:
+            observers.observe(answer.request, response, elapsed_s)
         if log.isEnabledFor(logging.INFO):  # one line per request, carrying its id (--log-level info)
-            log.info("%s %s %d %.1fms request_id=%s", method, path, response.status, elapsed_s * 1000, request_id)
+            log.info("%s %s %d %.1fms request_id=%s", answer.method, answer.path, response.status, elapsed_s * 1000,
+                     answer.request_id)
 
     async def _read_body(self, headers: dict[str, str], receive: Any) -> bytes:
         limit = self.config.max_body_bytes
@@ -263,6 +306,8 @@ class KaonApp:
         batch_param = spec.batch_param or ""
         fast = (batch_fast_path(batch_param, info)
                 if info is not None and batch_param and list(spec.params) == [batch_param] else None)
+        deadlines = Deadlines(timeout_s, partial(_timeout_error, spec.name, timeout_s))
+        self._deadlines.append(deadlines)
 
         def decode(request: Request) -> dict[str, Any]:
             if request.content_type in IMAGE_TYPES:
@@ -312,7 +357,8 @@ class KaonApp:
                     return Response(200, b"[]")
                 future = batcher.submit(items)
                 request.settle_arrival()  # queued now: no longer "on its way in"
-                result = await self._await_future(future, timeout_s, spec.name)
+                deadlines.add(future)  # fails it with a 504 if it is not answered within --timeout-s
+                result = await future
             else:
                 if in_flight[0] >= self.config.max_queue:
                     raise OverloadedError(
@@ -333,20 +379,6 @@ class KaonApp:
             return Response(200, body)
 
         return handle
-
-    @staticmethod
-    async def _await_future(future: asyncio.Future[Any], timeout_s: float, name: str) -> Any:
-        """Like wait_for, without its extra task per request: a timer fails the future when late."""
-
-        def expire() -> None:
-            if not future.done():
-                future.set_exception(_timeout_error(name, timeout_s))
-
-        timer = asyncio.get_running_loop().call_later(timeout_s, expire)
-        try:
-            return await future
-        finally:
-            timer.cancel()
 
     async def _await(self, awaitable: Any, timeout_s: float, name: str) -> Any:
         try:

@@ -45,6 +45,52 @@ def decide_flush(num_queued: int, oldest_wait_s: float, num_arriving: int,
     return FlushDecision(False, max_wait_s - oldest_wait_s)
 
 
+class Deadlines:
+    """Fails each future still not done `timeout_s` after `add`, with `expired()`: one timer for all of them.
+
+    A timer per request (`loop.call_later` and its cancel) cost ~3 us, a tenth of a small model's whole request
+    path. For one batcher's requests the deadlines come in order (one timeout) and the futures complete in
+    order (batches are taken and run first in, first out), so a queue whose done head is dropped on every `add`
+    stays as short as the requests in flight, and one timer on its oldest entry is enough.
+    """
+
+    def __init__(self, timeout_s: float, expired: Callable[[], BaseException]) -> None:
+        self.timeout_s = timeout_s
+        self._expired = expired
+        self._queue: deque[tuple[float, asyncio.Future[Any]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add(self, future: asyncio.Future[Any]) -> None:
+        queue = self._queue
+        while queue and queue[0][1].done():
+            queue.popleft()
+        loop = future.get_loop()
+        deadline = loop.time() + self.timeout_s
+        queue.append((deadline, future))
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._expire, loop)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        queue = self._queue
+        now = loop.time()
+        while queue and (queue[0][1].done() or queue[0][0] <= now):
+            _, future = queue.popleft()
+            if not future.done():
+                future.set_exception(self._expired())
+        if queue:
+            self._timer = loop.call_at(queue[0][0], self._expire, loop)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._queue.clear()
+
+
 @dataclass
 class _Pending:
     items: list[Any]

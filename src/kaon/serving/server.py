@@ -101,7 +101,7 @@ def serve(target: Service | type[Service] | KaonApp, config: ServeConfig | None 
     server = _GracefulServer(uvicorn.Config(
         app, host=config.host, port=config.port, log_level=config.log_level, access_log=False,
         lifespan="on", timeout_graceful_shutdown=max(5, int(config.timeout_s)), server_header=False,
-        http=_http_protocol(), loop="uvloop" if _has("uvloop") else "asyncio",
+        http=_http_protocol(app), loop="uvloop" if _has("uvloop") else "asyncio",
         **tls,
     ))
     from kaon.serving.workers import LISTEN_FD_ENV, mark_ready, watch_supervisor
@@ -138,13 +138,14 @@ def _monitoring_line(app: KaonApp, config: ServeConfig) -> str:
             "or pass --drift-reference)")
 
 
-def _http_protocol() -> Any:
-    """httptools with one send() per response (kaon.serving._protocol), else uvicorn's h11."""
+def _http_protocol(app: KaonApp) -> Any:
+    """httptools with one send() per response and `app`'s POST routes answered directly
+    (kaon.serving._protocol), else uvicorn's h11."""
     if not _has("httptools"):
         return "h11"
     from kaon.serving._protocol import KaonHttpToolsProtocol
 
-    return KaonHttpToolsProtocol
+    return KaonHttpToolsProtocol.for_app(app)
 
 
 def _graceful_server_class() -> type:
