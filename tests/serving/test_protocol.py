@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -124,10 +125,12 @@ async def started(config: ServeConfig | None = None) -> AsyncIterator[KaonApp]:
         await app.shutdown()
 
 
-async def _connection(app: KaonApp, server_state: ServerState) -> tuple[Any, Recorder]:
+async def _connection(app: KaonApp, server_state: ServerState, ws: Any = None) -> tuple[Any, Recorder]:
     """uvicorn's real protocol class (kaon's subclass, bound to `app`) on a recording transport."""
     config = uvicorn.Config(app, http=KaonHttpToolsProtocol.for_app(app), lifespan="off", log_level="warning")
     config.load()
+    if ws is not None:  # as when `websockets` is installed (uvicorn[standard])
+        config.ws_protocol_class = ws
     protocol = config.http_protocol_class(config=config, server_state=server_state, app_state={})
     transport = Connection()
     protocol.connection_made(transport)
@@ -293,5 +296,111 @@ def test_a_client_request_id_is_echoed_only_when_it_is_short_printable_ascii() -
             ids = [_parts(a)[1]["x-request-id"] for a in await _answered(out, 3)]
             assert ids[0] == "trace-42"
             assert all(i != "trace-42" and len(i) < 40 and i.isascii() for i in ids[1:]) and ids[1] != ids[2]
+
+    asyncio.run(scenario())
+
+
+class Slow(kaon.Service):
+    @kaon.endpoint(max_batch_size=8, max_wait_ms=1)
+    def nap(self, xs: list[float]) -> list[float]:
+        time.sleep(0.1)
+        return xs
+
+
+def test_a_request_whose_client_left_mid_answer_is_still_counted() -> None:
+    async def scenario() -> None:
+        app = KaonApp(Slow, ServeConfig())
+        await app.startup()
+        try:
+            protocol, out = await _connection(app, ServerState())
+            protocol.data_received(post("/nap", b'{"xs": [1]}'))
+            cycle = protocol.cycle
+            await asyncio.sleep(0.03)  # the model is running it
+            protocol.connection_lost(None)
+            for _ in range(100):
+                if cycle.response_complete:
+                    break
+                await asyncio.sleep(0.01)
+            assert out.writes == [] and out.closed
+            assert 'kaon_requests_total{route="/nap",status="200"} 1.0' in app.metrics.render().decode()
+        finally:
+            await app.shutdown()
+
+    asyncio.run(scenario())
+
+
+class UpgradeTo(asyncio.Protocol):
+    """A stand-in WebSocket protocol: records what it is handed."""
+
+    made: list[Any] = []
+
+    def __init__(self, config: Any, server_state: Any, app_state: Any) -> None:
+        UpgradeTo.made.append(self)
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+
+class Upgradable(Connection):
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+
+def test_an_upgrade_after_a_direct_post_does_not_answer_the_post_again() -> None:
+    async def scenario() -> None:
+        async with started() as app:
+            state = ServerState()
+            config = uvicorn.Config(app, http=KaonHttpToolsProtocol.for_app(app), lifespan="off", log_level="warning")
+            config.load()
+            config.ws_protocol_class = UpgradeTo
+            protocol = config.http_protocol_class(config=config, server_state=state, app_state={})
+            out = Upgradable()
+            protocol.connection_made(out)
+            protocol.data_received(post("/double", b'{"xs": [1]}'))
+            await _answered(out)
+            protocol.data_received(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n"
+                                   b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n")
+            await asyncio.sleep(0.1)
+            assert b"".join(out.writes).count(b"HTTP/1.1 200") == 1 and state.total_requests == 1
+            assert UpgradeTo.made and out.protocol is UpgradeTo.made[-1]
+            assert protocol.timeout_keep_alive_task is None  # the connection is the WebSocket protocol's now
+
+    asyncio.run(scenario())
+
+
+def test_forwarded_requests_take_the_asgi_path_where_uvicorn_reads_the_proxy_headers() -> None:
+    async def scenario() -> None:
+        async with started() as app:
+            seen = []
+            answer = app.answer
+
+            async def spy(*args: Any, **kwargs: Any) -> Any:
+                seen.append(args[5])
+                return await answer(*args, **kwargs)
+
+            app.answer = spy  # type: ignore[method-assign]
+            protocol, out = await _connection(app, ServerState())
+            protocol.data_received(post("/double", b'{"xs": [1]}', "x-forwarded-for: 203.0.113.7"))
+            assert type(protocol.cycle) is not DirectCycle
+            (response,) = await _answered(out)
+            assert _parts(response)[0] == 200 and seen == ["203.0.113.7"]  # from a trusted (loopback) proxy
+
+    asyncio.run(scenario())
+
+
+def test_a_failure_inside_kaon_on_the_direct_path_is_a_500_envelope_and_a_closed_connection() -> None:
+    async def scenario() -> None:
+        async with started() as app:
+            async def broken(*args: Any, **kwargs: Any) -> Any:
+                raise RuntimeError("secret internals")
+
+            app.answer = broken  # type: ignore[method-assign]
+            protocol, out = await _connection(app, ServerState())
+            protocol.data_received(post("/double", b'{"xs": [1]}'))
+            (response,) = await _answered(out)
+            status, headers, body = _parts(response)
+            assert status == 500 and headers["connection"] == "close" and b"secret" not in body
+            assert headers["x-request-id"] in body.decode() and out.closed
+            assert 'kaon_requests_total{route="/double",status="500"} 1.0' in app.metrics.render().decode()
 
     asyncio.run(scenario())

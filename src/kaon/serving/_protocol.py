@@ -13,7 +13,8 @@ ASGI cycle: the parsed request goes to `KaonApp.answer`, which the ASGI path cal
 response is written as one block. The ASGI scope, the receive/send messages and their coroutines, and
 uvicorn's per-header checks cost a small-model request ~25% of its CPU under c64 (BENCHMARKS.md,
 serving). Everything else (GET routes and the docs, chunked or oversized bodies, `Expect: 100-continue`,
-HTTP/1.0, a request pipelined behind another) takes uvicorn's ASGI path as before.
+HTTP/1.0, a request pipelined behind another, X-Forwarded-* headers while uvicorn's proxy_headers is on)
+takes uvicorn's ASGI path as before.
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 if TYPE_CHECKING:
-    from kaon.serving.app import KaonApp
+    from kaon.serving.app import Answer, KaonApp
 
 log = logging.getLogger("kaon.serving")
 
+# With uvicorn's proxy_headers on, these set the client's address and scheme: such requests take the ASGI path,
+# where uvicorn's ProxyHeadersMiddleware applies them from trusted proxies.
+_PROXY_HEADERS = (b"x-forwarded-for", b"x-forwarded-proto")
 # Above this a body is written on its own: copying it to join the headers would cost more than a syscall.
 _JOIN_MAX_BYTES = 64 * 1024
 
@@ -108,15 +112,21 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
     routes are answered directly when the request is a plain one (see the module's docstring)."""
 
     kaon_app: ClassVar[KaonApp | None] = None  # set on the subclass `for_app` makes: one per server
+    _direct_request = False
 
     @classmethod
     def for_app(cls, app: KaonApp) -> type[KaonHttpToolsProtocol]:
         """This protocol bound to `app` (a subclass per server: servers in one process do not share it)."""
         return type(cls.__name__, (cls,), {"kaon_app": app})
 
+    def on_message_begin(self) -> None:
+        self._direct_request = False  # per request: an upgrade or a pipelined request leaves the old cycle current
+        super().on_message_begin()
+
     def on_headers_complete(self) -> None:
         app = self.kaon_app
         if app is not None and self._direct(app):
+            self._direct_request = True
             return
         super().on_headers_complete()
 
@@ -135,28 +145,27 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
         if ("POST", path) not in app.routes and not path.startswith("/v2/"):
             return False
         length = None
+        proxied = self.config.proxy_headers
         for name, value in self.headers:
             if name == b"content-length":
                 length = value
-            elif name == b"transfer-encoding":
-                return False
+            elif name == b"transfer-encoding" or (proxied and name in _PROXY_HEADERS):
+                return False  # uvicorn reads chunked bodies, and takes the client's address from a trusted proxy
         if length is None or not length.isdigit() or int(length) > app.config.max_body_bytes:
-            return False  # the ASGI path reads chunked bodies and answers 413
+            return False  # the ASGI path answers 413
         self.cycle = DirectCycle(path, url.query or b"", self.headers,  # type: ignore[assignment]
                                  parser.should_keep_alive())
         return True
 
     def on_body(self, body: bytes) -> None:
-        cycle = self.cycle
-        if type(cycle) is DirectCycle:
-            cycle.body += body
+        if self._direct_request:
+            self.cycle.body += body
             return
         super().on_body(body)
 
     def on_message_complete(self) -> None:
-        cycle = self.cycle
-        if type(cycle) is DirectCycle:
-            task = self.loop.create_task(self._answer(cycle))
+        if self._direct_request:
+            task = self.loop.create_task(self._answer(self.cycle))  # type: ignore[arg-type]
             task.add_done_callback(self.tasks.discard)
             self.tasks.add(task)
             return
@@ -167,33 +176,38 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
         assert app is not None
         answer, written = None, False
         try:
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in cycle.headers}
-            answer = await app.answer("POST", cycle.path, headers, bytes(cycle.body), cycle.query.decode("latin-1"),
-                                      self.client[0] if self.client else None)
-            if answer is None or cycle.disconnected or self.transport.is_closing():
-                return
-            response = answer.response
-            head = [STATUS_LINE[response.status], b"content-type: ", response.content_type, b"\r\nx-request-id: ",
-                    answer.request_id.encode(), b"\r\ncontent-length: ", str(len(response.body)).encode(), b"\r\n",
-                    app.security_header_lines]
-            for name, value in (*self.server_state.default_headers, *response.headers):
-                head += [name, b": ", value, b"\r\n"]
-            if not cycle.keep_alive:
-                head.append(b"connection: close\r\n")
-            head += [b"\r\n", response.body]
-            self.transport.write_now(b"".join(head))  # type: ignore[attr-defined]
-            written = True
-            if self.flow.write_paused and not cycle.disconnected:  # a client not reading: no more until it does
-                await self.flow.drain()
-        except Exception:  # KaonApp.answer turns request errors into responses: this is a bug, so close cleanly
-            log.exception("answering POST %s failed", cycle.path)
+            if not cycle.disconnected:  # a client gone before its turn costs no inference
+                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in cycle.headers}
+                try:
+                    answer = await app.answer("POST", cycle.path, headers, bytes(cycle.body),
+                                              cycle.query.decode("latin-1"), self.client[0] if self.client else None)
+                except Exception as exc:  # answer() maps request errors itself: this is a kaon bug; answer 500
+                    cycle.keep_alive = False
+                    answer = app.failed_answer("POST", cycle.path, exc)
+            if answer is not None and not cycle.disconnected and not self.transport.is_closing():
+                self._write(app, answer, cycle.keep_alive)
+                written = True
+                if self.flow.write_paused and not cycle.disconnected:  # a client not reading: wait until it does
+                    await self.flow.drain()
         finally:  # also on cancellation (a forced shutdown): a connection left without its answer is closed
             cycle.response_complete = True
             if (not written or not cycle.keep_alive) and not self.transport.is_closing():
                 self.transport.close()
             self.on_response_complete()
-        if answer is not None:
+        if answer is not None:  # recorded like the ASGI path does, also when the client had gone
             app.finish(answer, cycle.started)
+
+    def _write(self, app: KaonApp, answer: Answer, keep_alive: bool) -> None:
+        response = answer.response
+        head = [STATUS_LINE[response.status], b"content-type: ", response.content_type, b"\r\nx-request-id: ",
+                answer.request_id.encode(), b"\r\ncontent-length: ", str(len(response.body)).encode(), b"\r\n",
+                app.security_header_lines]
+        for name, value in (*self.server_state.default_headers, *response.headers):
+            head += [name, b": ", value, b"\r\n"]
+        if not keep_alive:
+            head.append(b"connection: close\r\n")
+        head += [b"\r\n", response.body]
+        self.transport.write_now(b"".join(head))  # type: ignore[attr-defined]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]

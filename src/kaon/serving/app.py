@@ -212,10 +212,10 @@ class KaonApp:
                      docs: tuple[dict[str, Any], Any] | None = None) -> Answer | None:
         """The response to one request: auth, routing, the endpoint, errors mapped to responses. `body` is the
         whole body, or None to read it with the ASGI `receive`. None back: the docs app answered (`docs`)."""
-        request_id = _client_request_id(headers.get("x-request-id")) or f"{self._id_prefix}-{next(self._ids):x}"
+        request_id = _client_request_id(headers.get("x-request-id")) or self._next_request_id()
         route = self.routes.get((method, path))
         is_v2 = path.startswith("/v2")
-        label = route[0] if route else ("/v2" if is_v2 else "other")
+        label = self._label(method, path)
         self.in_flight += 1
         arriving = self._batcher_by_path.get(path) if method == "POST" else None
         if arriving is not None:
@@ -255,6 +255,20 @@ class KaonApp:
             if annotating is not None:
                 await annotating
         return Answer(response, request_id, label, method, path, request)
+
+    def failed_answer(self, method: str, path: str, exc: BaseException) -> Answer:
+        """The 500 for a request `answer` itself failed on (a bug, logged with its trace and request id)."""
+        request_id = self._next_request_id()
+        return Answer(error_response(exc, request_id, v2=path.startswith("/v2")), request_id,
+                      self._label(method, path), method, path, None)
+
+    def _next_request_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids):x}"
+
+    def _label(self, method: str, path: str) -> str:
+        """The route as metrics name it: the route's path, "/v2" for the V2 routes, "other" for the rest."""
+        route = self.routes.get((method, path))
+        return route[0] if route else ("/v2" if path.startswith("/v2") else "other")
 
     def finish(self, answer: Answer, started: float) -> None:
         """After the response has been written: metrics, the observers (request log, drift), the log line."""
