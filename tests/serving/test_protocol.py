@@ -404,3 +404,24 @@ def test_a_failure_inside_kaon_on_the_direct_path_is_a_500_envelope_and_a_closed
             assert 'kaon_requests_total{route="/double",status="500"} 1.0' in app.metrics.render().decode()
 
     asyncio.run(scenario())
+
+
+def test_a_post_counts_as_arriving_from_its_headers_until_it_is_answered_or_gone() -> None:
+    """The batcher waits for requests still on their way in (decide_flush), direct path or not."""
+    async def scenario() -> None:
+        async with started() as app:
+            batcher = app.batchers["double"]
+            raw = post("/double", b'{"xs": [1, 2, 3]}')
+            protocol, out = await _connection(app, ServerState())
+            protocol.data_received(raw[:-5])  # the headers and part of the body
+            assert type(protocol.cycle) is DirectCycle and batcher.num_arriving == 1
+            protocol.data_received(raw[-5:])
+            (answer,) = await _answered(out)
+            assert _parts(answer)[2] == b"[2.0,4.0,6.0]" and batcher.num_arriving == 0
+            gone, _ = await _connection(app, ServerState())
+            gone.data_received(raw[:-5])
+            assert batcher.num_arriving == 1
+            gone.connection_lost(None)
+            assert batcher.num_arriving == 0
+
+    asyncio.run(scenario())

@@ -95,12 +95,14 @@ _NO_READER = _Event()
 class DirectCycle:
     """One request answered without ASGI: the attributes uvicorn's protocol reads on its current cycle."""
 
-    __slots__ = ("body", "disconnected", "headers", "keep_alive", "message_event", "path", "query",
+    __slots__ = ("announced", "body", "disconnected", "headers", "keep_alive", "message_event", "path", "query",
                  "response_complete", "started")
 
-    def __init__(self, path: str, query: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+    def __init__(self, path: str, query: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool,
+                 announced: Any) -> None:
         self.started = time.perf_counter()
         self.path, self.query, self.headers, self.keep_alive = path, query, headers, keep_alive
+        self.announced = announced  # the batcher counting it as on its way in, until `_answer` hands it on
         self.body = bytearray()
         self.disconnected = False
         self.response_complete = False
@@ -153,8 +155,9 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
                 return False  # uvicorn reads chunked bodies, and takes the client's address from a trusted proxy
         if length is None or not length.isdigit() or int(length) > app.config.max_body_bytes:
             return False  # the ASGI path answers 413
+        # counted as arriving from its headers on, as on the ASGI path: the batcher waits for a body still on its way
         self.cycle = DirectCycle(path, url.query or b"", self.headers,  # type: ignore[assignment]
-                                 parser.should_keep_alive())
+                                 parser.should_keep_alive(), app.announce("POST", path))
         return True
 
     def on_body(self, body: bytes) -> None:
@@ -175,12 +178,15 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
         app = self.kaon_app
         assert app is not None
         answer, written = None, False
+        announced, cycle.announced = cycle.announced, None
         try:
             if not cycle.disconnected:  # a client gone before its turn costs no inference
                 headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in cycle.headers}
+                handed, announced = announced, None  # answer() settles it from here on
                 try:
                     answer = await app.answer("POST", cycle.path, headers, bytes(cycle.body),
-                                              cycle.query.decode("latin-1"), self.client[0] if self.client else None)
+                                              cycle.query.decode("latin-1"), self.client[0] if self.client else None,
+                                              announced=handed)
                 except Exception as exc:  # answer() maps request errors itself: this is a kaon bug; answer 500
                     cycle.keep_alive = False
                     answer = app.failed_answer("POST", cycle.path, exc)
@@ -190,6 +196,8 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
                 if self.flow.write_paused and not cycle.disconnected:  # a client not reading: wait until it does
                     await self.flow.drain()
         finally:  # also on cancellation (a forced shutdown): a connection left without its answer is closed
+            if announced is not None:
+                announced.arrived()
             cycle.response_complete = True
             if (not written or not cycle.keep_alive) and not self.transport.is_closing():
                 self.transport.close()
@@ -208,6 +216,13 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
             head.append(b"connection: close\r\n")
         head += [b"\r\n", response.body]
         self.transport.write_now(b"".join(head))  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        if type(cycle) is DirectCycle and cycle.announced is not None:  # gone while its body was arriving
+            cycle.announced.arrived()
+            cycle.announced = None
+        super().connection_lost(exc)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]

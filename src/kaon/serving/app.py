@@ -207,19 +207,27 @@ class KaonApp:
         await send({"type": "http.response.body", "body": response.body})
         self.finish(answer, started)
 
+    def announce(self, method: str, path: str) -> Batcher | None:
+        """Count a request as on its way in to its batcher (which then waits for it before flushing a batch)
+        while its body arrives; `answer(..., announced=)` settles the count. None: no batcher for it."""
+        batcher = self._batcher_by_path.get(path) if method == "POST" else None
+        if batcher is not None:
+            batcher.arriving()
+        return batcher
+
     async def answer(self, method: str, path: str, headers: dict[str, str], body: bytes | None, query: str = "",
                      client: str | None = None, *, receive: Any = None,
-                     docs: tuple[dict[str, Any], Any] | None = None) -> Answer | None:
+                     docs: tuple[dict[str, Any], Any] | None = None,
+                     announced: Batcher | None = None) -> Answer | None:
         """The response to one request: auth, routing, the endpoint, errors mapped to responses. `body` is the
-        whole body, or None to read it with the ASGI `receive`. None back: the docs app answered (`docs`)."""
+        whole body, or None to read it with the ASGI `receive`. None back: the docs app answered (`docs`).
+        `announced`: the batcher `announce` already counted this request at (else it is counted here)."""
         request_id = _client_request_id(headers.get("x-request-id")) or self._next_request_id()
         route = self.routes.get((method, path))
         is_v2 = path.startswith("/v2")
         label = self._label(method, path)
         self.in_flight += 1
-        arriving = self._batcher_by_path.get(path) if method == "POST" else None
-        if arriving is not None:
-            arriving.arriving()
+        arriving = announced if announced is not None else self.announce(method, path)
         request = None
         try:
             if body is None:
