@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from kaon.serving.app import answer_headers
+from kaon.serving.http import decode_headers
+
 if TYPE_CHECKING:
     from kaon.serving.app import Answer, KaonApp
 
@@ -181,7 +184,7 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
         announced, cycle.announced = cycle.announced, None
         try:
             if not cycle.disconnected:  # a client gone before its turn costs no inference
-                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in cycle.headers}
+                headers = decode_headers(cycle.headers)
                 handed, announced = announced, None  # answer() settles it from here on
                 try:
                     answer = await app.answer("POST", cycle.path, headers, bytes(cycle.body),
@@ -206,15 +209,12 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
             app.finish(answer, cycle.started)
 
     def _write(self, app: KaonApp, answer: Answer, keep_alive: bool) -> None:
-        response = answer.response
-        head = [STATUS_LINE[response.status], b"content-type: ", response.content_type, b"\r\nx-request-id: ",
-                answer.request_id.encode(), b"\r\ncontent-length: ", str(len(response.body)).encode(), b"\r\n",
-                app.security_header_lines]
-        for name, value in (*self.server_state.default_headers, *response.headers):
+        head = [STATUS_LINE[answer.response.status], app.security_header_lines]
+        for name, value in (*answer_headers(answer), *self.server_state.default_headers):
             head += [name, b": ", value, b"\r\n"]
         if not keep_alive:
             head.append(b"connection: close\r\n")
-        head += [b"\r\n", response.body]
+        head += [b"\r\n", answer.response.body]
         self.transport.write_now(b"".join(head))  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -32,7 +32,7 @@ from kaon.errors import (
 )
 from kaon.serving.batcher import Batcher, Deadlines, call_unbatched
 from kaon.serving.guards import release_request
-from kaon.serving.http import Request, Response, error_response
+from kaon.serving.http import Request, Response, decode_headers, error_response
 from kaon.serving.metrics import ServerMetrics
 from kaon.serving.service import EndpointSpec, Service, endpoint_specs, service_name
 from kaon.serving.tensors import batch_fast_path, is_image_type, tensor_info
@@ -62,6 +62,18 @@ class Answer(NamedTuple):
     method: str
     path: str
     request: Request | None  # None when the request failed before it was read (e.g. its body was too large)
+
+
+def _label(route: tuple[str, Handler] | None, is_v2: bool) -> str:
+    """The route as metrics name it: the route's path, "/v2" for the V2 routes, "other" for the rest."""
+    return route[0] if route else ("/v2" if is_v2 else "other")
+
+
+def answer_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
+    """A response's own headers, on either path (the security headers are the same on every response)."""
+    response = answer.response
+    return [(b"content-type", response.content_type), (b"x-request-id", answer.request_id.encode()),
+            (b"content-length", str(len(response.body)).encode()), *response.headers]
 
 
 def _client_request_id(value: str | None) -> str | None:
@@ -192,19 +204,16 @@ class KaonApp:
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = decode_headers(scope["headers"])
         client = scope.get("client")
         answer = await self.answer(scope["method"], scope["path"], headers, None,
                                    scope.get("query_string", b"").decode(), client[0] if client else None,
                                    receive=receive, docs=(scope, send))
         if answer is None:  # FastAPI served the docs itself
             return
-        response, request_id = answer.response, answer.request_id
-        await send({"type": "http.response.start", "status": response.status,
-                    "headers": [(b"content-type", response.content_type), (b"x-request-id", request_id.encode()),
-                                (b"content-length", str(len(response.body)).encode()), *self._security_headers,
-                                *response.headers]})
-        await send({"type": "http.response.body", "body": response.body})
+        await send({"type": "http.response.start", "status": answer.response.status,
+                    "headers": [*answer_headers(answer), *self._security_headers]})
+        await send({"type": "http.response.body", "body": answer.response.body})
         self.finish(answer, started)
 
     def announce(self, method: str, path: str) -> Batcher | None:
@@ -225,7 +234,7 @@ class KaonApp:
         request_id = _client_request_id(headers.get("x-request-id")) or self._next_request_id()
         route = self.routes.get((method, path))
         is_v2 = path.startswith("/v2")
-        label = self._label(method, path)
+        label = _label(route, is_v2)
         self.in_flight += 1
         arriving = announced if announced is not None else self.announce(method, path)
         request = None
@@ -267,16 +276,12 @@ class KaonApp:
     def failed_answer(self, method: str, path: str, exc: BaseException) -> Answer:
         """The 500 for a request `answer` itself failed on (a bug, logged with its trace and request id)."""
         request_id = self._next_request_id()
-        return Answer(error_response(exc, request_id, v2=path.startswith("/v2")), request_id,
-                      self._label(method, path), method, path, None)
+        is_v2 = path.startswith("/v2")
+        return Answer(error_response(exc, request_id, v2=is_v2), request_id,
+                      _label(self.routes.get((method, path)), is_v2), method, path, None)
 
     def _next_request_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids):x}"
-
-    def _label(self, method: str, path: str) -> str:
-        """The route as metrics name it: the route's path, "/v2" for the V2 routes, "other" for the rest."""
-        route = self.routes.get((method, path))
-        return route[0] if route else ("/v2" if path.startswith("/v2") else "other")
 
     def finish(self, answer: Answer, started: float) -> None:
         """After the response has been written: metrics, the observers (request log, drift), the log line."""

@@ -26,6 +26,11 @@ log = logging.getLogger("kaon.serving")
 JSON = b"application/json"
 
 
+def decode_headers(raw: Any) -> dict[str, str]:
+    """HTTP headers as the server parsed them (lower-case name and value bytes) as the str dict a Request keeps."""
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in raw}
+
+
 @dataclass
 class Request:
     method: str
