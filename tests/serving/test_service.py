@@ -139,6 +139,13 @@ def test_the_batch_fast_path_agrees_with_the_validator_and_leaves_every_other_ca
         b'{"inputs": []}', b'{"inputs": 3}', b"[1, 2]", b"{not json",
     ]
     assert [decode(body) for body in not_mine] == [None] * len(not_mine)
+    free = batch_fast_path("inputs", tensor_info(Tensor((-1, 3))))  # a dynamic dimension takes any size
+    assert [a.shape for a in free(b'{"inputs": [[[1, 2, 3], [4, 5, 6]]]}')] == [(2, 3)]
+    assert free(b'{"inputs": [[[1, 2, 3, 4]]]}') is None and free(b'{"inputs": [[1, 2, 3]]}') is None
+    half = batch_fast_path("inputs", tensor_info(Tensor((2,), "float16")))
+    assert half(b'{"inputs": [[1, 70000]]}') is None and half(b'{"inputs": [[1, 60000]]}') is not None
+    wide = batch_fast_path("inputs", tensor_info(Tensor((2,), "float64")))
+    assert wide(b'{"inputs": [[1e300, -1e300]]}')[0].tolist() == [1e300, -1e300]
     assert tensor_info(Image(8, 8)).shape == (1, 8, 8) and tensor_info(int) is None
 
 
