@@ -255,3 +255,63 @@ def test_deadlines_fail_only_the_late_futures_with_one_timer_at_a_time():
         assert len(deadlines) == 0
 
     asyncio.run(scenario())
+
+
+def test_a_request_that_fails_its_batch_fails_alone_and_the_others_are_answered():
+    calls: list[list[int]] = []
+
+    def handler(items):  # like a model given an index out of its embedding's range: the whole call fails
+        calls.append(list(items))
+        if any(i < 0 for i in items):
+            raise ValueError(f"index {min(items)} is out of range")
+        return [i * 10 for i in items]
+
+    async def scenario():
+        batcher = Batcher(handler, max_batch_size=16, max_wait_ms=200, max_queue=100)
+        for _ in range(3):
+            batcher.arriving()
+        futures = []
+        for items in ([1, 2], [-5], [3]):
+            futures.append(batcher.submit(items))
+            batcher.arrived()
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    good, bad, other = _run(scenario())
+    assert good == [10, 20] and other == [30]
+    assert isinstance(bad, ValueError) and "index -5" in str(bad)
+    assert calls == [[1, 2, -5, 3], [1, 2], [-5], [3]]  # the batch, then each request alone
+
+
+def test_a_lone_failing_request_is_not_run_twice():
+    calls: list[list[int]] = []
+
+    def handler(items):
+        calls.append(list(items))
+        raise ValueError("broken")
+
+    async def scenario():
+        batcher = Batcher(handler, max_batch_size=16, max_wait_ms=1, max_queue=100)
+        with pytest.raises(ValueError, match="broken"):
+            await batcher.submit([1, 2])
+        await batcher.stop()
+
+    _run(scenario())
+    assert calls == [[1, 2]]
+
+
+def test_run_by_shape_runs_each_shape_once_and_keeps_the_order():
+    from kaon.serving.batcher import run_by_shape
+
+    calls: list[list[str]] = []
+
+    def run(items):
+        calls.append(items)
+        return [item.upper() for item in items]
+
+    items = ["ab", "cde", "fg", "h", "ij"]
+    assert run_by_shape(items, [len(i) for i in items], run) == ["AB", "CDE", "FG", "H", "IJ"]
+    assert calls == [["ab", "fg", "ij"], ["cde"], ["h"]]
+    calls.clear()
+    assert run_by_shape(["ab", "cd"], [2, 2], run) == ["AB", "CD"] and calls == [["ab", "cd"]]  # one call

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from kaon.errors import ModelLoadError, require
+from kaon.errors import InvalidInputError, ModelLoadError, require
 from kaon.models.model import Model
 from kaon.types import Signature, TensorSpec
 
@@ -91,13 +91,22 @@ class OnnxModel(Model):
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = self._output_names
         binding = self._binding_run
-        if binding is not None:
-            try:
-                results = binding(names, inputs, None)
-            except Exception:  # noqa: BLE001 - the public call retries (provider fallback) or raises its error
+        try:
+            if binding is not None:
+                try:
+                    results = binding(names, inputs, None)
+                except Exception:  # noqa: BLE001 - the public call retries (provider fallback) or raises its error
+                    results = self.session.run(names, inputs)
+            else:
                 results = self.session.run(names, inputs)
-        else:
-            results = self.session.run(names, inputs)
+        except Exception as exc:
+            if type(exc).__name__ != "InvalidArgument":  # onnxruntime's error for values a node cannot take
+                raise
+            reason = str(exc).split("Status Message: ", 1)[-1].strip()
+            raise InvalidInputError(
+                f"model '{self.name}' cannot run on this input: {reason}. Check the values against what the model "
+                f"takes (for example token ids within its vocabulary)."
+            ) from exc
         if len(names) == 1:
             return {names[0]: results[0]}
         return dict(zip(names, results, strict=True))

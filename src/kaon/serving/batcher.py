@@ -91,6 +91,22 @@ class Deadlines:
         self._queue.clear()
 
 
+def run_by_shape(items: list[Any], shapes: list[Any], run: Callable[[list[Any]], Any]) -> list[Any]:
+    """`run(items)`, or, when the items have several shapes, `run` once per shape: a model whose inputs have a
+    dynamic axis besides the batch (a sequence length, say) takes one shape per call. Results in the items'
+    order; `run` returns one result per item it is given."""
+    groups: dict[Any, list[int]] = {}
+    for index, shape in enumerate(shapes):
+        groups.setdefault(shape, []).append(index)
+    if len(groups) == 1:
+        return list(run(items))
+    results: list[Any] = [None] * len(items)
+    for group in groups.values():
+        for index, result in zip(group, run([items[i] for i in group]), strict=True):
+            results[index] = result
+    return results
+
+
 @dataclass
 class _Pending:
     items: list[Any]
@@ -225,14 +241,12 @@ class Batcher:
         results = self.handler(items)
         return results, time.perf_counter() - started
 
-    async def _execute(self, batch: list[_Pending]) -> None:
-        items = [item for pending in batch for item in pending.items]
-        if self.on_batch is not None:
-            self.on_batch(len(items))
-        try:
-            if self.is_async:
-                results = await self.handler(items)  # type: ignore[misc]
-            elif self._runs_inline():
+    async def _call(self, items: list[Any]) -> list[Any]:
+        """The handler's results for `items`: awaited, run inline or in the batch thread (see INLINE_MAX_S)."""
+        if self.is_async:
+            results = await self.handler(items)  # type: ignore[misc]
+        else:
+            if self._runs_inline():
                 probe = self._threaded_batches >= PROBE_EVERY
                 self._threaded_batches = 0
                 results, took_s = self._timed(items)
@@ -242,35 +256,69 @@ class Batcher:
                 self._threaded_batches += 1
                 loop = asyncio.get_running_loop()
                 results, took_s = await loop.run_in_executor(self._executor, self._timed, items)
-            if not self.is_async:
-                mean = self._mean_batch_s
-                self._mean_batch_s = took_s if mean is None else 0.8 * mean + 0.2 * took_s
-            results = list(results)
-            if len(results) != len(items):
-                raise KaonError(
-                    f"endpoint '{self.name}' returned {len(results)} results for a batch of {len(items)} "
-                    f"inputs; a batched endpoint returns one result per input, in order."
-                )
-        except BaseException as exc:  # noqa: BLE001 - every waiting request gets the failure
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            mean = self._mean_batch_s
+            self._mean_batch_s = took_s if mean is None else 0.8 * mean + 0.2 * took_s
+        results = list(results)
+        if len(results) != len(items):
+            raise KaonError(
+                f"endpoint '{self.name}' returned {len(results)} results for a batch of {len(items)} "
+                f"inputs; a batched endpoint returns one result per input, in order."
+            )
+        return results
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        items = [item for pending in batch for item in pending.items]
+        if self.on_batch is not None:
+            self.on_batch(len(items))
+        try:
+            results = await self._call(items)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting requests
+            if isinstance(exc, asyncio.CancelledError) or len(batch) == 1:
+                _fail(batch, exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                return
+            # One request's input can fail a whole batch (an index out of an embedding's range, say): each
+            # request runs again alone, so only the one that fails alone gets the error.
+            await self._execute_alone(batch)
             return
         start = 0
         for pending in batch:
             end = start + len(pending.items)
-            if not pending.future.done():
-                mine = results[start:end]
-                # a handler may answer one input with an exception (a picture that does not decode, say):
-                # that request fails with it, the rest of the batch does not
-                failed = next((r for r in mine if isinstance(r, BaseException)), None)
-                if failed is None:
-                    pending.future.set_result(mine)
-                else:
-                    pending.future.set_exception(failed)
+            _resolve(pending, results[start:end])
             start = end
+
+    async def _execute_alone(self, batch: list[_Pending]) -> None:
+        for index, pending in enumerate(batch):
+            if pending.future.done():
+                continue
+            try:
+                results = await self._call(pending.items)
+            except asyncio.CancelledError as exc:
+                _fail(batch[index:], exc)
+                raise
+            except BaseException as exc:  # noqa: BLE001 - this request's own failure
+                pending.future.set_exception(exc)
+                continue
+            _resolve(pending, results)
+
+
+def _fail(batch: list[_Pending], exc: BaseException) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(exc)
+
+
+def _resolve(pending: _Pending, results: list[Any]) -> None:
+    """A request's results; a handler may answer one input with an exception (a picture that does not
+    decode, say): that request fails with it, the rest of the batch does not."""
+    if pending.future.done():
+        return
+    failed = next((r for r in results if isinstance(r, BaseException)), None)
+    if failed is None:
+        pending.future.set_result(results)
+    else:
+        pending.future.set_exception(failed)
 
 
 async def call_unbatched(handler: Callable[..., Any], is_async: bool, executor: ThreadPoolExecutor,

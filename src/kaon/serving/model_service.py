@@ -8,6 +8,7 @@ import numpy as np
 
 from kaon.errors import InvalidInputError
 from kaon.models import Model
+from kaon.serving.batcher import run_by_shape
 from kaon.serving.explain import ExplainMethod, ExplainQueue, ExplainTarget
 from kaon.serving.images import EncodedImage, as_array, decode_batch
 from kaon.serving.service import Service, endpoint
@@ -112,7 +113,8 @@ def model_service(model: Model, version: str | None = None, *, top_k: int = 0,
 
     def predict(self: Any, inputs: list[item]) -> list[dict[str, Any]]:  # type: ignore[valid-type]
         if not (lazy and any(isinstance(x, EncodedImage) for x in inputs)):
-            return rows_to_predictions(self.model.run({spec.name: np.stack(inputs)}), labels, top_k)
+            return run_by_shape(inputs, [x.shape for x in inputs], lambda same: rows_to_predictions(  # type: ignore[attr-defined]
+                self.model.run({spec.name: np.stack(same)}), labels, top_k))
         errors: list[tuple[int, ValueError]] = []
         batch = decode_batch(inputs, self.model.device, errors=errors)
         rows: list[Any] = rows_to_predictions(self.model.run_tensors([batch]), labels, top_k) if len(batch) else []

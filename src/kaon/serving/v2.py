@@ -172,7 +172,9 @@ class V2Routes:
 
     @staticmethod
     def _runner(model: Any) -> Any:
-        def run(requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        from kaon.serving.batcher import run_by_shape
+
+        def run_merged(requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
             if len(requests) == 1:
                 return [model.run(requests[0])]
             sizes = [len(next(iter(r.values()))) for r in requests]
@@ -180,6 +182,9 @@ class V2Routes:
             outputs = model.run(merged)
             bounds = np.cumsum([0, *sizes])
             return [{k: v[bounds[i]:bounds[i + 1]] for k, v in outputs.items()} for i in range(len(requests))]
+
+        def run(requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+            return run_by_shape(requests, [tuple(v.shape[1:] for v in r.values()) for r in requests], run_merged)
 
         return run
 
