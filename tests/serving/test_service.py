@@ -179,3 +179,84 @@ def test_warm_up_runs_before_ready_for_each_batched_endpoint():
 
     assert asyncio.run(scenario()) is True
     assert calls == [("predict", 8, False)]  # once per batched endpoint, before the server said ready
+
+
+def test_numpy_values_in_an_answer_are_written_as_json_and_an_unschemable_return_type_is_a_config_error():
+    import asyncio
+
+    import httpx
+
+    from kaon.config import ServeConfig
+    from kaon.errors import ConfigError
+    from kaon.serving.app import KaonApp
+    from kaon.serving.service import endpoint_specs
+
+    class Stats(kaon.Service):
+        @kaon.endpoint
+        def stats(self, values: list[float]) -> dict:
+            array = np.asarray(values, dtype=np.float32)
+            return {"max": array.max(), "sorted": np.sort(array), "count": np.int64(len(array))}
+
+        @kaon.endpoint
+        def rows(self, n: int) -> list[list[float]]:
+            return [np.arange(n, dtype=np.float32)]
+
+    async def scenario():
+        app = KaonApp(Stats, ServeConfig())
+        await app.startup()
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://kaon") as client:
+                return (await client.post("/stats", json={"values": [3, 1, 2]}),
+                        await client.post("/rows", json={"n": 3}))
+        finally:
+            await app.shutdown()
+
+    stats, rows = asyncio.run(scenario())
+    assert stats.status_code == 200 and stats.json() == {"max": 3.0, "sorted": [1.0, 2.0, 3.0], "count": 3}
+    assert rows.status_code == 200 and rows.json() == [[0.0, 1.0, 2.0]]
+
+    class Raw(kaon.Service):
+        @kaon.endpoint
+        def arrays(self, n: int) -> list[np.ndarray]:
+            return []
+
+    with pytest.raises(ConfigError, match=r"Raw.arrays: the return type list\[numpy.ndarray\] has no JSON schema"):
+        endpoint_specs(Raw)
+
+
+def test_sync_calls_stuck_past_their_timeout_do_not_hold_the_other_endpoints_threads():
+    import asyncio
+    import threading
+
+    import httpx
+
+    from kaon.config import ServeConfig
+    from kaon.serving.app import KaonApp
+
+    release = threading.Event()
+
+    class Mixed(kaon.Service):
+        @kaon.endpoint
+        def slow(self, n: int) -> int:
+            release.wait(10)  # a thread cannot be stopped: it runs on after its request got a 504
+            return n
+
+        @kaon.endpoint
+        def fast(self, n: int) -> int:
+            return n + 1
+
+    async def scenario():
+        app = KaonApp(Mixed, ServeConfig(timeout_s=0.3))
+        await app.startup()
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://kaon") as client:
+                stuck = await asyncio.gather(*(client.post("/slow", json={"n": i}) for i in range(8)))
+                return stuck, await client.post("/fast", json={"n": 1})
+        finally:
+            release.set()
+            await app.shutdown()
+
+    stuck, fast = asyncio.run(scenario())
+    assert {r.status_code for r in stuck} == {504}
+    assert "goes on in its thread" in stuck[0].json()["error"]["message"]
+    assert fast.status_code == 200 and fast.json() == 2

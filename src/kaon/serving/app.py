@@ -35,7 +35,7 @@ from kaon.serving.guards import release_request
 from kaon.serving.http import Request, Response, decode_headers, error_response
 from kaon.serving.metrics import ServerMetrics
 from kaon.serving.service import EndpointSpec, Service, endpoint_specs, service_name
-from kaon.serving.tensors import batch_fast_path, is_image_type, tensor_info
+from kaon.serving.tensors import batch_fast_path, is_image_type, numpy_to_json, tensor_info
 from kaon.serving.v2 import V2Routes
 
 log = logging.getLogger("kaon.serving")
@@ -46,11 +46,10 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg")
 LARGE_BODY_BYTES = 256 * 1024
 
 
-def _timeout_error(name: str, timeout_s: float) -> EndpointTimeoutError:
-    return EndpointTimeoutError(
-        f"endpoint '{name}' did not answer within {timeout_s:g} s (--timeout-s). "
-        f"Send smaller batches, or raise --timeout-s."
-    )
+def _timeout_error(name: str, timeout_s: float, batched: bool = True) -> EndpointTimeoutError:
+    advice = ("Send smaller batches, or raise --timeout-s." if batched else
+              "The call goes on in its thread until it returns; make the endpoint faster, or raise --timeout-s.")
+    return EndpointTimeoutError(f"endpoint '{name}' did not answer within {timeout_s:g} s (--timeout-s). {advice}")
 
 
 class Answer(NamedTuple):
@@ -83,6 +82,10 @@ def _client_request_id(value: str | None) -> str | None:
     return None
 
 
+def _threads() -> int:
+    return max(4, os.cpu_count() or 1)
+
+
 def _depth_of(batcher: Batcher) -> Callable[[], float]:
     return lambda: float(batcher.queue_depth)
 
@@ -112,7 +115,8 @@ class KaonApp:
         self.batchers: dict[str, Batcher] = {}
         self._deadlines: list[Deadlines] = []
         self._batcher_by_path: dict[str, Batcher] = {}
-        self._executor = ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 1), thread_name_prefix="kaon")
+        self._executor = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="kaon")
+        self._endpoint_executors: list[ThreadPoolExecutor] = []
         self._v2: V2Routes | None = None
         self.observers: Any = None  # request log + drift/outlier monitor, fed off the hot path
         self._docs_app: Any = None
@@ -175,7 +179,8 @@ class KaonApp:
             self.service.teardown()
         except Exception:  # noqa: BLE001 - a failing teardown must not hide the shutdown
             log.exception("teardown of %s failed", self.name)
-        self._executor.shutdown(wait=False)
+        for executor in (self._executor, *self._endpoint_executors):
+            executor.shutdown(wait=False)
 
     # ASGI --------------------------------------------------------------------------------------
 
@@ -335,6 +340,12 @@ class KaonApp:
                 if info is not None and batch_param and list(spec.params) == [batch_param] else None)
         deadlines = Deadlines(timeout_s, partial(_timeout_error, spec.name, timeout_s))
         self._deadlines.append(deadlines)
+        threads = None
+        if not spec.batched and not spec.is_async:
+            # its own threads: a call still running past its timeout (a thread cannot be stopped) holds this
+            # endpoint's threads, never those the other endpoints and big-body decoding use
+            threads = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix=f"kaon-{spec.name}")
+            self._endpoint_executors.append(threads)
 
         def decode(request: Request) -> dict[str, Any]:
             if request.content_type in IMAGE_TYPES:
@@ -394,12 +405,12 @@ class KaonApp:
                 in_flight[0] += 1
                 try:
                     method = getattr(self.service, spec.method_name)
-                    result = await self._await(call_unbatched(method, spec.is_async, self._executor, kwargs),
+                    result = await self._await(call_unbatched(method, spec.is_async, threads or self._executor, kwargs),
                                                timeout_s, spec.name)
                 finally:
                     in_flight[0] -= 1
             try:
-                body = response_adapter.dump_json(result)
+                body = response_adapter.dump_json(result, fallback=numpy_to_json)
             except PydanticSerializationError as exc:
                 raise KaonError(f"endpoint '{spec.name}' returned a value that does not match its return type "
                                 f"{spec.return_type}: {exc}") from exc
@@ -411,7 +422,7 @@ class KaonApp:
         try:
             return await asyncio.wait_for(awaitable, timeout=timeout_s)
         except asyncio.TimeoutError:
-            raise _timeout_error(name, timeout_s) from None
+            raise _timeout_error(name, timeout_s, batched=False) from None
 
     # operational routes ------------------------------------------------------------------------
 

@@ -159,9 +159,16 @@ def _endpoint_spec(cls: type, attr: str, func: Callable[..., Any], options: dict
         f"{prefix}Request", __config__=pydantic.ConfigDict(arbitrary_types_allowed=True, extra="forbid"),
         **params,
     )
-    response_model = pydantic.create_model(
-        f"{prefix}Response", __base__=pydantic.RootModel[return_type],  # type: ignore[valid-type]
-    )
+    try:
+        response_model = pydantic.create_model(
+            f"{prefix}Response", __base__=pydantic.RootModel[return_type],  # type: ignore[valid-type]
+        )
+    except pydantic.PydanticSchemaGenerationError as exc:
+        raise ConfigError(
+            f"{where}: the return type {_type_name(return_type)} has no JSON schema (for /openapi.json and the "
+            f"checks of each answer). Annotate arrays as kaon.Tensor((...), 'float32') or list[float] (numpy "
+            f"arrays and scalars returned under those, or under dict, are written as JSON lists and numbers)."
+        ) from exc
     path = options["path"] or f"/{attr}"
     if not path.startswith("/"):
         path = "/" + path
@@ -174,4 +181,6 @@ def _endpoint_spec(cls: type, attr: str, func: Callable[..., Any], options: dict
 
 
 def _type_name(tp: Any) -> str:
+    if get_args(tp):  # list[numpy.ndarray], not "list"
+        return str(tp).replace("typing.", "")
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")

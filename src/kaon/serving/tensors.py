@@ -107,6 +107,14 @@ def _serialize(array: np.ndarray) -> Any:
     return array.tolist()
 
 
+def numpy_to_json(value: Any) -> Any:
+    """For pydantic's `dump_json(fallback=)`: numpy arrays and scalars in an endpoint's answer (under a `dict`,
+    `Any` or `list[float]` return type) become lists and numbers instead of failing the request."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    raise TypeError(f"a {type(value).__name__} is not JSON; return numbers, strings, lists, dicts or numpy arrays")
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """What a Tensor/Image parameter type takes, kept in its Annotated metadata (see `tensor_info`)."""
