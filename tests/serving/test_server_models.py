@@ -95,6 +95,30 @@ def test_kaon_client_predict_infer_and_async(onnx_server, probe):
     np.testing.assert_allclose(asyncio.run(scenario())["probabilities"], expected, atol=1e-5)
 
 
+def test_kaon_client_takes_big_endian_arrays_and_says_when_no_server_is_there(onnx_server, probe):
+    from kaon.sdk.client import ServerUnreachableError
+    from tests.servers import free_port
+
+    x, expected = probe
+    with kaon.Client(onnx_server.url) as client:
+        np.testing.assert_allclose(client.infer(x.astype(">f4"))["probabilities"], expected, atol=1e-5)
+        with pytest.raises(TypeError, match="V2 protocol cannot carry"):
+            client.infer(x.astype(np.complex64))
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    with kaon.Client(nowhere, max_retries=2, backoff_s=0.01) as client:
+        assert client.ready() is False
+        with pytest.raises(ServerUnreachableError, match=rf"could not reach the kaon server at {nowhere}.*3 attempt"):
+            client.predict(x)
+
+    async def scenario():
+        async with kaon.AsyncClient(nowhere, max_retries=1, backoff_s=0.01) as client:
+            assert await client.ready() is False
+            with pytest.raises(ServerUnreachableError, match="Is it running"):
+                await client.infer({"image": x}, model="digits")
+
+    asyncio.run(scenario())
+
+
 def test_v2_routes_and_errors(onnx_server):
     url = onnx_server.url
     assert httpx.get(url + "/v2").json()["extensions"] == ["binary_tensor_data"]

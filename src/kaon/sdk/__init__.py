@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 from kaon.sdk.hub import load, register
 
 if TYPE_CHECKING:
-    from kaon.sdk.client import AsyncClient, Client, ClientError
+    from kaon.sdk.client import AsyncClient, Client, ClientError, ServerUnreachableError
 
-__all__ = ["AsyncClient", "Client", "ClientError", "load", "register"]
+__all__ = ["AsyncClient", "Client", "ClientError", "ServerUnreachableError", "load", "register"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("AsyncClient", "Client", "ClientError"):
+    if name in ("AsyncClient", "Client", "ClientError", "ServerUnreachableError"):
         from kaon.sdk import client
 
         return getattr(client, name)

@@ -5,7 +5,8 @@
     client.call("classify", texts=[...])   # POST /classify {"texts": [...]}
     client.infer({"image": x})             # V2 infer with binary tensors -> dict of numpy arrays
 
-Both retry a 503 (overloaded or starting) with exponential backoff, honouring Retry-After.
+Both retry a 503 (overloaded or starting) with exponential backoff, honouring Retry-After, and a refused
+connection the same way (nothing was sent); a server still unreachable after that is ServerUnreachableError.
 Request building and response parsing are shared; the two classes differ only in how they send.
 """
 
@@ -43,6 +44,17 @@ class ClientError(KaonError):
         self.request_id = err.get("request_id")
 
 
+class ServerUnreachableError(KaonError):
+    """No connection to the server (refused, unknown host, reset before an answer) after every retry."""
+
+
+def _unreachable(url: str, exc: httpx.TransportError, attempts: int) -> ServerUnreachableError:
+    return ServerUnreachableError(
+        f"could not reach the kaon server at {url} ({type(exc).__name__}: {exc}) after {attempts} attempt(s). "
+        f"Is it running (`kaon serve ...`), and is the URL right?"
+    )
+
+
 def _to_jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
@@ -60,9 +72,13 @@ def _encode_infer(inputs: dict[str, np.ndarray], request_id: str | None) -> tupl
     blobs = []
     for name, value in inputs.items():
         array = np.ascontiguousarray(value)
-        blob = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-        header["inputs"].append({"name": name, "shape": list(array.shape),
-                                 "datatype": NUMPY_TO_V2[str(array.dtype)],
+        array = array.astype(array.dtype.newbyteorder("<"), copy=False)  # the V2 wire is little-endian
+        datatype = NUMPY_TO_V2.get(str(array.dtype))
+        if datatype is None:
+            raise TypeError(f"input '{name}' has dtype {value.dtype if hasattr(value, 'dtype') else array.dtype}, "
+                            f"which the V2 protocol cannot carry. Send one of: {', '.join(sorted(NUMPY_TO_V2))}.")
+        blob = array.tobytes()
+        header["inputs"].append({"name": name, "shape": list(array.shape), "datatype": datatype,
                                  "parameters": {"binary_data_size": len(blob)}})
         blobs.append(blob)
     head = orjson.dumps(header)
@@ -148,7 +164,15 @@ class Client(_Base):
               headers: dict[str, str] | None = None) -> httpx.Response:
         headers = headers or {"content-type": "application/json"}
         for attempt in range(self.max_retries + 1):
-            response = self._http.request(method, path, content=content, headers=headers)
+            try:
+                response = self._http.request(method, path, content=content, headers=headers)
+            except httpx.ConnectError as exc:  # nothing was sent: safe to try again (a server still starting)
+                if attempt == self.max_retries:
+                    raise _unreachable(self.url, exc, attempt + 1) from exc
+                time.sleep(self.backoff_s * 2 ** attempt)
+                continue
+            except httpx.TransportError as exc:
+                raise _unreachable(self.url, exc, attempt + 1) from exc
             if response.status_code not in RETRY_STATUSES or attempt == self.max_retries:
                 return response
             time.sleep(_backoff_s(attempt, response, self.backoff_s))
@@ -180,7 +204,11 @@ class Client(_Base):
         return self._model
 
     def ready(self) -> bool:
-        return self._http.get("/readyz").status_code == 200
+        """True when the server answers /readyz with 200; False while it is starting, or not there at all."""
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
 
 
 class AsyncClient(_Base):
@@ -205,7 +233,15 @@ class AsyncClient(_Base):
                     headers: dict[str, str] | None = None) -> httpx.Response:
         headers = headers or {"content-type": "application/json"}
         for attempt in range(self.max_retries + 1):
-            response = await self._http.request(method, path, content=content, headers=headers)
+            try:
+                response = await self._http.request(method, path, content=content, headers=headers)
+            except httpx.ConnectError as exc:  # nothing was sent: safe to try again (a server still starting)
+                if attempt == self.max_retries:
+                    raise _unreachable(self.url, exc, attempt + 1) from exc
+                await asyncio.sleep(self.backoff_s * 2 ** attempt)
+                continue
+            except httpx.TransportError as exc:
+                raise _unreachable(self.url, exc, attempt + 1) from exc
             if response.status_code not in RETRY_STATUSES or attempt == self.max_retries:
                 return response
             await asyncio.sleep(_backoff_s(attempt, response, self.backoff_s))
@@ -236,4 +272,8 @@ class AsyncClient(_Base):
         return _decode_infer(response)
 
     async def ready(self) -> bool:
-        return (await self._http.get("/readyz")).status_code == 200
+        """True when the server answers /readyz with 200; False while it is starting, or not there at all."""
+        try:
+            return (await self._http.get("/readyz")).status_code == 200
+        except httpx.TransportError:
+            return False
