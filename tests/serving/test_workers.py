@@ -120,7 +120,8 @@ def test_a_worker_that_cannot_start_stops_the_rest_with_its_error(tmp_path):
     assert "exited with code" in output and "while starting" in output
 
 
-def test_workers_refuse_a_taken_port(models_dir, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_taken_port_is_a_clear_error_before_the_banner(models_dir, tmp_path, workers):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
@@ -129,10 +130,11 @@ def test_workers_refuse_a_taken_port(models_dir, tmp_path):
         import sys
 
         done = subprocess.run([sys.executable, "-m", "kaon.cli", "serve", str(models_dir / "digits.pt2"),
-                               "--workers", "2", "--port", str(port)], capture_output=True, text=True, timeout=60,
+                               "--workers", workers, "--port", str(port)], capture_output=True, text=True, timeout=60,
                               env={**__import__("os").environ, "KAON_HOME": str(tmp_path / "home")})
     assert done.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}" in done.stdout + done.stderr
+    assert "kaon is serving" not in done.stdout  # no banner promising a server that is not there
 
 
 def test_workers_need_a_target_they_can_load_themselves():

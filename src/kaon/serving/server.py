@@ -104,7 +104,7 @@ def serve(target: Service | type[Service] | KaonApp, config: ServeConfig | None 
         http=_http_protocol(app), loop="uvloop" if _has("uvloop") else "asyncio",
         **tls,
     ))
-    from kaon.serving.workers import LISTEN_FD_ENV, mark_ready, watch_supervisor
+    from kaon.serving.workers import LISTEN_FD_ENV, bind_listener, mark_ready, watch_supervisor
 
     listen_fd = os.environ.get(LISTEN_FD_ENV)
     if listen_fd:  # a worker of `kaon serve --workers N`: accept on the supervisor's socket, banner to it
@@ -112,9 +112,10 @@ def serve(target: Service | type[Service] | KaonApp, config: ServeConfig | None 
         watch_supervisor()
         server.run(sockets=[socket.socket(fileno=int(listen_fd))])
     else:
+        sock = bind_listener(config.host, config.port)  # a taken port is a clear error, before the banner
         if print_banner:
             print(banner(app, config), flush=True)
-        server.run()
+        server.run(sockets=[sock])
     if not server.started:
         raise SystemExit(1)
 
