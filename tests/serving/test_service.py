@@ -260,3 +260,19 @@ def test_sync_calls_stuck_past_their_timeout_do_not_hold_the_other_endpoints_thr
     assert {r.status_code for r in stuck} == {504}
     assert "goes on in its thread" in stuck[0].json()["error"]["message"]
     assert fast.status_code == 200 and fast.json() == 2
+
+
+def test_integer_inputs_take_whole_numbers_only():
+    import orjson
+
+    from kaon.serving.tensors import Tensor, _array_validator, batch_fast_path, tensor_info
+
+    validate = _array_validator((2,), "int32", False, False)
+    assert validate([1, 2]).dtype == np.int32 and validate([1.0, -2.0]).tolist() == [1, -2]
+    for value, words in (([1.7, 2], "numbers with a fraction"), (["1", "2"], "strings"), ([True, False], "booleans"),
+                         ([1, 2**40], "within int32's range")):
+        with pytest.raises(ValueError, match=words):
+            validate(value)
+    fast = batch_fast_path("inputs", tensor_info(Tensor((2,), "int64")))
+    assert fast(b'{"inputs": [[1, 2]]}')[0].tolist() == [1, 2]
+    assert [fast(orjson.dumps({"inputs": [v]})) for v in ([1.7, 2], ["1", "2"], [True, False])] == [None] * 3

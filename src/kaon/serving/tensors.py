@@ -39,6 +39,8 @@ def _array_validator(shape: tuple[int, ...], dtype: str, image: bool, encoded: b
     # an image item is (C, H, W), or (H, W, C) as Keras models take it
     channels_last = image and want[0] not in (1, 3) and want[-1] in (1, 3)
 
+    integers = np.dtype(dtype).kind in "iu"
+
     def matches(got: tuple[int, ...]) -> bool:
         return len(got) == len(want) and all(w in (-1, g) for w, g in zip(want, got, strict=True))
 
@@ -60,12 +62,14 @@ def _array_validator(shape: tuple[int, ...], dtype: str, image: bool, encoded: b
             return decode_image_bytes(raw, want[0], (want[1], want[2]))
         else:
             try:
-                array = np.asarray(value, dtype=dtype)
+                array = np.asarray(value, dtype=None if integers else dtype)
             except (ValueError, TypeError, OverflowError) as exc:
                 raise ValueError(
                     f"expected a nested array of numbers with shape {list(want)}. Received: a ragged or "
                     f"non-numeric value ({exc})."
                 ) from exc
+            if integers:
+                array = _as_integers(array, np.dtype(dtype))
         if array.dtype != np.dtype(dtype):
             array = array.astype(dtype)
         if array.dtype.kind == "f" and not np.isfinite(array).all():
@@ -101,6 +105,24 @@ def _array_schema(shape: tuple[int, ...], dtype: str, image: bool) -> dict[str, 
         return {"anyOf": [schema, {"type": "string", "contentEncoding": "base64",
                                    "description": "a PNG or JPEG image, base64-encoded"}]}
     return schema
+
+
+def _as_integers(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """JSON values for an integer input: whole numbers within `dtype`'s range (2.0 is one), never a cast
+    without a word of 1.7 to 1, or of "1" and true to 1."""
+    if array.dtype.kind == "f" and np.isfinite(array).all() and (array == np.round(array)).all():
+        array = array.astype(np.float64)  # whole numbers written as floats: checked against the range below
+    elif array.dtype.kind not in "iu":
+        kind = {"f": "numbers with a fraction", "b": "booleans", "U": "strings"}.get(
+            array.dtype.kind, "non-integer values")
+        raise ValueError(f"expected integers ({dtype}). Received: {kind}. Send whole numbers, such as token ids.")
+    if array.size and array.dtype != dtype:
+        info = np.iinfo(dtype)
+        low, high = int(array.min()), int(array.max())
+        if low < info.min or high > info.max:
+            raise ValueError(f"expected integers within {dtype}'s range [{info.min}, {info.max}]. "
+                             f"Received: values from {low} to {high}.")
+    return array.astype(dtype, copy=False)
 
 
 def _serialize(array: np.ndarray) -> Any:
@@ -151,6 +173,7 @@ def batch_fast_path(param: str, info: TensorInfo) -> Callable[[bytes], list[np.n
     want, dtype = info.shape, np.dtype(info.dtype)
     # orjson gives finite numbers only: a non-finite value can come only from a cast to a narrower float
     check_finite = dtype.kind == "f" and dtype.itemsize < 8
+    integers = dtype.kind in "iu"  # numpy would cast 1.7, "1" and true: the validator decides those
     fixed = -1 not in want  # the item shape is one tuple comparison (each a microsecond matters here)
     isfinite, all_of = np.isfinite, np.logical_and.reduce
 
@@ -165,8 +188,10 @@ def batch_fast_path(param: str, info: TensorInfo) -> Callable[[bytes], list[np.n
         if type(items) is not list or not items:
             return None
         try:
-            batch = np.asarray(items, dtype=dtype)
+            batch = np.asarray(items, dtype=None if integers else dtype)
         except (ValueError, TypeError, OverflowError):
+            return None
+        if integers and batch.dtype != dtype:
             return None
         got = batch.shape[1:]
         if got != want and (fixed or len(got) != len(want)
