@@ -65,6 +65,15 @@ class NotFoundError(KaonError):
     code = "not_found"
 
 
+class MethodNotAllowedError(KaonError):
+    status_code = 405
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: list[str]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+
 class ConfigError(KaonError):
     status_code = 400
     code = "invalid_config"
@@ -115,6 +124,11 @@ class ForbiddenError(KaonError):
 class PayloadTooLargeError(KaonError):
     status_code = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(KaonError):
+    status_code = 415
+    code = "unsupported_media_type"
 
 
 class RateLimitedError(KaonError):

@@ -216,3 +216,48 @@ def test_request_body_over_the_limit_is_413(models_dir):
         assert httpx.get(server.url + "/healthz").status_code == 200
     finally:
         server.stop()
+
+
+def test_compressed_bodies_methods_and_content_types(onnx_server, probe):
+    import gzip
+    import zlib
+
+    import tritonclient.http as triton
+
+    x, expected = probe
+    url = onnx_server.url
+    plain = orjson_bytes({"inputs": x.tolist()})
+    zipped = httpx.post(url + "/predict", content=gzip.compress(plain),
+                        headers={"content-type": "application/json", "content-encoding": "gzip"})
+    assert zipped.status_code == 200, zipped.text
+    np.testing.assert_allclose([r["probabilities"] for r in zipped.json()], expected, atol=1e-5)
+    client = triton.InferenceServerClient(url.removeprefix("http://"))
+    for algorithm in ("gzip", "deflate"):
+        tensor = triton.InferInput("image", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        result = client.infer("digits", [tensor], request_compression_algorithm=algorithm)
+        np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=1e-5)
+
+    bomb = gzip.compress(b"0" * (17 * 1024 * 1024))  # ~17 KB that inflates past the 16 MiB --max-body-bytes
+    for content, encoding, status, words in (
+        (bomb, "gzip", 413, "inflates to more than"), (b"not gzip", "gzip", 400, "not valid gzip"),
+        (zlib.compress(plain), "br", 415, "Content-Encoding 'br'"),
+    ):
+        answer = httpx.post(url + "/predict", content=content,
+                            headers={"content-type": "application/json", "content-encoding": encoding})
+        assert answer.status_code == status and words in answer.json()["error"]["message"], answer.text
+
+    octets = httpx.post(url + "/predict", content=b"\x00\x01binary",
+                        headers={"content-type": "application/octet-stream"})
+    assert octets.status_code == 400 and "Content-Type 'application/octet-stream'" in octets.json()["error"]["message"]
+    wrong_method = httpx.get(url + "/predict")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert "it takes POST" in wrong_method.json()["error"]["message"]
+    head = httpx.head(url + "/healthz")
+    assert head.status_code == 200 and head.content == b""
+
+
+def orjson_bytes(value) -> bytes:
+    import orjson
+
+    return orjson.dumps(value)

@@ -276,3 +276,51 @@ def test_integer_inputs_take_whole_numbers_only():
     fast = batch_fast_path("inputs", tensor_info(Tensor((2,), "int64")))
     assert fast(b'{"inputs": [[1, 2]]}')[0].tolist() == [1, 2]
     assert [fast(orjson.dumps({"inputs": [v]})) for v in ([1.7, 2], ["1", "2"], [True, False])] == [None] * 3
+
+
+def test_v2_infer_answers_504_after_the_servers_timeout_and_names_an_unknown_version():
+    import asyncio
+    import time
+
+    import httpx
+
+    from kaon.config import ServeConfig
+    from kaon.models.model import Model
+    from kaon.serving.app import KaonApp
+    from kaon.types import Signature, TensorSpec
+
+    class Slow(Model):
+        framework = "test"
+
+        def _run(self, inputs):
+            time.sleep(0.6)  # longer than the server's --timeout-s below
+            return {"y": inputs["x"] * 2}
+
+    slow = Slow(Signature([TensorSpec("x", "float32", (-1, 2))], [TensorSpec("y", "float32", (-1, 2))]), "slow")
+
+    class Holder(kaon.Service):
+        @property
+        def models(self):
+            return {"slow": slow}
+
+        @kaon.endpoint
+        def ping(self, n: int) -> int:
+            return n
+
+    async def scenario():
+        app = KaonApp(Holder, ServeConfig(timeout_s=0.2))
+        await app.startup()
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://kaon") as client:
+                body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
+                started = time.perf_counter()
+                late = await client.post("/v2/models/slow/infer", json=body)
+                waited = time.perf_counter() - started
+                return late, waited, await client.get("/v2/models/slow/versions/7")
+        finally:
+            await app.shutdown()
+
+    late, waited, version = asyncio.run(scenario())
+    assert late.status_code == 504 and "within 0.2 s (--timeout-s)" in late.json()["error"] and waited < 0.55
+    assert version.status_code == 404 and version.json()["error"] == (
+        "model 'slow' has no version '7'; served: version '1'.")

@@ -26,13 +26,14 @@ from kaon.errors import (
     EndpointTimeoutError,
     InvalidInputError,
     KaonError,
+    MethodNotAllowedError,
     NotFoundError,
     OverloadedError,
     PayloadTooLargeError,
 )
 from kaon.serving.batcher import Batcher, Deadlines, call_unbatched
 from kaon.serving.guards import release_request
-from kaon.serving.http import Request, Response, decode_headers, error_response
+from kaon.serving.http import Request, Response, decode_headers, decompressed, error_response
 from kaon.serving.metrics import ServerMetrics
 from kaon.serving.service import EndpointSpec, Service, endpoint_specs, service_name
 from kaon.serving.tensors import batch_fast_path, is_image_type, numpy_to_json, tensor_info
@@ -238,6 +239,8 @@ class KaonApp:
         `announced`: the batcher `announce` already counted this request at (else it is counted here)."""
         request_id = _client_request_id(headers.get("x-request-id")) or self._next_request_id()
         route = self.routes.get((method, path))
+        if route is None and method == "HEAD":  # a GET route's headers (the server leaves the body out)
+            route = self.routes.get(("GET", path))
         is_v2 = path.startswith("/v2")
         label = _label(route, is_v2)
         self.in_flight += 1
@@ -246,6 +249,9 @@ class KaonApp:
         try:
             if body is None:
                 body = await self._read_body(headers, receive)
+            encoding = headers.get("content-encoding")
+            if encoding is not None and encoding != "identity":
+                body = decompressed(body, encoding, self.config.max_body_bytes)
             request = Request(method, path, headers, body, request_id, query, client=client, arriving=arriving)
             for check in self._checks:
                 pending = check(request)
@@ -448,6 +454,11 @@ class KaonApp:
         })
 
     def _not_found(self, request: Request) -> Response:
+        allowed = sorted(method for (method, path) in self.routes if path == request.path)
+        if allowed:
+            return error_response(MethodNotAllowedError(
+                f"{request.path} does not take {request.method}; it takes {', '.join(allowed)}.",
+                allowed=allowed), request.request_id)
         known = sorted({p for (_, p) in self.routes} | {"/v2", "/docs", "/openapi.json"})
         return error_response(NotFoundError(
             f"no route {request.method} {request.path}. Routes: {', '.join(known)}."), request.request_id)

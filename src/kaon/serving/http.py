@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,19 +17,43 @@ from kaon.errors import (
     InvalidInputError,
     KaonError,
     MalformedRequestError,
+    MethodNotAllowedError,
     OverloadedError,
+    PayloadTooLargeError,
     RateLimitedError,
     UnauthorizedError,
+    UnsupportedMediaTypeError,
 )
 
 log = logging.getLogger("kaon.serving")
 
 JSON = b"application/json"
+# Content types a JSON body arrives with: curl -d sends form-urlencoded, some clients text/plain or nothing.
+_JSONISH = ("", "application/json", "text/plain", "application/x-www-form-urlencoded")
 
 
 def decode_headers(raw: Any) -> dict[str, str]:
     """HTTP headers as the server parsed them (lower-case name and value bytes) as the str dict a Request keeps."""
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in raw}
+
+
+def decompressed(body: bytes, encoding: str, limit: int) -> bytes:
+    """A body sent with Content-Encoding gzip or deflate (tritonclient's request_compression_algorithm), inflated
+    to at most `limit` bytes: a small body that inflates past --max-body-bytes is a 413, not a memory spike."""
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(
+        encoding.strip().lower())
+    if wbits is None:
+        raise UnsupportedMediaTypeError(
+            f"the request body is sent with Content-Encoding '{encoding}'; kaon takes gzip, deflate or none.")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise MalformedRequestError(f"the request body is not valid {encoding} data ({exc}).") from exc
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLargeError(f"the request body inflates to more than the limit of {limit} bytes "
+                                   f"(--max-body-bytes). Send fewer or smaller inputs per request.")
+    return data
 
 
 @dataclass
@@ -59,9 +84,13 @@ class Request:
         try:
             return orjson.loads(self.body)
         except orjson.JSONDecodeError as exc:
+            content_type = self.content_type
+            sent = "" if content_type in _JSONISH or content_type.endswith("+json") else (
+                f" The body was sent as Content-Type '{content_type}': send JSON (application/json), or PNG/JPEG "
+                f"bytes (image/png, image/jpeg) to an image endpoint.")
             raise MalformedRequestError(
                 f"the request body is not valid JSON: {exc}. Received {len(self.body)} bytes starting "
-                f"{self.body[:40]!r}."
+                f"{self.body[:40]!r}.{sent}"
             ) from exc
 
 
@@ -111,6 +140,8 @@ def error_response(exc: BaseException, request_id: str, *, v2: bool = False) -> 
             headers.append((b"www-authenticate", b'Bearer realm="kaon"'))
         if isinstance(exc, (OverloadedError, RateLimitedError)):
             headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
+        if isinstance(exc, MethodNotAllowedError):
+            headers.append((b"allow", ", ".join(exc.allowed).encode()))
     else:
         log.error("request %s failed", request_id, exc_info=exc)
         err = KaonError(f"internal error while serving the request; the server log has the trace under "

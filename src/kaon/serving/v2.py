@@ -9,6 +9,7 @@ Content-Type, so the body is parsed from the header, never from the Content-Type
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -158,17 +159,19 @@ class V2Routes:
     """The V2 REST routes for the models a Service exposes; infer requests share a batcher per model."""
 
     def __init__(self, models: dict[str, Any], config: Any, metrics: Any, version: str | None = None) -> None:
-        from kaon.serving.batcher import Batcher
+        from kaon.serving.batcher import Batcher, Deadlines
 
         self.models = models
         self.version = str(version) if version is not None else "1"
         self.batchers: dict[str, Batcher] = {}
+        self.deadlines: dict[str, Deadlines] = {}
         for name, model in models.items():
             self.batchers[name] = Batcher(
                 self._runner(model), max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
                 max_queue=config.max_queue, name=f"v2:{name}",
                 on_batch=metrics.batch_size.labels(f"v2:{name}").observe,
             )
+            self.deadlines[name] = Deadlines(config.timeout_s, partial(_timeout_error, name, config.timeout_s))
 
     @staticmethod
     def _runner(model: Any) -> Any:
@@ -191,6 +194,8 @@ class V2Routes:
     async def stop(self) -> None:
         for batcher in self.batchers.values():
             await batcher.stop()
+        for deadlines in self.deadlines.values():
+            deadlines.close()
 
     async def handle(self, request: Any) -> Any:
         from kaon.errors import NotFoundError
@@ -210,7 +215,8 @@ class V2Routes:
             raise NotFoundError(f"model '{name}' is not served here. Served: {sorted(self.models)}.")
         if rest[:1] == ["versions"]:
             if len(rest) < 2 or rest[1] != self.version:
-                raise NotFoundError(f"model '{name}' has no version {rest[1:2]}; served: {self.version}.")
+                asked = f"version '{rest[1]}'" if len(rest) > 1 else "version given"
+                raise NotFoundError(f"model '{name}' has no {asked}; served: version '{self.version}'.")
             rest = rest[2:]
         model = self.models[name]
         if request.method == "GET" and not rest:
@@ -222,9 +228,6 @@ class V2Routes:
         raise NotFoundError(f"no V2 route {request.method} {request.path}")
 
     async def _infer(self, name: str, model: Any, request: Any) -> Any:
-        import asyncio
-
-        from kaon.errors import EndpointTimeoutError
         from kaon.serving.http import Response
 
         raw_length = request.headers.get("inference-header-content-length")
@@ -235,13 +238,18 @@ class V2Routes:
         if len(sizes) > 1:
             raise InvalidInputError(f"all inputs must have the same batch size. Received: {sorted(sizes)}.")
         future = self.batchers[name].submit([inputs])
-        try:
-            (outputs,) = await asyncio.wait_for(future, timeout=60.0)
-        except asyncio.TimeoutError:
-            raise EndpointTimeoutError(f"model '{name}' did not answer in time") from None
+        self.deadlines[name].add(future)  # a 504 after --timeout-s, as on the endpoints
+        (outputs,) = await future
         body, headers = encode_infer_response(name, self.version, infer, outputs)
         extra = [(k.encode(), v.encode()) for k, v in headers.items() if k != "content-type"]
         return Response(200, body, content_type=headers["content-type"].encode(), headers=extra)
+
+
+def _timeout_error(name: str, timeout_s: float) -> Exception:
+    from kaon.errors import EndpointTimeoutError
+
+    return EndpointTimeoutError(f"model '{name}' did not answer within {timeout_s:g} s (--timeout-s). "
+                                f"Send smaller batches, or raise --timeout-s.")
 
 
 def _kaon_version() -> str:
