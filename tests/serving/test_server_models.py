@@ -147,7 +147,8 @@ def test_bad_bodies_get_the_error_envelope(onnx_server, body, status, words):
 
 def test_unknown_route_is_404_listing_routes(onnx_server):
     response = httpx.get(onnx_server.url + "/nope")
-    assert response.status_code == 404 and "/predict" in response.json()["error"]["message"]
+    message = response.json()["error"]["message"]
+    assert response.status_code == 404 and "/predict" in message and "/v2/models/digits/infer" in message
 
 
 def test_metrics_count_requests_and_batches(onnx_server, probe):
@@ -184,6 +185,12 @@ def test_openapi_and_docs(onnx_server):
     assert "DigitsPredictRequest" in spec["components"]["schemas"]
     assert "/predict" in spec["paths"]
     assert httpx.get(onnx_server.url + "/docs").status_code == 200
+    # errors are documented as kaon writes them, not as FastAPI's {"detail": [...]}
+    responses = spec["paths"]["/predict"]["post"]["responses"]
+    assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorEnvelope")
+    assert {"413", "503", "504"} <= set(responses) and "HTTPValidationError" not in spec["components"]["schemas"]
+    infer = spec["paths"]["/v2/models/digits/infer"]["post"]
+    assert infer["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/V2InferRequest")
 
 
 def test_external_data_onnx_and_name_flag(models_dir, probe):

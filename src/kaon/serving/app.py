@@ -459,7 +459,9 @@ class KaonApp:
             return error_response(MethodNotAllowedError(
                 f"{request.path} does not take {request.method}; it takes {', '.join(allowed)}.",
                 allowed=allowed), request.request_id)
-        known = sorted({p for (_, p) in self.routes} | {"/v2", "/docs", "/openapi.json"})
+        models = self.service.models if self.ready else {}
+        known = sorted({p for (_, p) in self.routes} | {"/v2", "/docs", "/openapi.json"}
+                       | {f"/v2/models/{name}/infer" for name in models})
         return error_response(NotFoundError(
             f"no route {request.method} {request.path}. Routes: {', '.join(known)}."), request.request_id)
 

@@ -10,8 +10,62 @@ from typing import Any
 
 from fastapi import Body, FastAPI
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
 
 from kaon.errors import KaonError
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable for clients: invalid_input, malformed_request, payload_too_large, ...")
+    message: str = Field(description="what was received, what was expected, how to fix it")
+    fields: list[dict[str, Any]] = Field(description="one entry per wrong field: name, message, type, received")
+    request_id: str = Field(description="the x-request-id header of the response; the server log uses it too")
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error kaon answers on its own routes (the V2 routes answer {"error": "..."})."""
+
+    error: ErrorDetail
+
+
+class V2Tensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str = Field(description="BOOL, UINT8, INT32, INT64, FP16, FP32, FP64, BYTES, ...")
+    data: list[Any] | None = Field(None, description="row-major values; absent with the binary-data extension")
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[V2Tensor]
+    outputs: list[dict[str, Any]] | None = None
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[V2Tensor]
+
+
+class V2Error(BaseModel):
+    error: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorEnvelope, "description": description} for status, description in (
+        (400, "malformed body (not JSON, bad encoding)"), (401, "missing or unknown token (with --auth)"),
+        (413, "body over --max-body-bytes, or too many inputs"), (422, "the body does not match the schema"),
+        (429, "rate limited (Retry-After)"), (500, "a bug or a failing endpoint: the log has the trace"),
+        (503, "queue full or still starting (Retry-After)"), (504, "over --timeout-s"))
+}
+_V2_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": V2Error, "description": description} for status, description in (
+        (400, "malformed body"), (404, "no such model or version"), (422, "inputs do not match the model"),
+        (503, "queue full (Retry-After)"), (504, "over --timeout-s"))
+}
 
 
 def _described(spec: Any) -> Any:
@@ -30,9 +84,16 @@ def docs_app(app: Any) -> FastAPI:
                   '{"error": {"code", "message", "fields", "request_id"}}.')
     for spec in app.specs:
         api.post(spec.path, response_model=spec.response_model, name=spec.name,
-                 operation_id=f"{app.name}_{spec.name}",
+                 operation_id=f"{app.name}_{spec.name}", responses=_ERRORS,
                  summary=f"{spec.name} ({'batched, max ' + str(spec.max_batch_size) if spec.batched else 'unbatched'})",
                  )(_described(spec))
+    for model in sorted(getattr(app.service, "models", None) or {}):
+        api.post(f"/v2/models/{model}/infer", response_model=V2InferResponse, responses=_V2_ERRORS,
+                 operation_id=f"v2_infer_{model}", summary=f"Open Inference Protocol (V2): infer with '{model}'",
+                 description="JSON tensors as below, or the binary-data extension (an Inference-Header-Content-Length "
+                             "header, then the raw little-endian tensors).")(_v2_infer)
+        api.get(f"/v2/models/{model}", operation_id=f"v2_metadata_{model}", responses=_V2_ERRORS,
+                summary=f"V2 metadata of '{model}': its inputs' and outputs' names, datatypes and shapes")(_noop)
     api.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=PlainTextResponse,
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})(_noop)
     for path, summary in (("/healthz", "liveness"), ("/readyz", "readiness: models loaded"),
@@ -40,6 +101,10 @@ def docs_app(app: Any) -> FastAPI:
                           ("/v2/health/live", "V2 liveness"), ("/v2/health/ready", "V2 readiness")):
         api.get(path, summary=summary)(_noop)
     return api
+
+
+async def _v2_infer(body: V2InferRequest) -> Any:
+    raise KaonError("documentation route called directly")  # KaonApp answers /v2 itself
 
 
 async def _noop() -> None:
