@@ -176,22 +176,36 @@ def export_program(module: Any, input_example: np.ndarray | dict[str, np.ndarray
     """Save `module` as a torch.export ExportedProgram with a dynamic batch axis; return its signature."""
     torch = _torch()
     inputs = input_example if isinstance(input_example, dict) else {"input": np.asarray(input_example)}
+    params = list(module.parameters())
+    floating = next((p.dtype for p in params if p.is_floating_point()), torch.float32)
+    wanted = {torch.float16: np.float16, torch.float64: np.float64}.get(floating, np.float32)
+    # float64 examples (numpy's and scikit-learn's default) run in the weights' dtype, as fit() does
+    inputs = {k: (np.asarray(v).astype(wanted) if np.asarray(v).dtype.kind == "f" else np.asarray(v))
+              for k, v in inputs.items()}
     # torch.export specializes a batch of 1; export on a batch of 2 so the batch axis stays dynamic.
     batch = {k: np.concatenate([v, v])[: max(2, len(v))] if len(v) < 2 else v for k, v in inputs.items()}
     tensors = tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in batch.values())
     dim = torch.export.Dim("batch", min=1)
+    device = params[0].device if params else None
+    was_training = module.training
     module.eval()
+    if device is not None and device.type != "cpu":
+        module.to("cpu")  # a program that loads on any machine (kaon serve places it); moved back below
     try:
         program = torch.export.export(module, tensors, dynamic_shapes=tuple({0: dim} for _ in tensors))
+        with torch.inference_mode():
+            out = module(*tensors)
     except Exception as exc:
         raise ModelLoadError(
             f"torch.export could not trace {type(module).__name__}: {exc}. "
             f"Expected a module whose forward works for any batch size with inputs like "
             f"{[(k, v.shape, str(v.dtype)) for k, v in inputs.items()]}."
         ) from exc
+    finally:
+        if device is not None and device.type != "cpu":
+            module.to(device)
+        module.train(was_training)
     torch.export.save(program, str(path))
-    with torch.inference_mode():
-        out = module(*tensors)
     return Signature.infer(inputs, outputs_to_numpy(out))
 
 

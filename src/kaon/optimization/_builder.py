@@ -332,6 +332,7 @@ class Builder:
         except Exception as exc:  # noqa: BLE001
             return self._fail(variant, exc)
         variant.files = {"model.pt2": folder / "model.pt2"}
+        module.eval()  # scored as it will serve: dropout off, batch norm on its running statistics
         runner = torch_runner(module, [ctx.source.input_name])
         self._score(variant, runner, predict(runner, ctx.source.input_name, ctx.held[0]))
         return variant

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from kaon.errors import InvalidInputError, TrainingError
+from kaon.training.losses import class_labels, match_targets
 
 _SHAPE_HINTS = ("shape", "size", "mat1", "mat2", "expected input", "channels", "dimension",
                 "Expected", "must match", "Input 0 of layer", "incompatible")
@@ -90,8 +91,16 @@ def check_class_labels(y: torch.Tensor, num_classes: int, *, where: str) -> None
 def check_targets(y: torch.Tensor, y_pred: torch.Tensor, loss_name: str, *, where: str) -> None:
     """Targets that cannot fit the loss: out-of-range labels, or a one-hot width that differs."""
     if loss_name in ("cross_entropy", "sparse_categorical_crossentropy") and y_pred.ndim >= 2:
-        if not y.is_floating_point():
-            check_class_labels(y, int(y_pred.shape[1]), where=where)
+        labels = class_labels(y, y_pred)
+        if labels.is_floating_point():
+            return  # class probabilities (N, C)
+        if y.is_floating_point() and y.numel() and not torch.equal(y, y.round()):
+            fraction = y[y != y.round()].flatten()[0].item()
+            raise InvalidInputError(
+                f"{loss_name} reads class indices (0, 1, 2, ...). Received: labels with fractions such as "
+                f"{fraction:g} ({where}). Pass the class of each sample, or use loss='mse' for a regression."
+            )
+        check_class_labels(labels, int(y_pred.shape[1]), where=where)
     elif loss_name == "categorical_crossentropy":
         if y.ndim != y_pred.ndim or y.shape[-1] != y_pred.shape[-1]:
             raise InvalidInputError(
@@ -99,13 +108,15 @@ def check_targets(y: torch.Tensor, y_pred: torch.Tensor, loss_name: str, *, wher
                 f"like the model's output. Received: y.shape={tuple(y.shape)}. "
                 "Pass integer labels with loss='cross_entropy', or one-hot encode them."
             )
-    elif loss_name == "binary_crossentropy" and y.numel():
-        low, high = float(y.min()), float(y.max())
-        if low < 0 or high > 1:
-            raise InvalidInputError(
-                f"binary_crossentropy reads targets in [0, 1]. Received: values from {low:g} to {high:g} "
-                f"({where}). Map the labels to 0 and 1."
-            )
+    elif loss_name in ("mse", "mean_squared_error", "mae", "mean_absolute_error", "binary_crossentropy"):
+        matched = match_targets(y[: y_pred.shape[0]], y_pred)  # one value per output, or a clear error
+        if loss_name == "binary_crossentropy" and matched.numel():
+            low, high = float(y.min()), float(y.max())
+            if low < 0 or high > 1:
+                raise InvalidInputError(
+                    f"binary_crossentropy reads targets in [0, 1]. Received: values from {low:g} to {high:g} "
+                    f"({where}). Map the labels to 0 and 1."
+                )
 
 
 def non_finite_loss(epoch: int, step: int | None, value: float, lr: float | None) -> TrainingError:

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kaon.errors import InvalidInputError
+
 Reduction = Literal["mean", "sum", "none"]
 _EPSILON = 1e-7  # keeps log() finite for a probability output that reached 0 or 1
 
@@ -51,10 +53,11 @@ class CrossEntropy(Loss):
 
     def forward(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.from_logits:  # one fused kernel for the common case
-            return F.cross_entropy(y_pred, y, reduction=self.reduction)
+            return F.cross_entropy(y_pred, class_labels(y, y_pred), reduction=self.reduction)
         return super().forward(y_pred, y)
 
     def per_sample(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        y = class_labels(y, y_pred)
         if self.from_logits:
             return F.cross_entropy(y_pred, y, reduction="none")
         log_p = y_pred.clamp_min(_EPSILON).log()
@@ -78,7 +81,7 @@ class BinaryCrossentropy(Loss):
     name = "binary_crossentropy"
 
     def per_sample(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        y = _match(y, y_pred).to(y_pred.dtype)
+        y = match_targets(y, y_pred).to(y_pred.dtype)
         if self.from_logits:
             losses = F.binary_cross_entropy_with_logits(y_pred, y, reduction="none")
         else:
@@ -90,7 +93,7 @@ class MeanSquaredError(Loss):
     name = "mse"
 
     def per_sample(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        y = _match(y, y_pred).to(y_pred.dtype)
+        y = match_targets(y, y_pred).to(y_pred.dtype)
         return _mean_per_sample((y_pred - y).square())
 
 
@@ -98,7 +101,7 @@ class MeanAbsoluteError(Loss):
     name = "mae"
 
     def per_sample(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        y = _match(y, y_pred).to(y_pred.dtype)
+        y = match_targets(y, y_pred).to(y_pred.dtype)
         return _mean_per_sample((y_pred - y).abs())
 
 
@@ -114,10 +117,27 @@ LOSSES: dict[str, type[Loss]] = {
 }
 
 
-def _match(y: torch.Tensor, y_pred: torch.Tensor) -> torch.Tensor:
-    """Targets (N,) for outputs (N, 1): add the trailing axis instead of broadcasting to (N, N)."""
-    if y.ndim == y_pred.ndim - 1 and y_pred.shape[-1] == 1:
-        return y.unsqueeze(-1)
+def match_targets(y: torch.Tensor, y_pred: torch.Tensor) -> torch.Tensor:
+    """Targets shaped like the outputs. (N,) targets for (N, 1) outputs, or (N, 1) for (N,), are the same numbers:
+    broadcasting them would compare every sample with every other (an (N, N) loss that learns nothing)."""
+    if y.shape == y_pred.shape:
+        return y
+    if y.ndim and y_pred.ndim and y.shape[0] == y_pred.shape[0] and y.numel() == y_pred.numel():
+        return y.reshape(y_pred.shape)
+    raise InvalidInputError(
+        f"the targets must hold one value per model output. Received: targets of shape {tuple(y.shape)} for outputs "
+        f"of shape {tuple(y_pred.shape)}. Reshape y to {tuple(y_pred.shape)}, or give the model "
+        f"{tuple(y.shape[1:]) or 1} outputs per sample."
+    )
+
+
+def class_labels(y: torch.Tensor, y_pred: torch.Tensor) -> torch.Tensor:
+    """Class labels as cross-entropy reads them against scores (N, C): (N,) int64. A (N, 1) column of labels, or
+    labels held as floats or booleans (a pandas column), are the same labels; (N, C) class probabilities stay."""
+    if y.ndim == y_pred.ndim and y.shape[-1] == 1 and y_pred.shape[-1] > 1:
+        y = y.squeeze(-1)
+    if y.ndim == y_pred.ndim - 1 and (y.is_floating_point() or y.dtype == torch.bool):
+        y = y.long()
     return y
 
 

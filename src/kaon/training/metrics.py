@@ -62,9 +62,9 @@ class Accuracy(Metric):
     def batch_total(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if y_pred.ndim > 1 and y_pred.shape[-1] > 1:
             predicted = y_pred.argmax(dim=-1)
-            if y.ndim == y_pred.ndim:  # one-hot targets
+            if y.ndim == y_pred.ndim and y.shape[-1] > 1:  # one-hot targets
                 y = y.argmax(dim=-1)
-            return (predicted == y).sum()
+            return (predicted == y.reshape(predicted.shape)).sum()  # labels (N,) or a (N, 1) column
         threshold = 0.0 if self.from_logits else 0.5
         predicted = (y_pred.reshape(y_pred.shape[0], -1) > threshold).flatten(1)
         return (predicted == (y.reshape(y.shape[0], -1) > 0.5)).float().mean(dim=1).sum()
@@ -79,10 +79,10 @@ class TopKAccuracy(Metric):
         self.name = "top_k_accuracy" if k == 5 else f"top_{k}_accuracy"
 
     def batch_total(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if y.ndim == y_pred.ndim:
+        if y.ndim == y_pred.ndim and y.shape[-1] > 1:  # one-hot targets
             y = y.argmax(dim=-1)
         top = y_pred.topk(min(self.k, y_pred.shape[-1]), dim=-1).indices  # (N, k)
-        return (top == y.unsqueeze(-1)).any(dim=-1).sum()
+        return (top == y.reshape(-1, 1)).any(dim=-1).sum()
 
 
 class MeanAbsoluteError(Metric):

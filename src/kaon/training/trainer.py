@@ -374,8 +374,9 @@ class Trainer:
 
     def _batches(self, x: Any, y: Any, batch_size: int, *, shuffle: bool, name: str) -> Batches:
         dtype = parameters(self.model)[0].dtype
+        reads_indices = any(isinstance(m, nn.Embedding | nn.EmbeddingBag) for m in self.model.modules())
         batches = make_batches(x, y, batch_size=batch_size, shuffle=shuffle, device=self.device_,
-                               dtype=dtype, generator=self._generator, name=name)
+                               dtype=dtype, generator=self._generator, name=name, integer_x=reads_indices)
         self._probe(batches, name)
         return batches
 
