@@ -16,7 +16,11 @@ from kaon.errors import ConfigError
 def kaon_home() -> Path:
     """The folder for kaon's state: $KAON_HOME, else ~/.kaon. Created on first use."""
     home = Path(os.environ.get("KAON_HOME") or Path.home() / ".kaon").expanduser()
-    home.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, a read-only disk, no permission
+        raise ConfigError(f"kaon keeps its state in {str(home)!r} (KAON_HOME, else ~/.kaon), which cannot be "
+                          f"created as a folder: {exc.strerror}. Point KAON_HOME at a folder kaon can write.") from exc
     return home
 
 

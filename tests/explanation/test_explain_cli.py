@@ -56,3 +56,11 @@ def test_explain_a_text_model_writes_highlighted_tokens(minilm_path, tmp_path):
     assert ">wonderful</span>" in page and ">boring</span>" in page
     assert np.load(tmp_path / "out" / "attributions.npy").shape[0] == 2
     assert "wonderful" in result.output
+
+
+def test_a_corrupt_npy_is_one_clear_line(model_files, tmp_path):
+    broken = tmp_path / "broken.npy"
+    broken.write_bytes(b"not an array")
+    result = runner.invoke(app, ["explain", str(model_files["pt2"]), "--input", str(broken)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"the input file '{broken}' is not a readable .npy file" in " ".join(result.output.split())

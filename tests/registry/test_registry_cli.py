@@ -100,3 +100,15 @@ def test_bad_ref_is_an_error_line_not_a_traceback(filled: Registry) -> None:
 def test_empty_registry_says_how_to_start(kaon_home: Path) -> None:
     assert "No runs yet" in invoke(runs_app, "list").stdout
     assert "No models yet" in invoke(models_app, "list").stdout
+
+
+def test_empty_registry_points_at_what_exists_and_a_home_that_is_a_file_is_one_line(kaon_home: Path, tmp_path,
+                                                                                    monkeypatch) -> None:
+    assert "kaon quickstart" in invoke(runs_app, "list").stdout and "kaon train" not in invoke(runs_app, "list").stdout
+    assert "kaon.register(model" in invoke(models_app, "list").stdout
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    monkeypatch.setenv("KAON_HOME", str(afile))
+    result = CliRunner().invoke(models_app, ["list"])
+    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "cannot be created as a folder" in " ".join(result.output.split())

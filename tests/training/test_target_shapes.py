@@ -96,3 +96,14 @@ def test_register_takes_a_float64_example_and_leaves_the_module_as_it_was(tmp_pa
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(kaon.load("f64").predict(x), expected, atol=1e-6)
+
+
+def test_a_run_keeps_the_best_of_each_validation_metric_in_its_own_direction():
+    from kaon.training._tracking import run_summary
+    from kaon.training.history import History
+
+    history = History()
+    for epoch, (loss, f1, mae) in enumerate(((0.9, 0.69, 3.0), (0.5, 0.94, 1.0), (0.6, 0.90, 2.0))):
+        history.on_epoch_end(epoch, {"val_loss": loss, "val_f1": f1, "val_mae": mae})
+    summary = run_summary(history, stopped_early=False, private=None, duration_s=1.0, error=None, problems=[])
+    assert (summary["best_val_loss"], summary["best_val_f1"], summary["best_val_mae"]) == (0.5, 0.94, 1.0)

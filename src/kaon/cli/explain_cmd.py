@@ -124,19 +124,19 @@ def _read_text(path: Path) -> list[str]:
 
 def _read_array(path: Path, model: Any) -> Any:
     """An input batch from .npy, .npz or an image file, shaped for the model's one input."""
-    import numpy as np
+    from kaon._internal.arrays import load_arrays
 
     if not path.exists():
         raise InvalidInputError(f"input file not found. Received: {str(path)!r}")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        return load_arrays(path, "the input file")
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            key = next((k for k in _NPZ_KEYS if k in archive), archive.files[0] if archive.files else None)
-            if key is None:
-                raise InvalidInputError(f"'{path}' holds no arrays.")
-            return archive[key]
+        archive = load_arrays(path, "the input file")
+        key = next((k for k in _NPZ_KEYS if k in archive), next(iter(archive), None))
+        if key is None:
+            raise InvalidInputError(f"'{path}' holds no arrays.")
+        return archive[key]
     if suffix in _IMAGE_SUFFIXES:
         return _read_image(path, model)
     raise InvalidInputError(f"--input must be a .npy, .npz, .png or .jpg file (.txt for text models). "

@@ -36,6 +36,12 @@ def quickstart(
     from kaon.training.models import DigitsCNN
     from kaon.types import Signature, TensorSpec
 
+    config = None
+    if serve:  # bad serving flags, or a taken port, fail now rather than after training
+        from kaon.serving.workers import bind_listener
+
+        config = ServeConfig.from_env(host=host, port=port, name="digits")
+        bind_listener(config.host, config.port).close()
     started = time.perf_counter()
     home = kaon_home()
     console.rule("[bold]kaon quickstart")
@@ -92,14 +98,13 @@ def quickstart(
     sample = np.asarray(x_test[:1]).tolist()
     elapsed = time.perf_counter() - started
     console.print(f"   done in {elapsed:.1f} s. Inspect: kaon models show digits   kaon runs show {history.run_id}")
-    if not serve:
+    if config is None:
         return
 
     console.print(f"[bold]7. serve[/] {served_ref} (the V2 routes answer at /v2/models/digits)\n")
     from kaon.serving import serve as run
     from kaon.serving.targets import resolve_target
 
-    config = ServeConfig.from_env(host=host, port=port, name="digits")
     console.print(f"   a real digit to send: curl -s -X POST http://{host}:{port}/predict "
                   f"-H 'content-type: application/json' -d '{{\"inputs\": {_round(sample)}}}'\n", soft_wrap=True)
     run(resolve_target(served_ref, name="digits"), config)

@@ -52,7 +52,8 @@ def list_runs(
     with reporting_errors():
         runs = _open_registry().list_runs(limit=limit)
     if not runs:
-        console.print("No runs yet. Start one with `kaon train`.")
+        console.print("No runs yet. `kaon quickstart` makes one; in Python, kaon.Trainer(model).fit(x, y) records "
+                      "each fit.")
         return
     table = Table(title="Runs")
     for column in ("id", "name", "kind", "status", "created", "duration", "summary"):
@@ -149,7 +150,8 @@ def list_models() -> None:
     with reporting_errors():
         models = _open_registry().list_models()
     if not models:
-        console.print("No models yet. Register one with `kaon train` or Registry.register_version(...).")
+        console.print("No models yet. `kaon quickstart` registers one; in Python, "
+                      "kaon.register(model, 'name', input_example=x[:2]).")
         return
     table = Table(title="Models")
     table.add_column("name")

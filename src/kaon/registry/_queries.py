@@ -50,7 +50,7 @@ def aliases_of(session: Session, name: str, version: int) -> list[str]:
 def require_model(session: Session, name: str) -> None:
     if session.scalar(select(ModelRow.id).where(ModelRow.name == name)) is None:
         names = list(session.scalars(select(ModelRow.name).order_by(ModelRow.name).limit(20)))
-        known = ", ".join(names) if names else "none yet (register one with register_version or kaon train)"
+        known = ", ".join(names) if names else "none yet (kaon.register(model, name, input_example=...) adds one)"
         raise NotFoundError(f"no model named '{name}'. Models in the registry: {known}.")
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from kaon._internal.arrays import load_arrays
 from kaon.errors import InvalidInputError
 from kaon.models import Model
 from kaon.robustness import corruptions as corrupt
@@ -144,13 +145,13 @@ def _data(data: Any, model: Model, spec: Any) -> tuple[np.ndarray, np.ndarray, s
         if path.suffix != ".npz":
             raise InvalidInputError(f"data must be a .npz file of inputs and labels, or an (x, y) pair. "
                                     f"Received: {str(data)!r}")
-        with np.load(path, allow_pickle=False) as archive:
-            keys = next(((a, b) for a, b in _NPZ_KEYS if a in archive and b in archive), None)
-            if keys is None:
-                raise InvalidInputError(
-                    f"'{path}' has arrays {sorted(archive.files)}; expected inputs and labels under one of "
-                    f"{[f'{a}/{b}' for a, b in _NPZ_KEYS]}. Save it with np.savez(path, x=x, y=y).")
-            x, y = archive[keys[0]], archive[keys[1]]
+        archive = load_arrays(path, "the --data file")
+        keys = next(((a, b) for a, b in _NPZ_KEYS if a in archive and b in archive), None)
+        if keys is None:
+            raise InvalidInputError(
+                f"'{path}' has arrays {sorted(archive)}; expected inputs and labels under one of "
+                f"{[f'{a}/{b}' for a, b in _NPZ_KEYS]}. Save it with np.savez(path, x=x, y=y).")
+        x, y = archive[keys[0]], archive[keys[1]]
         source = str(path)
     if y.ndim == 2 and y.shape[1] > 1:
         y = y.argmax(1)  # one-hot labels

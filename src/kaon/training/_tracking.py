@@ -9,6 +9,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kaon.training.callbacks import higher_is_better
 from kaon.training.history import History
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ def run_summary(history: History, *, stopped_early: bool, private: PrivateTraini
     summary.update({key: values[-1] for key, values in history.history.items() if values})
     for key, values in history.history.items():
         if key.startswith("val_") and values:
-            summary[f"best_{key}"] = max(values) if "acc" in key else min(values)
+            summary[f"best_{key}"] = max(values) if higher_is_better(key) else min(values)
     if private is not None:
         summary.update(epsilon=history.epsilon, delta=private.config.target_delta,
                        noise_multiplier=private.noise_multiplier)

@@ -47,6 +47,15 @@ class Callback:
         """Release files and writers; runs once when fit ends, whether it succeeded or failed."""
 
 
+_HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "f1", "r2", "iou", "dice")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracy, AUC, precision, recall, F1, R2, IoU, Dice (as val_* too) improve upward; losses and errors down."""
+    name = metric.removeprefix("val_").lower()
+    return any(token in name for token in _HIGHER_IS_BETTER)
+
+
 class _Monitor(Callback):
     """Shared by the callbacks that watch one logged value and act when it stops improving."""
 
@@ -57,8 +66,7 @@ class _Monitor(Callback):
         self.monitor = monitor
         self.min_delta = abs(min_delta)
         if mode == "auto":
-            name = monitor.removeprefix("val_")
-            mode = "max" if ("acc" in name or name in ("auc", "precision", "recall", "f1")) else "min"
+            mode = "max" if higher_is_better(monitor) else "min"
         self.mode: Literal["min", "max"] = mode
         self.best = math.inf if mode == "min" else -math.inf
 
