@@ -112,3 +112,12 @@ def test_empty_registry_points_at_what_exists_and_a_home_that_is_a_file_is_one_l
     result = CliRunner().invoke(models_app, ["list"])
     assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
     assert "cannot be created as a folder" in " ".join(result.output.split())
+
+
+def test_runs_show_prints_a_failed_runs_whole_error(kaon_home: Path) -> None:
+    registry = Registry()
+    run = registry.create_run("broken", params={"lr": 0.01, "optimizer": "adam", "batch_size": 32, "epochs": 40})
+    error = "TrainingError: the loss became nan at epoch 3, step 17 (lr=0.01). Lower the learning rate or check x."
+    registry.finish_run(run.id, status="failed", summary={"epochs_completed": 2, "error": error})
+    cells = "".join(ch for ch in invoke(runs_app, "show", str(run.id)).stdout if not ch.isspace() and ch != "│")
+    assert error.replace(" ", "") in cells and "epochs=40" in cells  # wrapped in its cell, never cut

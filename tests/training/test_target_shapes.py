@@ -107,3 +107,19 @@ def test_a_run_keeps_the_best_of_each_validation_metric_in_its_own_direction():
         history.on_epoch_end(epoch, {"val_loss": loss, "val_f1": f1, "val_mae": mae})
     summary = run_summary(history, stopped_early=False, private=None, duration_s=1.0, error=None, problems=[])
     assert (summary["best_val_loss"], summary["best_val_f1"], summary["best_val_mae"]) == (0.5, 0.94, 1.0)
+
+
+def test_a_batch_of_one_at_a_batch_norm_says_so_and_read_only_arrays_train_without_a_warning():
+    import warnings
+
+    from kaon.errors import TrainingError
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(65, 5)).astype(np.float32), rng.integers(0, 2, 65)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+    with pytest.raises(TrainingError, match=r"a batch of 1 sample reached a BatchNorm layer.*pick another batch_size"):
+        Trainer(model, track=False).fit(x, y, epochs=1, batch_size=32, shuffle=False)
+    x.flags.writeable = False  # as a pandas DataFrame's .values can be
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(model, track=False).fit(x, y, epochs=1, batch_size=13)  # 65 = 5 x 13: no batch of one

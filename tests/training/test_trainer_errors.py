@@ -77,12 +77,23 @@ def test_one_hot_width_that_does_not_match_the_outputs(small):
         Trainer(make_model(), loss="categorical_crossentropy", track=False).fit(x_train, one_hot)
 
 
+def test_nan_in_arrays_is_named_before_training(small):
+    x_train, y_train, _, _ = small
+    x_bad = x_train.copy()
+    x_bad[70, 0, 3, 3] = np.nan
+    x_bad[90] = np.inf
+    with pytest.raises(InvalidInputError, match=r"x holds NaN or infinite values in 2 of its 400 samples \(the "
+                                                r"first at index 70\)"):
+        Trainer(make_model(), track=False).fit(x_bad, y_train, epochs=1, verbose=False)
+
+
 def test_nan_loss_stops_and_names_the_epoch_and_step(small):
     x_train, y_train, _, _ = small
     x_bad = x_train.copy()
-    x_bad[70] = np.nan  # sample 70 is in the third batch of 32 when not shuffled
+    x_bad[70] = np.nan  # sample 70 is in the third batch of 32 (a DataLoader's data is not checked up front)
+    loader = DataLoader(TensorDataset(torch.from_numpy(x_bad), torch.from_numpy(y_train)), batch_size=32)
     with pytest.raises(TrainingError) as info:
-        Trainer(make_model(), track=False).fit(x_bad, y_train, epochs=3, shuffle=False, verbose=False)
+        Trainer(make_model(), track=False).fit(loader, epochs=3, verbose=False)
     message = str(info.value)
     assert "the loss became nan at epoch 1, step 3" in message
     assert "Lower the learning rate (lr=0.001)" in message

@@ -87,8 +87,10 @@ def show_run(
     about.add_row("status", _status(run.status))
     about.add_row("created", _time(run.created_at))
     about.add_row("finished", _time(run.finished_at) if run.finished_at else "-")
-    about.add_row("params", _compact(run.params))
-    about.add_row("summary", _compact(run.summary))
+    about.add_row("params", _compact(run.params, max_chars=None))  # one run: everything, wrapped
+    about.add_row("summary", _compact({k: v for k, v in run.summary.items() if k != "error"}, max_chars=None))
+    if run.summary.get("error"):
+        about.add_row("error", f"[red]{escape(str(run.summary['error']))}[/]")
     console.print(about)
 
     if history:
@@ -258,8 +260,8 @@ def _number(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _compact(data: dict[str, Any], max_chars: int = 60) -> str:
+def _compact(data: dict[str, Any], max_chars: int | None = 60) -> str:
     if not data:
         return "-"
     text = ", ".join(f"{k}={_number(v) if isinstance(v, float) else v}" for k, v in data.items())
-    return escape(text if len(text) <= max_chars else text[: max_chars - 1] + "…")
+    return escape(text if max_chars is None or len(text) <= max_chars else text[: max_chars - 1] + "…")

@@ -153,6 +153,9 @@ def make_batches(x: Any, y: Any, *, batch_size: int, shuffle: bool, device: torc
         )
     if x_t.shape[0] == 0:
         raise InvalidInputError(f"{name} has no samples. Received: shape={tuple(x_t.shape)}")
+    for label, tensor in ((name, x_t), ("y" if name == "x" else f"{name} y", y_t)):
+        if tensor is not None and tensor.is_floating_point():
+            _check_finite(tensor, label)
     nbytes = x_t.element_size() * x_t.nelement() + (0 if y_t is None else y_t.element_size() * y_t.nelement())
     if device.type == "cpu" or nbytes <= _MAX_DEVICE_BYTES:
         x_t = x_t.to(device)
@@ -175,6 +178,19 @@ def validation_pair(data: Any) -> tuple[Any, Any]:
     )
 
 
+def _check_finite(tensor: torch.Tensor, name: str) -> None:
+    """NaN or infinity in the data: said before training, not found later as a NaN loss."""
+    finite = torch.isfinite(tensor.reshape(tensor.shape[0], -1)).all(dim=1)
+    if bool(finite.all()):
+        return
+    bad = (~finite).nonzero().flatten()
+    raise InvalidInputError(
+        f"{name} holds NaN or infinite values in {len(bad)} of its {tensor.shape[0]} samples (the first at index "
+        f"{int(bad[0])}). Drop those samples or fill the gaps (e.g. np.nan_to_num, or your pipeline's imputer) first.",
+        fields=[{"name": name, "received": "non-finite values", "first_index": int(bad[0])}],
+    )
+
+
 def as_tensor(data: Any, name: str, float_dtype: torch.dtype) -> torch.Tensor:
     """A tensor from an array-like: floats in the model's dtype, integers as int64."""
     if isinstance(data, torch.Tensor):
@@ -186,6 +202,8 @@ def as_tensor(data: Any, name: str, float_dtype: torch.dtype) -> torch.Tensor:
                 f"{name} must hold numbers. Received: dtype={array.dtype}, shape={array.shape}. "
                 "Convert it with np.asarray(..., dtype=np.float32) first."
             )
+        if not array.flags.writeable:  # a pandas column's values, say: torch warns on a read-only array
+            array = array.copy()
         tensor = torch.from_numpy(np.ascontiguousarray(array))
     if tensor.ndim == 0:
         raise InvalidInputError(f"{name} must have a batch axis. Received: a scalar ({tensor!r})")

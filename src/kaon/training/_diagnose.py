@@ -45,6 +45,13 @@ def expected_input(model: nn.Module) -> str | None:
 def forward_error(exc: BaseException, model: nn.Module, x: Any, *, where: str) -> BaseException:
     """A TrainingError for a forward pass that failed on the input's shape; else `exc` unchanged."""
     message = _first_line(exc)
+    if "more than 1 value per channel" in message:  # BatchNorm in training mode, given a batch of one
+        size = int(x.shape[0]) if isinstance(x, torch.Tensor) and x.ndim else 1
+        return TrainingError(
+            f"a batch of {size} sample reached a BatchNorm layer in training ({where}); it needs at least 2 to "
+            f"compute its statistics. The last batch of an epoch is this small when the number of samples leaves "
+            f"a remainder of 1 after batch_size: pick another batch_size, or drop one sample."
+        )
     if not any(hint in message for hint in _SHAPE_HINTS):
         return exc
     if isinstance(x, torch.Tensor):
