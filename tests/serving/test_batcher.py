@@ -38,6 +38,20 @@ def _run(coro):
     return asyncio.run(coro)
 
 
+async def _arriving_together(handler, requests: list[list[int]]) -> list:
+    """Each request announced as arriving, then queued in turn: one batch (exceptions returned, not raised)."""
+    batcher = Batcher(handler, max_batch_size=16, max_wait_ms=200, max_queue=100)
+    for _ in requests:
+        batcher.arriving()
+    futures = []
+    for items in requests:
+        futures.append(batcher.submit(items))
+        batcher.arrived()
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    await batcher.stop()
+    return results
+
+
 def test_batcher_groups_concurrent_requests_into_one_call():
     calls: list[list[int]] = []
 
@@ -45,19 +59,7 @@ def test_batcher_groups_concurrent_requests_into_one_call():
         calls.append(list(items))
         return [i * 10 for i in items]
 
-    async def scenario():
-        batcher = Batcher(handler, max_batch_size=16, max_wait_ms=200, max_queue=100)
-        for _ in range(4):
-            batcher.arriving()
-        futures = []
-        for i in range(4):  # four requests arrive, each queued in turn
-            futures.append(batcher.submit([i, i + 100]))
-            batcher.arrived()
-        results = await asyncio.gather(*futures)
-        await batcher.stop()
-        return results
-
-    results = _run(scenario())
+    results = _run(_arriving_together(handler, [[i, i + 100] for i in range(4)]))
     assert results == [[0, 1000], [10, 1010], [20, 1020], [30, 1030]]
     assert calls == [[0, 100, 1, 101, 2, 102, 3, 103]]
 
@@ -266,19 +268,7 @@ def test_a_request_that_fails_its_batch_fails_alone_and_the_others_are_answered(
             raise ValueError(f"index {min(items)} is out of range")
         return [i * 10 for i in items]
 
-    async def scenario():
-        batcher = Batcher(handler, max_batch_size=16, max_wait_ms=200, max_queue=100)
-        for _ in range(3):
-            batcher.arriving()
-        futures = []
-        for items in ([1, 2], [-5], [3]):
-            futures.append(batcher.submit(items))
-            batcher.arrived()
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        await batcher.stop()
-        return results
-
-    good, bad, other = _run(scenario())
+    good, bad, other = _run(_arriving_together(handler, [[1, 2], [-5], [3]]))
     assert good == [10, 20] and other == [30]
     assert isinstance(bad, ValueError) and "index -5" in str(bad)
     assert calls == [[1, 2, -5, 3], [1, 2], [-5], [3]]  # the batch, then each request alone
