@@ -62,3 +62,19 @@ def test_unknown_datatype_names_the_supported_ones():
     body = orjson.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP8", "data": [1]}]})
     with pytest.raises(InvalidInputError, match="FP32"):
         decode_infer_request(body, None)
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"inputs": [{"name": "", "shape": [], "datatype": {}, "data": None}]}, "'name' and 'datatype' are strings"),
+    ({"inputs": [{"name": {}, "shape": [1], "datatype": "FP32", "data": [1]}]}, "'name' and 'datatype' are strings"),
+    ({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1], "parameters": []}]}, "is an object"),
+    ({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": "4"}}]},
+     "binary_data_size must be a byte count"),
+    ({"inputs": [], "parameters": [1]}, "the request: 'parameters' is an object"),
+    ({"inputs": [], "outputs": [{"name": {}}]}, "needs a 'name' string"),
+    ({"inputs": [{"name": "x", "shape": [2**62, 2**62], "datatype": "FP32", "data": [1]}]}, "needs 2126764793255"),
+])
+def test_malformed_v2_fields_are_4xx_errors_never_crashes(body, words):
+    """Found by schemathesis once the infer route was in /openapi.json: a dict as datatype was a 500."""
+    with pytest.raises((MalformedRequestError, InvalidInputError), match=words):
+        decode_infer_request(orjson.dumps(body), None)

@@ -8,6 +8,7 @@ Content-Type, so the body is parsed from the header, never from the Content-Type
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -57,7 +58,7 @@ def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest
         raise MalformedRequestError(
             f"the binary tensors announce {offset} bytes but {len(binary)} bytes follow the JSON header."
         )
-    params = request.get("parameters") or {}
+    params = _parameters(request, "the request")
     binary_default = bool(params.get("binary_data_output", False))
     outputs = request.get("outputs")
     output_names = None
@@ -65,12 +66,22 @@ def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest
     if isinstance(outputs, list):
         output_names = []
         for out in outputs:
-            if not isinstance(out, dict) or "name" not in out:
-                raise MalformedRequestError("each requested output needs a 'name'.")
+            if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+                raise MalformedRequestError(f"each requested output needs a 'name' string. Received: {str(out)[:200]}")
             output_names.append(out["name"])
-            if (out.get("parameters") or {}).get("binary_data", binary_default):
+            if _parameters(out, f"output '{out['name']}'").get("binary_data", binary_default):
                 binary_outputs.add(out["name"])
     return InferRequest(request.get("id"), inputs, output_names, binary_outputs, binary_default)
+
+
+def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
+    """A V2 'parameters' object (absent or null: none)."""
+    params = holder.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise MalformedRequestError(f"{where}: 'parameters' is an object. Received: {str(params)[:200]}")
+    return params
 
 
 def _decode_tensor(tensor: Any, binary: memoryview, offset: int) -> tuple[np.ndarray, int]:
@@ -79,6 +90,10 @@ def _decode_tensor(tensor: Any, binary: memoryview, offset: int) -> tuple[np.nda
             f"each input tensor needs 'name', 'shape' and 'datatype'. Received: {str(tensor)[:200]}"
         )
     name, shape, datatype = tensor["name"], tensor["shape"], tensor["datatype"]
+    if not isinstance(name, str) or not isinstance(datatype, str):
+        raise MalformedRequestError(
+            f"an input tensor's 'name' and 'datatype' are strings. Received: name={str(name)[:80]}, "
+            f"datatype={str(datatype)[:80]}")
     if datatype not in V2_DATATYPES or datatype == "BYTES":
         raise InvalidInputError(
             f"input '{name}': datatype {datatype!r} is not supported. "
@@ -88,8 +103,10 @@ def _decode_tensor(tensor: Any, binary: memoryview, offset: int) -> tuple[np.nda
         raise MalformedRequestError(
             f"input '{name}': shape must be a list of non-negative integers. Received: {shape!r}")
     dtype = np.dtype(V2_DATATYPES[datatype])
-    count = int(np.prod(shape)) if shape else 1
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    count = math.prod(shape)  # Python ints: a huge shape is a size mismatch below, not an overflow
+    size = _parameters(tensor, f"input '{name}'").get("binary_data_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise MalformedRequestError(f"input '{name}': binary_data_size must be a byte count. Received: {size!r}")
     if size is not None:
         if size != count * dtype.itemsize:
             raise InvalidInputError(
