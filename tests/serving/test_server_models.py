@@ -117,6 +117,14 @@ def test_kaon_client_takes_big_endian_arrays_and_says_when_no_server_is_there(on
                 await client.infer({"image": x}, model="digits")
 
     asyncio.run(scenario())
+    import socket
+
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        with kaon.Client(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout_s=0.3) as client, \
+                pytest.raises(ServerUnreachableError, match="did not answer in time .*Raise the client's timeout_s"):
+            client.predict(x)
 
 
 def test_v2_routes_and_errors(onnx_server):

@@ -45,10 +45,14 @@ class ClientError(KaonError):
 
 
 class ServerUnreachableError(KaonError):
-    """No connection to the server (refused, unknown host, reset before an answer) after every retry."""
+    """No answer from the server: the connection refused after every retry, reset, or timed out."""
 
 
 def _unreachable(url: str, exc: httpx.TransportError, attempts: int) -> ServerUnreachableError:
+    if isinstance(exc, httpx.TimeoutException):
+        return ServerUnreachableError(
+            f"the kaon server at {url} did not answer in time ({type(exc).__name__}). Raise the client's "
+            f"timeout_s for a slow endpoint, or check the server's log.")
     return ServerUnreachableError(
         f"could not reach the kaon server at {url} ({type(exc).__name__}: {exc}) after {attempts} attempt(s). "
         f"Is it running (`kaon serve ...`), and is the URL right?"
