@@ -88,7 +88,7 @@ def test_a_run_finishes_once(registry: Registry) -> None:
     registry.finish_run(run.id, "failed", summary={"error": "NaN loss"})
     with pytest.raises(InvalidInputError, match="already finished as 'failed'"):
         registry.finish_run(run.id)
-    with pytest.raises(InvalidInputError, match="'completed' or 'failed'"):
+    with pytest.raises(InvalidInputError, match="'completed', 'failed' or 'interrupted'"):
         registry.finish_run(registry.create_run("s").id, "done")  # type: ignore[arg-type]
 
 

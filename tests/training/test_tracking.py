@@ -74,3 +74,17 @@ def test_track_false_writes_no_run(small):
     x_train, y_train, _, _ = small
     Trainer(make_model(), track=False).fit(x_train, y_train, verbose=False)
     assert registry().list_runs() == []
+
+
+def test_ctrl_c_marks_the_run_interrupted_not_failed(small):
+    x_train, y_train, _, _ = small
+
+    class CtrlC(Callback):  # what a real Ctrl-C raises in the middle of an epoch
+        def on_train_batch_end(self, batch, logs):
+            if batch == 3:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        Trainer(make_model()).fit(x_train, y_train, epochs=2, callbacks=[CtrlC()], verbose=False)
+    run = registry().get_run(info.value.history.run_id)  # type: ignore[attr-defined]
+    assert run.status == "interrupted" and run.summary["error"].startswith("KeyboardInterrupt")

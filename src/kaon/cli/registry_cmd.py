@@ -248,7 +248,7 @@ def _version_table(record: ModelVersionRecord) -> Table:
 
 
 def _status(status: str) -> str:
-    color = {"running": "yellow", "completed": "green", "failed": "red"}.get(status, "white")
+    color = {"running": "yellow", "completed": "green", "failed": "red", "interrupted": "magenta"}.get(status, "white")
     return f"[{color}]{status}[/]"
 
 

@@ -14,7 +14,7 @@ class RunRecord:
     id: int
     name: str
     kind: str
-    status: str  # 'running' | 'completed' | 'failed'
+    status: str  # 'running' | 'completed' | 'failed' | 'interrupted'
     params: dict[str, Any]
     summary: dict[str, Any]
     created_at: datetime  # UTC

@@ -62,7 +62,7 @@ from kaon.registry.refs import LATEST, check_alias, check_name, parse_ref
 if TYPE_CHECKING:
     from kaon.registry.tokens import TokenStore
 
-RunStatus = Literal["completed", "failed"]
+RunStatus = Literal["completed", "failed", "interrupted"]  # interrupted: stopped by Ctrl-C
 # How often register_version retries when another process took the same row first (PostgreSQL).
 _MAX_ATTEMPTS = 8
 
@@ -137,10 +137,10 @@ class Registry:
     def finish_run(
         self, run_id: int, status: RunStatus = "completed", summary: dict[str, Any] | None = None
     ) -> RunRecord:
-        """Mark a running run completed or failed, with an optional JSON-like summary."""
-        if status not in ("completed", "failed"):
+        """Mark a running run completed, failed or interrupted (Ctrl-C), with an optional JSON-like summary."""
+        if status not in ("completed", "failed", "interrupted"):
             raise InvalidInputError(
-                f"a run finishes as 'completed' or 'failed'. Received: status={status!r}"
+                f"a run finishes as 'completed', 'failed' or 'interrupted'. Received: status={status!r}"
             )
         check_run_id(run_id)
         summary_json = to_json(summary or {}, "summary")

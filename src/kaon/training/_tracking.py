@@ -7,7 +7,7 @@ import time
 import warnings
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from kaon.training.callbacks import higher_is_better
 from kaon.training.history import History
@@ -66,7 +66,7 @@ class RunTracker:
         except Exception as exc:  # noqa: BLE001
             self._give_up("log metrics", exc)
 
-    def finish(self, history: History, summary: dict[str, Any], *, failed: bool) -> None:
+    def finish(self, history: History, summary: dict[str, Any], *, error: BaseException | None) -> None:
         if not self.active:
             return
         self.flush()
@@ -79,7 +79,7 @@ class RunTracker:
                 with tempfile.TemporaryDirectory(prefix="kaon-curves-") as folder:
                     curves = plot_history(history, Path(folder) / "curves.png")
                     self.registry.add_run_artifact(self.run_id, "curves.png", curves)
-            self.registry.finish_run(self.run_id, status="failed" if failed else "completed", summary=summary)
+            self.registry.finish_run(self.run_id, status=run_status(error), summary=summary)
         except Exception as exc:  # noqa: BLE001
             self._give_up("finish the run", exc)
         self._close()
@@ -121,6 +121,13 @@ def _describe(adversary: Any) -> dict[str, Any] | None:
         return None
     fields = asdict(adversary) if is_dataclass(adversary) and not isinstance(adversary, type) else {}
     return {"type": type(adversary).__name__, **fields}
+
+
+def run_status(error: BaseException | None) -> Literal["completed", "failed", "interrupted"]:
+    """How a fit ended, for the registry: Ctrl-C (KeyboardInterrupt) is 'interrupted', not 'failed'."""
+    if error is None:
+        return "completed"
+    return "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
 
 
 def run_summary(history: History, *, stopped_early: bool, private: PrivateTraining | None,

@@ -154,7 +154,7 @@ def fit_distributed(trainer: Trainer, x: Any, y: Any, *, epochs: int, batch_size
         if tracker is not None:
             summary = run_summary(history, stopped_early=trainer.stop_training, private=None,
                                   duration_s=time.perf_counter() - started, error=error, problems=[])
-            tracker.finish(history, summary, failed=error is not None)
+            tracker.finish(history, summary, error=error)
     return history
 
 

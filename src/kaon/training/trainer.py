@@ -207,7 +207,7 @@ class Trainer:
             if tracker is not None:
                 summary = run_summary(history, stopped_early=self.stop_training, private=private,
                                       duration_s=time.perf_counter() - started, error=error, problems=problems)
-                tracker.finish(history, summary, failed=error is not None)
+                tracker.finish(history, summary, error=error)
             if problems and error is None:
                 warnings.warn("closing callbacks failed: " + "; ".join(problems), RuntimeWarning, stacklevel=2)
         return history
