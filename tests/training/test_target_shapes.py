@@ -82,6 +82,17 @@ def test_integer_pixels_feed_a_conv_model_and_token_ids_stay_integers(small):
     ids = pixels.reshape(len(pixels), -1)
     assert np.isfinite(Trainer(Bag(), track=False).fit(ids, y_train, epochs=1).history["loss"][0])
 
+    class Indexing(torch.nn.Module):  # reads indices without an nn.Embedding: a torch tensor keeps its dtype
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.randn(17, 10))
+
+        def forward(self, ids):
+            return self.table[ids].mean(dim=1)
+
+    history = Trainer(Indexing(), track=False).fit(torch.from_numpy(ids.astype(np.int64)), y_train, epochs=1)
+    assert np.isfinite(history.history["loss"][0])
+
 
 def test_register_takes_a_float64_example_and_leaves_the_module_as_it_was(tmp_path, monkeypatch):
     import kaon

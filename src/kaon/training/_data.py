@@ -128,8 +128,8 @@ def make_batches(x: Any, y: Any, *, batch_size: int, shuffle: bool, device: torc
                  dtype: torch.dtype, generator: torch.Generator | None = None,
                  check: Callable[[Batch, int], None] | None = None, name: str = "x",
                  integer_x: bool = False) -> Batches:
-    """Batches over arrays (x, y), a Dataset (y=None) or a DataLoader (y=None). Integer x (uint8 pixels, say)
-    becomes `dtype` like float x, unless `integer_x` (a model that reads indices: an embedding)."""
+    """Batches over arrays (x, y), a Dataset (y=None) or a DataLoader (y=None). An integer array x (uint8
+    pixels, say) becomes `dtype` like float x, unless `integer_x` (a model that reads indices: an embedding)."""
     if isinstance(x, DataLoader | Dataset):
         if y is not None:
             raise InvalidInputError(
@@ -141,8 +141,8 @@ def make_batches(x: Any, y: Any, *, batch_size: int, shuffle: bool, device: torc
             x, batch_size=batch_size, shuffle=shuffle and not iterable, generator=generator)
         return LoaderBatches(loader, device=device, check=check)
     x_t = as_tensor(x, name, dtype)
-    if not integer_x and not x_t.is_floating_point():
-        x_t = x_t.to(dtype)
+    if not integer_x and not isinstance(x, torch.Tensor) and not x_t.is_floating_point():
+        x_t = x_t.to(dtype)  # an array's integer dtype is incidental; a torch tensor's is the caller's choice
     y_t = None if y is None else as_tensor(y, "y" if name == "x" else f"{name} y", dtype)
     if y_t is not None and y_t.shape[0] != x_t.shape[0]:
         raise InvalidInputError(
