@@ -187,9 +187,10 @@ def export_program(module: Any, input_example: np.ndarray | dict[str, np.ndarray
     tensors = tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in batch.values())
     dim = torch.export.Dim("batch", min=1)
     device = params[0].device if params else None
+    moved = device is not None and device.type != "cpu"
     was_training = module.training
     module.eval()
-    if device is not None and device.type != "cpu":
+    if moved:
         module.to("cpu")  # a program that loads on any machine (kaon serve places it); moved back below
     try:
         program = torch.export.export(module, tensors, dynamic_shapes=tuple({0: dim} for _ in tensors))
@@ -202,7 +203,7 @@ def export_program(module: Any, input_example: np.ndarray | dict[str, np.ndarray
             f"{[(k, v.shape, str(v.dtype)) for k, v in inputs.items()]}."
         ) from exc
     finally:
-        if device is not None and device.type != "cpu":
+        if moved:
             module.to(device)
         module.train(was_training)
     torch.export.save(program, str(path))

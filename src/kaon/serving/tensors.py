@@ -110,9 +110,8 @@ def _array_schema(shape: tuple[int, ...], dtype: str, image: bool) -> dict[str, 
 def _as_integers(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """JSON values for an integer input: whole numbers within `dtype`'s range (2.0 is one), never a cast
     without a word of 1.7 to 1, or of "1" and true to 1."""
-    if array.dtype.kind == "f" and np.isfinite(array).all() and (array == np.round(array)).all():
-        array = array.astype(np.float64)  # whole numbers written as floats: checked against the range below
-    elif array.dtype.kind not in "iu":
+    whole = array.dtype.kind == "f" and np.isfinite(array).all() and (array == np.round(array)).all()
+    if array.dtype.kind not in "iu" and not whole:  # 2.0 is a whole number; its range is checked below
         kind = {"f": "numbers with a fraction", "b": "booleans", "U": "strings"}.get(
             array.dtype.kind, "non-integer values")
         raise ValueError(f"expected integers ({dtype}). Received: {kind}. Send whole numbers, such as token ids.")
