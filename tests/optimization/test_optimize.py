@@ -11,7 +11,7 @@ import kaon
 from kaon.models import load_file
 from kaon.optimization import attach_samples, find_samples, optimize
 
-BUILT_ALWAYS = {"onnx-fp32", "int8-dynamic", "sparse-50"}
+BUILT_ALWAYS = {"onnx-fp32", "sparse-50"}
 
 
 def test_export_is_checked_against_torch(optimized):
@@ -25,6 +25,11 @@ def test_every_method_builds_a_loadable_measured_variant(optimized, digits):
     report = optimized.report
     by_name = {v.name: v for v in report.variants}
     assert {n for n, v in by_name.items() if v.status == "ok"} >= BUILT_ALWAYS, report.to_markdown()
+    # int8-dynamic quantizes only the operators it measures faster in int8 here: on a busy machine none may be
+    # (Gemm [288x64] measured 1.08x slower in one CI run), and then it is skipped, saying so
+    dynamic = by_name["int8-dynamic"]
+    assert dynamic.status == "ok" or (dynamic.status == "skipped" and any(
+        "no operator group is both faster in int8 here" in note for note in dynamic.notes)), report.to_markdown()
     pruned = [v for v in report.variants if v.name.startswith("pruned-") and "+" not in v.name]
     assert pruned and pruned[0].status == "ok" and pruned[0].methods == ("prune-structured",)
     assert by_name["fp16"].status == "skipped" and "CUDA" in by_name["fp16"].notes[0]
