@@ -81,6 +81,45 @@ def test_tritonclient_aio(onnx_server, probe):
     np.testing.assert_allclose(asyncio.run(scenario()), expected, atol=1e-5)
 
 
+def test_tritonclient_model_config_statistics_and_repository_index(onnx_server, probe):
+    import tritonclient.http as triton
+
+    x, _ = probe
+    client = triton.InferenceServerClient(onnx_server.url.removeprefix("http://"))
+    config = client.get_model_config("digits")
+    assert config["max_batch_size"] == 64  # kaon serve's default --max-batch-size
+    assert config["input"] == [{"name": "image", "data_type": "TYPE_FP32", "dims": [1, 8, 8]}]
+    assert config["output"][0]["dims"] == [10] and config["output"][0]["data_type"] == "TYPE_FP32"
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] > 0
+    assert client.get_model_repository_index() == [{"name": "digits", "version": "1", "state": "READY"}]
+
+    def counts():
+        (stats,) = client.get_inference_statistics("digits")["model_stats"]
+        return stats
+
+    before = counts()
+    tensor = triton.InferInput("image", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    for _ in range(3):
+        client.infer("digits", [tensor])
+    wrong = triton.InferInput("image", [1, 64], "FP32")
+    wrong.set_data_from_numpy(np.zeros((1, 64), np.float32))
+    with pytest.raises(triton.InferenceServerException):
+        client.infer("digits", [wrong])
+    after = counts()
+    delta = {k: after["inference_stats"][k]["count"] - before["inference_stats"][k]["count"]
+             for k in ("success", "fail", "queue", "compute_infer")}
+    assert delta == {"success": 3, "fail": 1, "queue": 3, "compute_infer": 3}
+    assert after["inference_count"] - before["inference_count"] == 3 * len(x)
+    assert after["execution_count"] - before["execution_count"] == 3
+    assert after["inference_stats"]["success"]["ns"] > before["inference_stats"]["success"]["ns"]
+    assert after["last_inference"] > 0
+    assert any(b["batch_size"] == len(x) for b in after["batch_stats"])
+    every = client.get_inference_statistics()["model_stats"]
+    assert [s["name"] for s in every] == ["digits"]
+    assert httpx.get(onnx_server.url + "/v2/models/digits/versions/1/config").status_code == 200
+
+
 def test_kaon_client_predict_infer_and_async(onnx_server, probe):
     x, expected = probe
     with kaon.Client(onnx_server.url) as client:
@@ -129,7 +168,7 @@ def test_kaon_client_takes_big_endian_arrays_and_says_when_no_server_is_there(on
 
 def test_v2_routes_and_errors(onnx_server):
     url = onnx_server.url
-    assert httpx.get(url + "/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert httpx.get(url + "/v2").json()["extensions"] == ["binary_tensor_data", "model_configuration", "statistics"]
     assert httpx.get(url + "/v2/models/digits/versions/1").status_code == 200
     assert httpx.get(url + "/v2/models/digits/versions/1/ready").status_code == 200
     missing = httpx.get(url + "/v2/models/nope")

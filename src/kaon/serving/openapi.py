@@ -94,11 +94,16 @@ def docs_app(app: Any) -> FastAPI:
                              "header, then the raw little-endian tensors).")(_v2_infer)
         api.get(f"/v2/models/{model}", operation_id=f"v2_metadata_{model}", responses=_V2_ERRORS,
                 summary=f"V2 metadata of '{model}': its inputs' and outputs' names, datatypes and shapes")(_noop)
+        api.get(f"/v2/models/{model}/config", operation_id=f"v2_config_{model}", responses=_V2_ERRORS,
+                summary=f"Triton model configuration of '{model}' (max_batch_size, dims without the batch axis)")(_noop)
+        api.get(f"/v2/models/{model}/stats", operation_id=f"v2_stats_{model}", responses=_V2_ERRORS,
+                summary=f"Triton inference statistics of '{model}' (this server process's counts)")(_noop)
     api.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=PlainTextResponse,
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})(_noop)
     for path, summary in (("/healthz", "liveness"), ("/readyz", "readiness: models loaded"),
                           ("/v2", "Open Inference Protocol: server metadata"),
-                          ("/v2/health/live", "V2 liveness"), ("/v2/health/ready", "V2 readiness")):
+                          ("/v2/health/live", "V2 liveness"), ("/v2/health/ready", "V2 readiness"),
+                          ("/v2/models/stats", "Triton inference statistics of every model")):
         api.get(path, summary=summary)(_noop)
     return api
 

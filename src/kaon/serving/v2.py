@@ -9,7 +9,8 @@ Content-Type, so the body is parsed from the header, never from the Content-Type
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -172,38 +173,112 @@ def model_metadata(name: str, versions: list[str], platform: str, signature: Sig
             "inputs": tensors(signature.inputs), "outputs": tensors(signature.outputs)}
 
 
+def model_config(name: str, platform: str, signature: Signature, max_batch_size: int,
+                 max_wait_ms: float) -> dict[str, Any]:
+    """Triton's model configuration extension (`GET /v2/models/{name}/config`), as Triton writes it in JSON:
+    the batch axis is left out of `dims` because `max_batch_size` is above 0, and datatypes are TYPE_*."""
+    def tensors(specs: Any) -> list[dict[str, Any]]:
+        return [{"name": s.name, "data_type": _config_datatype(s.v2_datatype), "dims": list(s.shape[1:])}
+                for s in specs]
+
+    return {"name": name, "platform": platform, "backend": "kaon", "max_batch_size": max_batch_size,
+            "input": tensors(signature.inputs), "output": tensors(signature.outputs),
+            "dynamic_batching": {"max_queue_delay_microseconds": round(max_wait_ms * 1000)},
+            "version_policy": {"latest": {"num_versions": 1}}}
+
+
+def _config_datatype(v2: str) -> str:
+    return "TYPE_STRING" if v2 == "BYTES" else f"TYPE_{v2}"
+
+
+def _duration(count: int, ns: int) -> dict[str, int]:
+    return {"count": count, "ns": ns}
+
+
+@dataclass
+class ModelStats:
+    """Triton's statistics extension for one model, counted by this process since it started.
+    Per request: success/fail (count, total ns), queue (submitted until its batch started), compute_input
+    (parse and check), compute_infer (its batch's model call), compute_output (encode). Per model call:
+    execution_count, and batch_stats by batch size."""
+
+    success: list[int] = field(default_factory=lambda: [0, 0])
+    fail: list[int] = field(default_factory=lambda: [0, 0])
+    queue: list[int] = field(default_factory=lambda: [0, 0])
+    compute_input: list[int] = field(default_factory=lambda: [0, 0])
+    compute_infer: list[int] = field(default_factory=lambda: [0, 0])
+    compute_output: list[int] = field(default_factory=lambda: [0, 0])
+    inference_count: int = 0  # batch rows answered
+    execution_count: int = 0  # model calls (written by the batch thread only)
+    last_inference_ms: int = 0
+    batches: dict[int, list[int]] = field(default_factory=dict)  # batch rows -> [model calls, ns]
+
+    def executed(self, rows: int, ns: int) -> None:
+        self.execution_count += 1
+        entry = self.batches.setdefault(rows, [0, 0])
+        entry[0] += 1
+        entry[1] += ns
+
+    def to_dict(self, name: str, version: str) -> dict[str, Any]:
+        return {
+            "name": name, "version": version, "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count, "execution_count": self.execution_count,
+            "inference_stats": {key: _duration(*getattr(self, key)) for key in (
+                "success", "fail", "queue", "compute_input", "compute_infer", "compute_output")},
+            "batch_stats": [{"batch_size": size, "compute_infer": _duration(*entry)}
+                            for size, entry in sorted(self.batches.items())],
+        }
+
+
+def _add(duration: list[int], ns: int) -> None:
+    duration[0] += 1
+    duration[1] += ns
+
+
 class V2Routes:
-    """The V2 REST routes for the models a Service exposes; infer requests share a batcher per model."""
+    """The V2 REST routes for the models a Service exposes; infer requests share a batcher per model.
+    Besides the core protocol: Triton's model configuration and statistics extensions and the model
+    repository index, which tritonclient's get_model_config, get_inference_statistics and
+    get_model_repository_index call (perf_analyzer reads the first)."""
 
     def __init__(self, models: dict[str, Any], config: Any, metrics: Any, version: str | None = None) -> None:
         from kaon.serving.batcher import Batcher, Deadlines
 
         self.models = models
         self.version = str(version) if version is not None else "1"
+        self.max_batch_size, self.max_wait_ms = config.max_batch_size, config.max_wait_ms
         self.batchers: dict[str, Batcher] = {}
         self.deadlines: dict[str, Deadlines] = {}
+        self.stats = {name: ModelStats() for name in models}
         for name, model in models.items():
             self.batchers[name] = Batcher(
-                self._runner(model), max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
+                self._runner(model, self.stats[name]), max_batch_size=config.max_batch_size,
+                max_wait_ms=config.max_wait_ms,
                 max_queue=config.max_queue, name=f"v2:{name}",
                 on_batch=metrics.batch_size.labels(f"v2:{name}").observe,
             )
             self.deadlines[name] = Deadlines(config.timeout_s, partial(_timeout_error, name, config.timeout_s))
 
     @staticmethod
-    def _runner(model: Any) -> Any:
+    def _runner(model: Any, stats: ModelStats) -> Any:
+        """Runs a batch of requests; each result is (outputs, when its model call started, how long it took)."""
         from kaon.serving.batcher import run_by_shape
 
-        def run_merged(requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-            if len(requests) == 1:
-                return [model.run(requests[0])]
+        def run_merged(requests: list[dict[str, np.ndarray]]) -> list[tuple[dict[str, np.ndarray], int, int]]:
+            started = time.perf_counter_ns()
             sizes = [len(next(iter(r.values()))) for r in requests]
-            merged = {k: np.concatenate([r[k] for r in requests]) for k in requests[0]}
-            outputs = model.run(merged)
-            bounds = np.cumsum([0, *sizes])
-            return [{k: v[bounds[i]:bounds[i + 1]] for k, v in outputs.items()} for i in range(len(requests))]
+            if len(requests) == 1:
+                answers = [model.run(requests[0])]
+            else:
+                merged = {k: np.concatenate([r[k] for r in requests]) for k in requests[0]}
+                outputs = model.run(merged)
+                bounds = np.cumsum([0, *sizes])
+                answers = [{k: v[bounds[i]:bounds[i + 1]] for k, v in outputs.items()} for i in range(len(requests))]
+            took = time.perf_counter_ns() - started
+            stats.executed(sum(sizes), took)
+            return [(answer, started, took) for answer in answers]
 
-        def run(requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        def run(requests: list[dict[str, np.ndarray]]) -> list[tuple[dict[str, np.ndarray], int, int]]:
             return run_by_shape(requests, [tuple(v.shape[1:] for v in r.values()) for r in requests], run_merged)
 
         return run
@@ -222,9 +297,13 @@ class V2Routes:
         if request.method == "GET":
             if not parts:
                 return Response.json({"name": "kaon", "version": _kaon_version(),
-                                      "extensions": ["binary_tensor_data"]})
+                                      "extensions": ["binary_tensor_data", "model_configuration", "statistics"]})
             if parts in (["health", "live"], ["health", "ready"]):
                 return Response.json({"live": True} if parts[1] == "live" else {"ready": True})
+            if parts == ["models", "stats"] and "stats" not in self.models:  # every model's (as Triton)
+                return Response.json({"model_stats": [self.stats[n].to_dict(n, self.version) for n in self.models]})
+        if request.method == "POST" and parts == ["repository", "index"]:
+            return Response.json([{"name": n, "version": self.version, "state": "READY"} for n in self.models])
         if not parts or parts[0] != "models" or len(parts) < 2:
             raise NotFoundError(f"no V2 route {request.method} {request.path}")
         name, rest = parts[1], parts[2:]
@@ -240,11 +319,25 @@ class V2Routes:
             return Response.json(model_metadata(name, [self.version], f"kaon_{model.framework}", model.signature))
         if request.method == "GET" and rest == ["ready"]:
             return Response.json({"name": name, "ready": True})
+        if request.method == "GET" and rest == ["config"]:
+            return Response.json(model_config(name, f"kaon_{model.framework}", model.signature,
+                                              self.max_batch_size, self.max_wait_ms))
+        if request.method == "GET" and rest == ["stats"]:
+            return Response.json({"model_stats": [self.stats[name].to_dict(name, self.version)]})
         if request.method == "POST" and rest == ["infer"]:
             return await self._infer(name, model, request)
         raise NotFoundError(f"no V2 route {request.method} {request.path}")
 
     async def _infer(self, name: str, model: Any, request: Any) -> Any:
+        stats = self.stats[name]
+        arrived = time.perf_counter_ns()
+        try:
+            return await self._infer_counted(name, model, request, stats, arrived)
+        except BaseException:
+            _add(stats.fail, time.perf_counter_ns() - arrived)
+            raise
+
+    async def _infer_counted(self, name: str, model: Any, request: Any, stats: ModelStats, arrived: int) -> Any:
         from kaon.serving.http import Response
 
         raw_length = request.headers.get("inference-header-content-length")
@@ -254,10 +347,20 @@ class V2Routes:
         sizes = {len(v) for v in inputs.values()}
         if len(sizes) > 1:
             raise InvalidInputError(f"all inputs must have the same batch size. Received: {sorted(sizes)}.")
+        submitted = time.perf_counter_ns()
         future = self.batchers[name].submit([inputs])
         self.deadlines[name].add(future)  # a 504 after --timeout-s, as on the endpoints
-        (outputs,) = await future
+        ((outputs, started, took),) = await future
+        answered = time.perf_counter_ns()
         body, headers = encode_infer_response(name, self.version, infer, outputs)
+        done = time.perf_counter_ns()
+        _add(stats.compute_input, submitted - arrived)
+        _add(stats.queue, max(0, started - submitted))
+        _add(stats.compute_infer, took)
+        _add(stats.compute_output, done - answered)
+        _add(stats.success, done - arrived)
+        stats.inference_count += sizes.pop() if sizes else 0
+        stats.last_inference_ms = time.time_ns() // 1_000_000
         extra = [(k.encode(), v.encode()) for k, v in headers.items() if k != "content-type"]
         return Response(200, body, content_type=headers["content-type"].encode(), headers=extra)
 
