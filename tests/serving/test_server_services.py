@@ -129,6 +129,20 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(service_file):
     assert result["response"].status_code == 200  # type: ignore[union-attr]
 
 
+def test_sigterm_does_not_wait_for_a_call_stuck_past_its_timeout(service_file):
+    """A sync call still running after its 504 cannot be stopped (it is a thread): the server exits without
+    waiting for it, so a Kubernetes pod stops within its grace period, and says so in the log."""
+    server = Server(["serve", f"{service_file}:Toy", "--timeout-s", "1"]).wait_ready()
+    stuck = httpx.post(server.url + "/slow", json={"seconds": [60.0]}, timeout=10)
+    assert stuck.status_code == 504
+    started = time.monotonic()
+    code = server.stop(timeout_s=30)
+    took = time.monotonic() - started
+    log = server.output()
+    assert code == 0 and took < 10, (code, took, log)
+    assert "1 call(s) still running after shutdown" in log and "kaon-slow" in log
+
+
 def _serve_fails(args: list[str]) -> str:
     proc = subprocess.run([sys.executable, "-m", "kaon.cli", "serve", *args], capture_output=True, text=True,
                           timeout=60)

@@ -51,6 +51,7 @@ def serve(
                                            "process uses about one core. [default: 1]"),
 ) -> None:
     """Serve a model or a Service over HTTP (JSON, images and the Open Inference Protocol V2)."""
+    from kaon.serving.server import leave_stuck_calls
     from kaon.serving.targets import serve_target
 
     config = ServeConfig.from_env(
@@ -65,3 +66,4 @@ def serve(
         top_k=top_k, workers=workers,
     )
     serve_target(target, config, name=name, trust_pickle=trust_pickle)
+    leave_stuck_calls()

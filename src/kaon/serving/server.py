@@ -7,7 +7,9 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +17,10 @@ from kaon.config import ServeConfig
 from kaon.serving.app import KaonApp
 from kaon.serving.service import Service
 from kaon.serving.tensors import is_image_type
+
+log = logging.getLogger("kaon.serving")
+# After a shutdown, how long kaon's threads get to end before the process leaves the ones still running
+STUCK_CALL_GRACE_S = 2.0
 
 
 def banner(app: KaonApp, config: ServeConfig) -> str:
@@ -118,6 +124,25 @@ def serve(target: Service | type[Service] | KaonApp, config: ServeConfig | None 
         server.run(sockets=[sock])
     if not server.started:
         raise SystemExit(1)
+
+
+def leave_stuck_calls(grace_s: float = STUCK_CALL_GRACE_S) -> None:
+    """End the process now if a call of the user's code is still running in one of kaon's threads after the
+    server stopped: it already got its 504 (--timeout-s), and a thread cannot be stopped, so waiting for it
+    (what Python does at exit) could outlast a Kubernetes grace period. For the CLI, which owns the process."""
+    deadline = time.monotonic() + grace_s
+    ours = [t for t in threading.enumerate() if t.name.startswith("kaon") and not t.daemon]
+    for thread in ours:  # idle pool threads end within moments of their pool's shutdown
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = sorted(t.name for t in ours if t.is_alive())
+    if not stuck:
+        return
+    log.warning("%d call(s) still running after shutdown, past --timeout-s (thread %s); exiting without waiting "
+                "for them", len(stuck), ", ".join(stuck))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _monitoring_line(app: KaonApp, config: ServeConfig) -> str:
