@@ -231,7 +231,14 @@ def test_openapi_and_docs(onnx_server):
     spec = httpx.get(onnx_server.url + "/openapi.json").json()
     assert "DigitsPredictRequest" in spec["components"]["schemas"]
     assert "/predict" in spec["paths"]
-    assert httpx.get(onnx_server.url + "/docs").status_code == 200
+    docs = httpx.get(onnx_server.url + "/docs")
+    assert docs.status_code == 200 and "/docs/static/swagger-ui-bundle.js" in docs.text
+    assert "https://" not in docs.text  # Swagger UI comes from the server: /docs works with no internet access
+    script = httpx.get(onnx_server.url + "/docs/static/swagger-ui-bundle.js")
+    assert script.status_code == 200 and "SwaggerUIBundle" in script.text
+    assert httpx.get(onnx_server.url + "/docs/static/swagger-ui.css").status_code == 200
+    redoc = httpx.get(onnx_server.url + "/redoc")
+    assert redoc.status_code == 200 and "https://" not in redoc.text.replace("https://fonts.googleapis.com", "")
     # errors are documented as kaon writes them, not as FastAPI's {"detail": [...]}
     responses = spec["paths"]["/predict"]["post"]["responses"]
     assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorEnvelope")

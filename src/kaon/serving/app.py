@@ -480,8 +480,8 @@ class KaonApp:
 
         async def receive() -> dict[str, Any]:
             nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
+            if sent:  # Starlette listens for a disconnect while it streams a file: none comes, it is cancelled
+                await asyncio.Future()
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
 

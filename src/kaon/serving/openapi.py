@@ -1,7 +1,9 @@
 """`/openapi.json` and `/docs`, rendered by FastAPI from the endpoints' pydantic models.
 
 The routes declared here document kaon's own ASGI routes; requests to them never reach FastAPI
-(KaonApp dispatches them first), so their bodies only describe the schema.
+(KaonApp dispatches them first), so their bodies only describe the schema. `/docs` (Swagger UI) and
+`/redoc` load their scripts from the server itself (fastapi-offline's copies, under /docs/static/),
+not from a CDN: a server with no internet access still shows its docs.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Any
 
 from fastapi import Body, FastAPI
 from fastapi.responses import PlainTextResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 from kaon.errors import KaonError
@@ -79,7 +82,7 @@ def _described(spec: Any) -> Any:
 def docs_app(app: Any) -> FastAPI:
     from kaon import __version__
 
-    api = FastAPI(title=f"{app.name} (kaon)", version=__version__,
+    api = FastAPIOffline(title=f"{app.name} (kaon)", version=__version__, static_url="/docs/static",
                   description=f"Endpoints of the kaon Service '{app.name}'. Errors use one envelope: "
                   '{"error": {"code", "message", "fields", "request_id"}}.')
     for spec in app.specs:
