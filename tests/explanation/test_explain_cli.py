@@ -42,9 +42,19 @@ def test_explain_a_png_on_onnx_with_a_forward_method(model_files, probe, tmp_pat
 
 def test_gradients_on_onnx_is_one_red_line_naming_the_methods_that_work(model_files, probe, tmp_path):
     np.save(tmp_path / "x.npy", probe[0][:1])
-    result = runner.invoke(app, ["explain", str(model_files["onnx"]), "--input", str(tmp_path / "x.npy")])
+    result = runner.invoke(app, ["explain", str(model_files["onnx"]), "--input", str(tmp_path / "x.npy"),
+                                 "--method", "saliency"])
     assert result.exit_code == 1
     assert "occlusion, kernel_shap, lime" in result.output and "Traceback" not in result.output
+
+
+def test_no_method_is_integrated_gradients_on_torch_and_occlusion_on_onnx(model_files, probe, tmp_path):
+    np.save(tmp_path / "x.npy", probe[0][:1])
+    for kind, method in (("onnx", "occlusion"), ("pt2", "integrated_gradients")):
+        result = runner.invoke(app, ["explain", str(model_files[kind]), "--input", str(tmp_path / "x.npy"),
+                                     "--no-trust", "--out", str(tmp_path / kind)])
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / kind / "explanation.json").read_text())["method"] == method
 
 
 def test_explain_a_text_model_writes_highlighted_tokens(minilm_path, tmp_path):

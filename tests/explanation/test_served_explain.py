@@ -86,11 +86,14 @@ def test_bad_explain_requests_are_422_with_the_error_envelope(pt2_server, body, 
 def test_onnx_models_explain_without_gradients_and_say_which_methods_work(onnx_model, pt2_server, probe):
     x, _ = probe
     body = {"inputs": x[:2].tolist(), "method": "occlusion"}
-    refused, answered = post_in_process(onnx_model, "/explain", [{"inputs": x[:1].tolist()}, body])
+    refused, answered, default = post_in_process(
+        onnx_model, "/explain", [{"inputs": x[:1].tolist(), "method": "integrated_gradients"}, body,
+                                 {"inputs": x[:2].tolist()}])
     assert refused.status_code == 422
     message = refused.json()["error"]["message"]
     assert "onnxruntime" in message and "occlusion, kernel_shap, lime" in message
     on_onnx = answered.json()
+    assert default.status_code == 200 and default.json() == on_onnx  # no method: occlusion, which works here
     on_torch = httpx.post(pt2_server.url + "/explain", json=body, timeout=30).json()
     np.testing.assert_allclose([r["attributions"] for r in on_onnx], [r["attributions"] for r in on_torch],
                                atol=1e-4)

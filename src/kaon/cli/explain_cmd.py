@@ -33,10 +33,11 @@ _NPZ_KEYS = ("x", "inputs", "images", "x_test")
 def explain(
     model_ref: str = typer.Argument(..., help="name@alias | model.pt2 | model.onnx | a transformer folder"),
     input_file: Path = typer.Option(..., "--input", "-i", help=".npy | .npz | .png/.jpg | .txt (text: one per line)"),
-    method: str = typer.Option("integrated_gradients", "--method", "-m",
+    method: str = typer.Option(None, "--method", "-m",
                                help="saliency | integrated_gradients | occlusion | kernel_shap | lime | "
                                     "shap_gradient | shap_permutation (pip install 'kaon[shap]') | "
-                                    "attention | attention_rollout"),
+                                    "attention | attention_rollout  [default: integrated_gradients, "
+                                    "occlusion for an ONNX model]"),
     target: int = typer.Option(None, help="Output index to explain. [default: the predicted class]"),
     reference: str = typer.Option(None, help="Text encoders: explain the similarity to this text."),
     out: Path = typer.Option(Path("explanation"), "--out", "-o", help="Folder for the arrays, PNGs and JSON."),

@@ -35,7 +35,7 @@ from kaon.models import Model
 def explain(
     model: Any,
     inputs: Any,
-    method: Method = "integrated_gradients",
+    method: Method | None = None,
     target: Target = None,
     *,
     heatmap: bool = False,
@@ -46,7 +46,8 @@ def explain(
     internal_batch_size: int | None = None,
     seed: int = 0,
 ) -> Explanation:
-    """Explain `model`'s outputs on `inputs` with `method`; see the module docstring.
+    """Explain `model`'s outputs on `inputs` with `method`; see the module docstring. `method` None:
+    integrated gradients where kaon has the model's gradients (torch), occlusion where not (ONNX).
 
     `n_steps` is integrated gradients' path length; `baseline` the "absent" input (a number or an
     item-shaped array; text uses [PAD] tokens); `background` a sample of inputs (M, *item) that shap's
@@ -96,7 +97,7 @@ def resolve_model(model: Any, inputs: Any = None) -> TensorAdapter | TextModel |
     )
 
 
-def explain_tensor(adapter: TensorAdapter, inputs: Any, method: str, target: Target, *, heatmap: bool = False,
+def explain_tensor(adapter: TensorAdapter, inputs: Any, method: str | None, target: Target, *, heatmap: bool = False,
                    n_steps: int = 50, baseline: float | np.ndarray = 0.0, background: np.ndarray | None = None,
                    n_samples: int = 200, internal_batch_size: int | None = None, seed: int = 0) -> Explanation:
     """Explain a single-input tensor model (the path /explain serves)."""

@@ -46,9 +46,12 @@ def tensor_methods(has_gradients: bool) -> list[str]:
 
 def check_method(method: object, supported: list[str], model_name: str, why: str) -> str:
     """Return `method` if `supported` has it, else raise an error naming the methods that would work.
+    None is the default: integrated gradients where the model has gradients, else occlusion.
 
     `why` says what the model is (e.g. "runs on onnxruntime, which gives no gradients").
     """
+    if method is None:
+        return "integrated_gradients" if "integrated_gradients" in supported else "occlusion"
     if method in supported:
         return str(method)
     if method in SHAP_METHODS and importlib.util.find_spec("shap") is None:

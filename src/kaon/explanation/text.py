@@ -114,7 +114,7 @@ def _texts(inputs: Any) -> list[str]:
     return texts
 
 
-def explain_text(tm: TextModel, inputs: Any, method: str, target: Target, *, n_steps: int = 50,
+def explain_text(tm: TextModel, inputs: Any, method: str | None, target: Target, *, n_steps: int = 50,
                  internal_batch_size: int | None = None) -> Explanation:
     """Token attributions (N, T) for a text model; see the module docstring."""
     method = check_method(method, list(TEXT_METHODS), tm.name, "is a text model, explained per token")

@@ -1,6 +1,7 @@
 """`POST /explain` on a served model: attributions (and heatmaps) beside `/predict`.
 
-Request: `{"inputs": [...], "method": "integrated_gradients", "target": null, "heatmap": false}`;
+Request: `{"inputs": [...], "method": null, "target": null, "heatmap": false}`; `method` null (or left
+out) is integrated gradients for a model kaon has gradients for, occlusion for the rest (ONNX);
 `target` is null (the predicted class), one class for every input, or one per input. Response: one
 object per input, `{"target", "label", "prediction", "attributions", "heatmap"}` (`heatmap` is a
 base64 PNG when asked for).
@@ -99,7 +100,7 @@ class ExplainQueue:
 
     # queueing --------------------------------------------------------------------------------------
 
-    async def explain(self, inputs: list[np.ndarray], method: str, target: ExplainTarget,
+    async def explain(self, inputs: list[np.ndarray], method: str | None, target: ExplainTarget,
                       heatmap: bool) -> list[dict[str, Any]]:
         method = check_method(method, self.methods, self.model.name, _why_not(self.model))
         if not inputs:

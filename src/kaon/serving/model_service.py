@@ -122,15 +122,16 @@ def model_service(model: Model, version: str | None = None, *, top_k: int = 0,
             rows.insert(index, InvalidInputError(str(error)))
         return rows
 
-    async def explain(self: Any, inputs: list[item], method: ExplainMethod = "integrated_gradients",  # type: ignore[valid-type]
+    async def explain(self: Any, inputs: list[item], method: ExplainMethod | None = None,  # type: ignore[valid-type]
                       target: ExplainTarget = None, heatmap: bool = False) -> list[dict[str, Any]]:
-        """Attributions for each input (see kaon.serving.explain); batched with concurrent requests."""
+        """Attributions for each input (see kaon.serving.explain); batched with concurrent requests.
+        `method` null: integrated gradients for a torch model, occlusion for an ONNX one."""
         arrays = [as_array(x) for x in inputs]
         return await self.explainer.explain(arrays, method, target, heatmap)
 
     # Annotations are strings under `from __future__ import annotations`; give the real types.
     predict.__annotations__ = {"inputs": list[item], "return": list[dict[str, Any]]}  # type: ignore[valid-type]
-    explain.__annotations__ = {"inputs": list[item], "method": ExplainMethod, "target": ExplainTarget,  # type: ignore[valid-type]
+    explain.__annotations__ = {"inputs": list[item], "method": ExplainMethod | None, "target": ExplainTarget,  # type: ignore[valid-type]
                                "heatmap": bool, "return": list[dict[str, Any]]}
 
     def models(self: Any) -> dict[str, Model]:
