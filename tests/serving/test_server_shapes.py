@@ -39,7 +39,17 @@ def shape_models(tmp_path_factory):
                 [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 2])],
                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], [table, axes],
                 folder / "emb.onnx")
-    return {"seq": seq, "emb": emb, "home": str(folder / "home")}
+    # pair.onnx, two inputs as a text model has them: ids [n, seq] int64 and a mask [n, seq] whose name is not a
+    # Python identifier; y [n, 2] = (sum of ids * mask, sum of mask) per row
+    pair = _save([helper.make_node("Cast", ["ids"], ["ids_f"], to=TensorProto.FLOAT),
+                  helper.make_node("Mul", ["ids_f", "attention.mask"], ["kept"]),
+                  helper.make_node("ReduceSum", ["kept", "axes"], ["total"], keepdims=1),
+                  helper.make_node("ReduceSum", ["attention.mask", "axes"], ["count"], keepdims=1),
+                  helper.make_node("Concat", ["total", "count"], ["y"], axis=1)],
+                 [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", "seq"]),
+                  helper.make_tensor_value_info("attention.mask", TensorProto.FLOAT, ["n", "seq"])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])], [axes], folder / "pair.onnx")
+    return {"seq": seq, "emb": emb, "pair": pair, "home": str(folder / "home")}
 
 
 def _concurrently(url: str, bodies: list[dict]) -> list[httpx.Response]:
@@ -113,5 +123,39 @@ def test_an_input_the_model_rejects_fails_alone_with_422(shape_models):
         v2 = httpx.post(server.url + "/v2/models/emb/infer",
                         json={"inputs": [{"name": "ids", "shape": [1, 2], "datatype": "INT64", "data": [1, 50]}]})
         assert v2.status_code == 422 and "idx=50" in v2.json()["error"]
+    finally:
+        server.stop()
+
+
+def test_a_model_with_two_inputs_is_served_on_predict_with_named_inputs(shape_models):
+    server = Server(["serve", shape_models["pair"], "--max-wait-ms", "50"],
+                    env={"KAON_HOME": shape_models["home"]}).wait_ready()
+    try:
+        rng = np.random.default_rng(0)
+        bodies, expected = [], []
+        for length in (3, 5, 3, 7, 5, 3):
+            ids = rng.integers(0, 100, (2, length))
+            mask = (rng.random((2, length)) > 0.3).astype(np.float32)
+            rows = zip(ids.tolist(), mask.tolist(), strict=True)
+            bodies.append({"inputs": [{"ids": i, "attention.mask": m} for i, m in rows]})
+            expected.append(np.stack([(ids * mask).sum(1), mask.sum(1)], axis=1))
+        responses = _concurrently(server.url + "/predict", bodies)
+        assert [r.status_code for r in responses] == [200] * 6, [r.text for r in responses]
+        for response, want in zip(responses, expected, strict=True):
+            np.testing.assert_allclose([row["y"] for row in response.json()], want, rtol=1e-6)
+        passes, inputs = _batches(server, "predict")
+        assert inputs == 12 and passes < 6  # requests of the same length shared forward passes
+
+        missing = httpx.post(server.url + "/predict", json={"inputs": [{"ids": [1, 2]}]})
+        assert missing.status_code == 422 and "attention.mask" in missing.text
+        unknown = httpx.post(server.url + "/predict",
+                             json={"inputs": [{"ids": [1], "attention.mask": [1.0], "token_type_ids": [0]}]})
+        assert unknown.status_code == 422 and "token_type_ids" in unknown.text
+        schema = httpx.get(server.url + "/openapi.json").json()["components"]["schemas"]
+        assert set(schema["PairInputs"]["properties"]) == {"ids", "attention.mask"}
+        v2 = httpx.post(server.url + "/v2/models/pair/infer", json={"inputs": [
+            {"name": "ids", "shape": [1, 2], "datatype": "INT64", "data": [4, 5]},
+            {"name": "attention.mask", "shape": [1, 2], "datatype": "FP32", "data": [1, 0]}]})
+        assert v2.status_code == 200 and v2.json()["outputs"][0]["data"] == [4.0, 1.0]
     finally:
         server.stop()

@@ -87,14 +87,14 @@ def model_service(model: Model, version: str | None = None, *, top_k: int = 0,
     `top_k`: a classifier answers with its k best labels and scores (see rows_to_predictions).
     `decode_on_device` (default: `decodes_on_device(model)`): JPEG bodies are decoded a batch at a time
     where the model runs instead of one by one on the event loop."""
+    class_name = "".join(p[:1].upper() + p[1:] for p in model.name.replace("-", "_").split("_") if p) or "Model"
     if len(model.signature.inputs) != 1:
-        return _multi_input_service(model, version)
+        return _multi_input_service(model, version, top_k, class_name)
     spec = model.signature.inputs[0]
     image = _looks_like_image(spec.shape)
     lazy = image and (decodes_on_device(model) if decode_on_device is None else decode_on_device)
     item = Tensor(spec.shape[1:], spec.dtype, image=image, encoded=lazy)
     labels = model.signature.labels
-    class_name = "".join(p[:1].upper() + p[1:] for p in model.name.replace("-", "_").split("_") if p) or "Model"
 
     def setup(self: Any) -> None:
         self.model = model
@@ -151,14 +151,40 @@ def model_service(model: Model, version: str | None = None, *, top_k: int = 0,
     return type(class_name, (Service,), namespace)
 
 
-def _multi_input_service(model: Model, version: str | None) -> type[Service]:
-    """A model with several inputs is served on the V2 routes only (named tensors)."""
+def _multi_input_service(model: Model, version: str | None, top_k: int, class_name: str) -> type[Service]:
+    """A model with several inputs (token ids and an attention mask, say): `POST /predict` takes
+    `{"inputs": [{"<input name>": item, ...}, ...]}`, one object per example naming every input, and batches
+    them as for one input; the V2 routes take the named tensors."""
+    import pydantic
+
+    specs = model.signature.inputs
+    # an input's name need not be a Python identifier ("input.1", "mask:0"): the JSON key is the alias
+    fields: dict[str, Any] = {f"input_{i}": (Tensor(s.shape[1:], s.dtype), pydantic.Field(alias=s.name))
+                              for i, s in enumerate(specs)}
+    item = pydantic.create_model(f"{class_name}Inputs", __config__=pydantic.ConfigDict(extra="forbid"),
+                                 **fields)
+    keys = list(fields)
+    labels = model.signature.labels
 
     def setup(self: Any) -> None:
         self.model = model
 
+    def predict(self: Any, inputs: list[item]) -> list[dict[str, Any]]:  # type: ignore[valid-type]
+        arrays = [[getattr(x, k) for k in keys] for x in inputs]
+
+        def run(same: list[list[np.ndarray]]) -> list[dict[str, Any]]:
+            batch = {s.name: np.stack([row[i] for row in same]) for i, s in enumerate(specs)}
+            return rows_to_predictions(self.model.run(batch), labels, top_k)
+
+        return run_by_shape(arrays, [tuple(a.shape for a in row) for row in arrays], run)
+
+    predict.__annotations__ = {"inputs": list[item], "return": list[dict[str, Any]]}  # type: ignore[valid-type]
+
     def models(self: Any) -> dict[str, Model]:
         return {model.name: model}
 
-    return type("ModelService", (Service,), {"name": model.name, "setup": setup, "models": property(models),
-                                             "model_version": version})
+    return type(class_name, (Service,), {
+        "name": class_name, "setup": setup, "predict": endpoint(predict), "models": property(models),
+        "model_version": version,
+        "__doc__": f"Serves the {model.framework} model '{model.name}' ({len(specs)} inputs).",
+    })
