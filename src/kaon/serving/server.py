@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -39,7 +40,8 @@ def banner(app: KaonApp, config: ServeConfig) -> str:
     lines += [monitoring, ""] if monitoring else [""]
     # the example: /predict when there is one (a model's main route), else the first endpoint
     first = next((spec for spec in app.specs if spec.path == "/predict"), app.specs[0] if app.specs else None)
-    example = _example_value(first) if first is not None else ""
+    value = _example_value(first) if first is not None else None
+    example = json.dumps(value)  # for curl; the Python line writes it as a Python literal
     if first is not None and first.item_type is not None and is_image_type(first.item_type) and len(example) > 400:
         # a big image: a picture's bytes, not a page of zeros as nested arrays
         lines += [
@@ -53,17 +55,17 @@ def banner(app: KaonApp, config: ServeConfig) -> str:
             "Try it:",
             f"  curl -s -X POST {base}{first.path} -H 'content-type: application/json' "
             f"-d '{{\"{field}\": {example}}}'",
-            f"  python -c \"import kaon; print(kaon.Client('{base}').{call}{field}={example}))\"",
+            f"  python -c \"import kaon; print(kaon.Client('{base}').{call}{field}={value!r}))\"",
         ]
     lines.append("Press Ctrl-C to stop.")
     return "\n".join(lines)
 
 
-def _example_value(spec: Any) -> str:
+def _example_value(spec: Any) -> Any:
     schema = spec.request_model.model_json_schema()
     field = next(iter(spec.params))
     prop = schema.get("properties", {}).get(field, {})
-    return str(_zeros(prop, schema.get("$defs", {}), depth=0))
+    return _zeros(prop, schema.get("$defs", {}), depth=0)
 
 
 def _zeros(schema: dict[str, Any], defs: dict[str, Any], depth: int) -> Any:
