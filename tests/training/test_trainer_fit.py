@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from kaon.errors import ConfigError
+from kaon.errors import ConfigError, InvalidInputError
 from kaon.training import Callback, History, Trainer
 from kaon.training.metrics import TopKAccuracy
 
@@ -42,6 +42,33 @@ def test_validation_values_equal_evaluate_on_the_same_data(small):
     scores = trainer.evaluate(x_test, y_test, batch_size=32)
     assert scores["loss"] == pytest.approx(history.history["val_loss"][-1], rel=1e-5)
     assert scores["accuracy"] == pytest.approx(history.history["val_accuracy"][-1])
+
+
+def test_validation_split_holds_out_the_last_fraction_as_keras_does(small):
+    x_train, y_train, _, _ = small
+    split = Trainer(make_model(), seed=0, track=False)
+    history = split.fit(x_train, y_train, epochs=2, validation_split=0.25, verbose=False)
+    explicit = Trainer(make_model(), seed=0, track=False)
+    expected = explicit.fit(x_train[:300], y_train[:300], epochs=2, validation_data=(x_train[300:], y_train[300:]),
+                            verbose=False)
+    assert history.params["num_samples"] == 300
+    assert history.history == expected.history  # the same 300 trained on, the same 100 validated on
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"validation_split": 1.5}, "between 0 and 1"),
+    ({"validation_split": 0.001}, "no validation samples"),
+    ({"validation_split": 0.2, "validation_data": "set"}, "not both"),
+])
+def test_bad_validation_splits_are_clear_errors(small, kwargs, words):
+    x_train, y_train, x_test, y_test = small
+    if kwargs.get("validation_data") == "set":
+        kwargs["validation_data"] = (x_test, y_test)
+    with pytest.raises(InvalidInputError, match=words):
+        Trainer(make_model(), track=False).fit(x_train, y_train, epochs=1, verbose=False, **kwargs)
+    loader = DataLoader(TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)), batch_size=32)
+    with pytest.raises(InvalidInputError, match="validation_data="):
+        Trainer(make_model(), track=False).fit(loader, epochs=1, validation_split=0.2, verbose=False)
 
 
 def test_evaluate_returns_floats_and_predict_returns_one_row_per_sample(small):

@@ -6,6 +6,7 @@ no DataLoader, no collate, no per-sample Python. Datasets and DataLoaders are it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -163,6 +164,34 @@ def make_batches(x: Any, y: Any, *, batch_size: int, shuffle: bool, device: torc
     elif device.type == "cuda":
         x_t, y_t = x_t.pin_memory(), None if y_t is None else y_t.pin_memory()
     return ArrayBatches(x_t, y_t, batch_size=batch_size, shuffle=shuffle, generator=generator, device=device)
+
+
+def split_validation(x: Any, y: Any, fraction: Any) -> tuple[Any, Any, tuple[Any, Any]]:
+    """(x_train, y_train, (x_val, y_val)): the last `fraction` of the samples held out, as Keras'
+    validation_split does (before any shuffling: shuffle arrays sorted by class first)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
+        raise InvalidInputError(
+            f"validation_split is the fraction of the samples held out for validation, a number between 0 and 1 "
+            f"(0.2 holds out the last 20%). Received: validation_split={fraction!r}")
+    if isinstance(x, DataLoader | Dataset) or y is None:
+        raise InvalidInputError(
+            f"validation_split splits arrays (x, y); a {type(x).__name__} cannot be split here. Pass "
+            f"validation_data=(x_val, y_val), a Dataset or a DataLoader instead.")
+    if not hasattr(x, "__getitem__") or isinstance(x, list | tuple):
+        x = np.asarray(x)
+    if not hasattr(y, "__getitem__") or isinstance(y, list | tuple):
+        y = np.asarray(y)
+    count = len(x)
+    if len(y) != count:
+        raise InvalidInputError(
+            f"x and y must have the same number of samples. Received: len(x)={count}, len(y)={len(y)}. "
+            "Check that both come from the same split, in the same order.")
+    keep = math.ceil(count * (1 - fraction))
+    if keep == 0 or keep == count:
+        raise InvalidInputError(
+            f"validation_split={fraction} of {count} samples leaves {'no training' if keep == 0 else 'no validation'} "
+            f"samples. Use a split that holds out at least one sample and keeps at least one.")
+    return x[:keep], y[:keep], (x[keep:], y[keep:])
 
 
 def validation_pair(data: Any) -> tuple[Any, Any]:

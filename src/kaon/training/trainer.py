@@ -29,7 +29,7 @@ from torch import nn
 from kaon.errors import ConfigError, InvalidInputError, KaonError
 from kaon.training import _catalog, _diagnose
 from kaon.training._callback_list import CallbackList, check_callbacks
-from kaon.training._data import Batches, LoaderBatches, make_batches, validation_pair
+from kaon.training._data import Batches, LoaderBatches, make_batches, split_validation, validation_pair
 from kaon.training._logs import LiveLogs, LossMean
 from kaon.training._progress import make_progress
 from kaon.training._tracking import RunTracker, run_params, run_summary
@@ -152,17 +152,25 @@ class Trainer:
     # ---- public entry points -------------------------------------------------------------------
 
     def fit(self, x: Any, y: Any = None, *, epochs: int = 1, batch_size: int = 32,
-            validation_data: Any = None, callbacks: Sequence[Callback] = (), shuffle: bool = True,
-            verbose: bool | None = None) -> History:
+            validation_data: Any = None, validation_split: float | None = None,
+            callbacks: Sequence[Callback] = (), shuffle: bool = True, verbose: bool | None = None) -> History:
         """Train for `epochs` passes over (x, y), a Dataset or a DataLoader; return the History.
 
         `validation_data` ((x, y), a Dataset or a DataLoader) is evaluated after each epoch into
-        val_* values. `shuffle` applies to arrays and Datasets; a DataLoader keeps its own sampler.
+        val_* values; or `validation_split` (arrays only) holds out the last fraction of (x, y) for it,
+        as Keras does (taken before shuffling). `shuffle` applies to arrays and Datasets; a DataLoader
+        keeps its own sampler.
         `verbose`: None or True prints a live bar on a terminal and a line per epoch elsewhere;
         False prints nothing. On an error the exception carries the History so far as `.history`.
         """
         _check_count("epochs", epochs)
         _check_count("batch_size", batch_size)
+        if validation_split is not None:
+            if validation_data is not None:
+                raise InvalidInputError(
+                    "pass validation_data or validation_split, not both: validation_split holds out part of x "
+                    "for validation, validation_data is a separate set.")
+            x, y, validation_data = split_validation(x, y, validation_split)
         if self.backend != "local":
             return fit_distributed(self, x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
                                    callbacks=callbacks, shuffle=shuffle, verbose=verbose)
