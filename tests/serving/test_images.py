@@ -198,6 +198,19 @@ def test_top_k_rows_are_sorted_and_labelled():
     assert full[0]["label"] == 3 and len(full[0]["probs"]) == 4
 
 
+@pytest.mark.parametrize("name, shape, labels, labelled", [
+    ("logits", (2, 4), None, True), ("output_0", (2, 4), None, True), ("probabilities", (2, 4), None, True),
+    ("sentence_embedding", (2, 4), None, False), ("last_hidden_state", (2, 4), None, False),
+    ("pooler_output", (2, 4), None, False), ("boxes", (2, 4), None, False), ("regression", (2, 3), None, False),
+    ("y", (2, 1), None, False), ("y", (2,), None, False),
+    ("features", (2, 4), ["a", "b", "c", "d"], True),  # class names win over the output's name
+])
+def test_only_class_scores_get_a_label(name, shape, labels, labelled):
+    outputs = {name: np.arange(np.prod(shape), dtype=np.float32).reshape(shape)}
+    rows = rows_to_predictions(outputs, labels)
+    assert ("label" in rows[0]) is labelled and len(rows) == 2
+
+
 SERVICE = textwrap.dedent('''
     import kaon
     from kaon.serving.images import EncodedImage, decode_batch

@@ -25,14 +25,26 @@ def _looks_like_image(shape: tuple[int, ...]) -> bool:
     return (shape[1] in (1, 3) and min(shape[2:]) >= 8) or (shape[3] in (1, 3) and min(shape[1:3]) >= 8)
 
 
+# Output names that say "not class scores": such a model gets no 'label' (an argmax of an embedding is noise)
+_NOT_CLASS_SCORES = ("embed", "hidden", "pool", "feature", "encod", "latent", "vector", "regress", "box", "coord")
+
+
+def is_classifier(name: str, array: np.ndarray, labels: list[str] | None) -> bool:
+    """Whether one output reads as class scores: (N, classes > 1), and its model has class names or its name
+    does not say it is something else (an embedding, hidden state, box or regression output)."""
+    if array.ndim != 2 or array.shape[1] < 2:
+        return False
+    return bool(labels) or not any(word in name.lower() for word in _NOT_CLASS_SCORES)
+
+
 def rows_to_predictions(outputs: dict[str, np.ndarray], labels: list[str] | None,
                         top_k: int = 0) -> list[dict[str, Any]]:
-    """Split batched outputs into one JSON-ready dict per input; classifiers also get a 'label'.
-    With `top_k` > 0 a classifier's row is `{"label", "top_k": [{"label", "score"}, ...]}` instead of
+    """Split batched outputs into one JSON-ready dict per input; classifiers (`is_classifier`) also get a
+    'label'. With `top_k` > 0 a classifier's row is `{"label", "top_k": [{"label", "score"}, ...]}` instead of
     every class's score: 1,000 ImageNet scores cost more to write as JSON than the model takes to run."""
     names = list(outputs)
     count = len(outputs[names[0]])
-    classify = len(names) == 1 and outputs[names[0]].ndim == 2 and outputs[names[0]].shape[1] > 1
+    classify = len(names) == 1 and is_classifier(names[0], outputs[names[0]], labels)
 
     def label(index: int) -> Any:
         return labels[index] if labels and index < len(labels) else index
