@@ -173,6 +173,10 @@ def test_v2_routes_and_errors(onnx_server):
     assert httpx.get(url + "/v2/models/digits/versions/1/ready").status_code == 200
     missing = httpx.get(url + "/v2/models/nope")
     assert missing.status_code == 404 and "digits" in missing.json()["error"]
+    rows = 4097  # onnx_server runs with --max-queue 4096
+    too_many = httpx.post(url + "/v2/models/digits/infer", json={"inputs": [
+        {"name": "image", "shape": [rows, 1, 8, 8], "datatype": "FP32", "data": [0.0] * (rows * 64)}]})
+    assert too_many.status_code == 413 and "Split it" in too_many.json()["error"]
     wrong = httpx.post(url + "/v2/models/digits/infer",
                        json={"inputs": [{"name": "image", "shape": [1, 8, 8], "datatype": "FP32", "data": [0] * 64}]})
     assert wrong.status_code == 422 and "expected shape (N, 1, 8, 8)" in wrong.json()["error"]

@@ -113,6 +113,12 @@ def test_full_queue_is_503_with_retry_after(toy_server):
     assert "max_queue=3" in overloaded[0].json()["error"]["message"]
 
 
+def test_more_inputs_in_one_request_than_the_queue_holds_is_413_not_a_retry(toy_server):
+    response = httpx.post(toy_server.url + "/double", json={"values": [1, 2, 3, 4]})  # --max-queue 3
+    assert response.status_code == 413 and "Split it" in response.json()["error"]["message"]
+    assert "retry-after" not in response.headers
+
+
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(service_file):
     server = Server(["serve", f"{service_file}:Toy", "--timeout-s", "10"]).wait_ready()
     result: dict[str, object] = {}

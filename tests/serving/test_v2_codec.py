@@ -78,3 +78,25 @@ def test_malformed_v2_fields_are_4xx_errors_never_crashes(body, words):
     """Found by schemathesis once the infer route was in /openapi.json: a dict as datatype was a 500."""
     with pytest.raises((MalformedRequestError, InvalidInputError), match=words):
         decode_infer_request(orjson.dumps(body), None)
+
+
+@pytest.mark.parametrize("datatype, data, words", [
+    ("UINT8", [300, 1], "within uint8's range"),  # was an OverflowError: a 500
+    ("FP32", [None, 1.0], "finite numbers"),  # was NaN in, null out, 200
+    ("FP32", [1e300, 1.0], "finite numbers"),  # inf in float32
+    ("INT64", [1.5, 2], "numbers with a fraction"),  # was truncated to 1
+    ("BOOL", [2, 0], "booleans"),
+    ("FP32", ["a", "b"], "non-numeric"),
+])
+def test_json_data_is_checked_as_predict_checks_it(datatype, data, words):
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": [2], "datatype": datatype, "data": data}]})
+    with pytest.raises(InvalidInputError, match=words):
+        decode_infer_request(body, None)
+
+
+def test_whole_floats_are_integers_and_an_input_given_twice_is_refused():
+    ok = orjson.dumps({"inputs": [{"name": "x", "shape": [2], "datatype": "INT64", "data": [2.0, 3]}]})
+    assert decode_infer_request(ok, None).inputs["x"].tolist() == [2, 3]
+    tensor = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}
+    with pytest.raises(InvalidInputError, match="given twice"):
+        decode_infer_request(orjson.dumps({"inputs": [tensor, tensor]}), None)

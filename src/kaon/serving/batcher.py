@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from kaon.errors import KaonError, OverloadedError
+from kaon.errors import KaonError, OverloadedError, PayloadTooLargeError
 
 # A handler whose batches take less than this on average runs on the event loop itself: handing a
 # 100 us batch to a worker thread costs more than the batch (measured: ~10% of CPU at c64).
@@ -177,7 +177,12 @@ class Batcher:
         self.num_arriving = max(0, self.num_arriving - 1)
 
     def submit(self, items: list[Any]) -> asyncio.Future[list[Any]]:
-        """Queue one request's items; the future resolves to its results. Full queue: OverloadedError."""
+        """Queue one request's items; the future resolves to its results. Full queue: OverloadedError (503,
+        retry); more items in one request than the queue holds: PayloadTooLargeError (413, a retry cannot help)."""
+        if len(items) > self.max_queue:
+            raise PayloadTooLargeError(
+                f"the request has {len(items)} inputs; endpoint '{self.name}' accepts at most {self.max_queue} per "
+                f"request (--max-queue). Split it into smaller requests.")
         if self._num_queued_items + len(items) > self.max_queue:
             raise OverloadedError(
                 f"endpoint '{self.name}' has {self._num_queued_items} items queued (max_queue={self.max_queue}). "

@@ -39,8 +39,6 @@ def _array_validator(shape: tuple[int, ...], dtype: str, image: bool, encoded: b
     # an image item is (C, H, W), or (H, W, C) as Keras models take it
     channels_last = image and want[0] not in (1, 3) and want[-1] in (1, 3)
 
-    integers = np.dtype(dtype).kind in "iu"
-
     def matches(got: tuple[int, ...]) -> bool:
         return len(got) == len(want) and all(w in (-1, g) for w, g in zip(want, got, strict=True))
 
@@ -61,20 +59,10 @@ def _array_validator(shape: tuple[int, ...], dtype: str, image: bool, encoded: b
                 return decode_image_bytes(raw, want[2], (want[0], want[1])).transpose(1, 2, 0)
             return decode_image_bytes(raw, want[0], (want[1], want[2]))
         else:
-            try:
-                array = np.asarray(value, dtype=None if integers else dtype)
-            except (ValueError, TypeError, OverflowError) as exc:
-                raise ValueError(
-                    f"expected a nested array of numbers with shape {list(want)}. Received: a ragged or "
-                    f"non-numeric value ({exc})."
-                ) from exc
-            if integers:
-                array = _as_integers(array, np.dtype(dtype))
+            array = numbers_to_array(value, np.dtype(dtype), f"a nested array of numbers with shape {list(want)}")
         if array.dtype != np.dtype(dtype):
             array = array.astype(dtype)
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise ValueError(f"expected finite numbers ({dtype}). Received: NaN, infinity, or a value too large "
-                             f"for {dtype}.")
+        _check_finite(array)
         got = tuple(array.shape)
         if matches(got):
             return array
@@ -105,6 +93,31 @@ def _array_schema(shape: tuple[int, ...], dtype: str, image: bool) -> dict[str, 
         return {"anyOf": [schema, {"type": "string", "contentEncoding": "base64",
                                    "description": "a PNG or JPEG image, base64-encoded"}]}
     return schema
+
+
+def numbers_to_array(value: Any, dtype: np.dtype, expected: str) -> np.ndarray:
+    """JSON numbers (nested lists) as an array of `dtype`, or ValueError saying what is wrong: ragged or
+    non-numeric values, null/NaN/infinity or a value too large for a float dtype, a fraction or an out-of-range
+    value for an integer dtype. `expected` names the shape wanted, for the message."""
+    integers = dtype.kind in "iu"
+    try:
+        array = np.asarray(value, dtype=None if integers or dtype.kind == "b" else dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ValueError(f"expected {expected}. Received: a ragged or non-numeric value ({exc}).") from exc
+    if integers:
+        return _as_integers(array, dtype)
+    if dtype.kind == "b":
+        if array.dtype.kind != "b" and not (array.dtype.kind in "iu" and np.isin(array, (0, 1)).all()):
+            raise ValueError(f"expected booleans (true/false, or 0/1). Received: {array.dtype} values.")
+        return array.astype(bool, copy=False)
+    _check_finite(array)
+    return array
+
+
+def _check_finite(array: np.ndarray) -> None:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(f"expected finite numbers ({array.dtype}). Received: null, NaN, infinity, or a value too "
+                         f"large for {array.dtype}.")
 
 
 def _as_integers(array: np.ndarray, dtype: np.dtype) -> np.ndarray:

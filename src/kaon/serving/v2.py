@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from kaon.errors import InvalidInputError, MalformedRequestError
+from kaon.errors import InvalidInputError, MalformedRequestError, PayloadTooLargeError
+from kaon.serving.tensors import numbers_to_array
 from kaon.types import NUMPY_TO_V2, V2_DATATYPES, Signature
 
 
@@ -53,6 +54,8 @@ def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest
     offset = 0
     for tensor in request["inputs"]:
         array, used = _decode_tensor(tensor, binary, offset)
+        if tensor["name"] in inputs:
+            raise InvalidInputError(f"input '{tensor['name']}' is given twice. Send each input once.")
         inputs[tensor["name"]] = array
         offset += used
     if offset != len(binary):
@@ -121,9 +124,9 @@ def _decode_tensor(tensor: Any, binary: memoryview, offset: int) -> tuple[np.nda
     if "data" not in tensor:
         raise MalformedRequestError(f"input '{name}' has neither 'data' nor parameters.binary_data_size.")
     try:
-        array = np.asarray(tensor["data"], dtype=dtype)
-    except (ValueError, TypeError) as exc:
-        raise InvalidInputError(f"input '{name}': data is not a list of {datatype} numbers ({exc}).") from exc
+        array = numbers_to_array(tensor["data"], dtype, f"a list of {datatype} values")
+    except ValueError as exc:
+        raise InvalidInputError(f"input '{name}': {exc}") from exc
     if array.size != count:
         raise InvalidInputError(
             f"input '{name}': shape {shape} needs {count} values. Received: {array.size} values."
@@ -247,6 +250,7 @@ class V2Routes:
         self.models = models
         self.version = str(version) if version is not None else "1"
         self.max_batch_size, self.max_wait_ms = config.max_batch_size, config.max_wait_ms
+        self.max_rows = config.max_queue  # rows per infer request, as /predict takes at most max_queue inputs
         self.batchers: dict[str, Batcher] = {}
         self.deadlines: dict[str, Deadlines] = {}
         self.stats = {name: ModelStats() for name in models}
@@ -347,6 +351,10 @@ class V2Routes:
         sizes = {len(v) for v in inputs.values()}
         if len(sizes) > 1:
             raise InvalidInputError(f"all inputs must have the same batch size. Received: {sorted(sizes)}.")
+        if sizes and max(sizes) > self.max_rows:
+            raise PayloadTooLargeError(
+                f"the request has {max(sizes)} rows; at most {self.max_rows} are accepted per request (--max-queue). "
+                f"Split it into smaller requests.")
         submitted = time.perf_counter_ns()
         future = self.batchers[name].submit([inputs])
         self.deadlines[name].add(future)  # a 504 after --timeout-s, as on the endpoints
