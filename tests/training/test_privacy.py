@@ -99,3 +99,17 @@ def test_cached_epsilon_equals_opacus_accountant(small):
             private.engine.accountant.step(noise_multiplier=private.noise_multiplier, sample_rate=1 / 8)
         assert private.epsilon() == pytest.approx(private.engine.get_epsilon(1e-5), rel=1e-9)
     private.close()
+
+
+def test_a_second_private_fit_on_the_same_model_reports_the_total_spent(small):
+    """Privacy loss adds up: a second fit on the same model said epsilon 2.0 again, as if nothing was spent."""
+    x_train, y_train, _, _ = small
+    model = make_model()
+    first = Trainer(model, seed=0, privacy=DifferentialPrivacy(2.0), track=False).fit(
+        x_train, y_train, epochs=2, batch_size=50, verbose=False)
+    with pytest.warns(RuntimeWarning, match="already spent epsilon="):
+        second = Trainer(model, seed=0, privacy=DifferentialPrivacy(2.0), track=False).fit(
+            x_train, y_train, epochs=2, batch_size=50, verbose=False)
+    assert first.epsilon is not None and second.epsilon is not None
+    assert first.epsilon <= 2.0 < second.epsilon
+    assert second.history["epsilon"][0] > first.epsilon  # counted from what the first fit spent

@@ -62,8 +62,14 @@ def quiet_opacus() -> Iterator[None]:
         yield
 
 
+# Where a model keeps the privacy its earlier private fits spent: (noise multiplier, sample rate, steps) per
+# run of steps, as Opacus's accountant records them. Privacy loss adds up over fits on the same model.
+SPENT_ATTRIBUTE = "_kaon_privacy_spent"
+
+
 class PrivateTraining:
-    """The Opacus objects of one private fit: optimizer, loss and loader, plus the accountant."""
+    """The Opacus objects of one private fit: optimizer, loss and loader, plus the accountant. Epsilon counts
+    this model's earlier private fits too (kept on the model), so a second fit reports the total spent."""
 
     def __init__(self, config: DifferentialPrivacy, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                  loss_fn: Any, loader: DataLoader, epochs: int) -> None:
@@ -102,6 +108,14 @@ class PrivateTraining:
             self.loss_fn = loss_fn
         self.noise_multiplier = float(self.optimizer.noise_multiplier)
         self._rdp_per_step: dict[tuple[float, float], Any] = {}
+        self.model = model
+        self.prior: list[tuple[float, float, int]] = list(getattr(model, SPENT_ATTRIBUTE, []))
+        if self.prior:
+            spent = self.epsilon()
+            warnings.warn(
+                f"this model already spent epsilon={spent:.2f} in earlier private fits; privacy loss adds up, so "
+                f"the epsilon reported for this fit counts those too and will exceed target_epsilon="
+                f"{config.target_epsilon:g}. Train a fresh model to start a new budget.", RuntimeWarning, stacklevel=4)
 
     def epsilon(self) -> float:
         """Epsilon spent so far, as Opacus's RDP accountant computes it, but cheap to call every epoch.
@@ -112,12 +126,13 @@ class PrivateTraining:
         from opacus.accountants.analysis import rdp as analysis
 
         accountant = self.engine.accountant
-        if not accountant.history:
+        history = [*getattr(self, "prior", []), *accountant.history]
+        if not history:
             return 0.0
         alphas = accountant.DEFAULT_ALPHAS
         total: Any = 0.0
         with quiet_opacus():
-            for noise_multiplier, sample_rate, steps in accountant.history:
+            for noise_multiplier, sample_rate, steps in history:
                 key = (noise_multiplier, sample_rate)
                 if key not in self._rdp_per_step:
                     self._rdp_per_step[key] = analysis.compute_rdp(
@@ -127,7 +142,9 @@ class PrivateTraining:
         return float(epsilon)
 
     def close(self) -> None:
-        """Detach Opacus's hooks so the model predicts and trains as a plain module again."""
+        """Detach Opacus's hooks so the model predicts and trains as a plain module again; the model keeps what
+        this fit spent, for the next private fit's epsilon."""
+        setattr(self.model, SPENT_ATTRIBUTE, [*self.prior, *self.engine.accountant.history])
         cleanup = getattr(self.hooks, "cleanup", None) or getattr(self.hooks, "remove_hooks", None)
         if cleanup is not None:
             cleanup()
