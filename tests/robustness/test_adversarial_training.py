@@ -38,3 +38,31 @@ def test_adversarial_must_have_perturb_and_excludes_privacy():
         Trainer(DigitsCNN(), adversarial=object(), track=False)
     with pytest.raises(ConfigError, match="cannot be combined with privacy"):
         Trainer(DigitsCNN(), adversarial=kaon.PGD(0.1), privacy=DifferentialPrivacy(target_epsilon=8), track=False)
+
+
+def test_adversarial_examples_of_standardized_data_stay_within_epsilon():
+    """kaon's attacks clip to [0, 1] by default: on standardized data every input was clamped into [0, 1],
+    up to 3.7 away from itself with epsilon=0.1. The Trainer widens the range to the data's."""
+    from kaon.training.trainer import _within_data_range
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 5) * 2
+    y = torch.randint(0, 3, (64,))
+    model = torch.nn.Linear(5, 3)
+    for attack in (kaon.PGD(0.1, steps=3, seed=0), kaon.FGSM(0.1)):
+        adversary = _within_data_range(attack, x)
+        adv = adversary.perturb(model, x, y, F.cross_entropy)
+        assert float((adv - x).abs().max()) <= 0.1 + 1e-6
+        assert adversary.clip_min <= float(x.min()) and adversary.clip_max >= float(x.max())
+    pixels = torch.rand(8, 5)
+    assert _within_data_range(kaon.FGSM(0.1), pixels) == kaon.FGSM(0.1)  # data in [0, 1]: as given
+    seen = []
+
+    class Recording(Trainer):
+        def train_step(self, batch):
+            seen.append(_within_data_range(self.adversarial, batch[0]))
+            return super().train_step(batch)
+
+    Recording(torch.nn.Linear(5, 3), adversarial=kaon.FGSM(0.1), track=False).fit(
+        x.numpy(), y.numpy(), epochs=1, batch_size=64, verbose=False)
+    assert seen and seen[0].clip_min < 0

@@ -16,6 +16,7 @@ compute_loss and compute_metrics; or write your own loop around the same model.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -114,7 +115,7 @@ class Trainer:
             return self.logs_
         if self.adversarial is not None:
             # Clean and adversarial examples side by side: keeps clean accuracy, costs one more forward pass.
-            x_adv = self.adversarial.perturb(self.model, x, y, self.compute_loss)
+            x_adv = _within_data_range(self.adversarial, x).perturb(self.model, x, y, self.compute_loss)
             x, y = torch.cat([x, x_adv]), torch.cat([y, y])
         with self._autocast():
             y_pred = self._forward(x)
@@ -448,6 +449,19 @@ class Adversary(Protocol):
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor: ...
+
+
+def _within_data_range(adversary: Adversary, x: torch.Tensor) -> Adversary:
+    """The attack with its clip range widened to cover `x`: kaon's attacks clip to [0, 1] (pixels) by default,
+    which on standardized data would move every input far more than epsilon (as kaon.audit does, the range is
+    [min(0, x.min()), max(1, x.max())])."""
+    low, high = getattr(adversary, "clip_min", None), getattr(adversary, "clip_max", None)
+    if low is None or high is None or not dataclasses.is_dataclass(adversary) or x.numel() == 0:
+        return adversary
+    x_low, x_high = float(x.min()), float(x.max())
+    if x_low >= low and x_high <= high:
+        return adversary
+    return dataclasses.replace(adversary, clip_min=min(low, x_low), clip_max=max(high, x_high))  # type: ignore[type-var]
 
 
 def _check_adversary(adversarial: object, privacy: object) -> None:
