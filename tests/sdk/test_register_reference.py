@@ -56,3 +56,21 @@ def test_bad_reference_data_is_refused_before_any_version_is_written(reference_d
         kaon.register(small_net(), "lin", input_example=images(2), reference_data=reference_data)
     with Registry() as registry, pytest.raises(NotFoundError):
         registry.list_versions("lin")
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    ({"aliases": ["prod uction"]}, r"alias must be"),  # wrote m@1, then refused: each retry added a version
+    ({"aliases": ["latest"]}, r"kept by the registry"),
+    ({"labels": ["a", "b"]}, r"labels names 2 classes but the model's output .* has 10 columns"),
+])
+def test_a_bad_alias_or_label_list_is_refused_before_any_version_is_written(kwargs, expected):
+    from kaon.errors import NotFoundError
+    from kaon.registry import Registry
+
+    for _ in range(2):
+        with pytest.raises(InvalidInputError, match=expected):
+            kaon.register(small_net(), "strays", input_example=images(2), **kwargs)
+    with Registry() as registry, pytest.raises(NotFoundError):
+        registry.list_versions("strays")
+    assert kaon.register(small_net(), "strays", input_example=images(2), labels=[str(i) for i in range(10)],
+                         aliases=["production"]).version == 1

@@ -37,6 +37,17 @@ def check_alias(value: object) -> str:
     return alias
 
 
+def check_settable_alias(value: object) -> str:
+    """An alias a user may point: `check_alias`, and not 'latest', which the registry keeps."""
+    alias = check_alias(value)
+    if alias == LATEST:
+        raise InvalidInputError(
+            "alias 'latest' is kept by the registry: it always points at the newest version. "
+            f"Received: alias={alias!r}. Use another alias, e.g. 'production'."
+        )
+    return alias
+
+
 def parse_ref(ref: str) -> tuple[str, str | None]:
     """Split 'name@selector' into (name, selector); a bare name gives (name, None).
 

@@ -57,7 +57,7 @@ from kaon.registry._schema import (
 from kaon.registry._validation import check_limit, check_run_id, check_text, check_version, to_float, to_json
 from kaon.registry.artifacts import ArtifactStore, check_filename, check_source_file
 from kaon.registry.records import ModelVersionRecord, RunRecord
-from kaon.registry.refs import LATEST, check_alias, check_name, parse_ref
+from kaon.registry.refs import LATEST, check_name, check_settable_alias, parse_ref
 
 if TYPE_CHECKING:
     from kaon.registry.tokens import TokenStore
@@ -312,12 +312,7 @@ class Registry:
     def set_alias(self, name: str, alias: str, version: int) -> None:
         """Point `name@alias` at `version` (creating the alias or moving it)."""
         check_name(name)
-        check_alias(alias)
-        if alias == LATEST:
-            raise InvalidInputError(
-                "alias 'latest' is kept by the registry: it always points at the newest version. "
-                f"Received: alias={alias!r}. Use another alias, e.g. 'production'."
-            )
+        check_settable_alias(alias)
         version = check_version(version)
         with self._writing() as session:
             require_version(session, name, version)

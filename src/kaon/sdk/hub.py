@@ -59,7 +59,11 @@ def register(model: Any, name: str, *, input_example: Any = None, signature: Any
     {'model.pt2': '3f1c...', 'reference.npz': '9a0b...'}
     """
     from kaon.registry import Registry
+    from kaon.registry.refs import check_name, check_settable_alias
 
+    check_name(name)  # everything a user can get wrong is checked before a version is written
+    for alias in aliases or []:
+        check_settable_alias(alias)
     x_reference = check_reference_data(reference_data) if reference_data is not None else None
     reg = registry or Registry()
     with tempfile.TemporaryDirectory(prefix="kaon-register-") as tmp:
@@ -69,6 +73,7 @@ def register(model: Any, name: str, *, input_example: Any = None, signature: Any
         if not isinstance(sig_dict, dict):
             raise InvalidInputError(
                 f"signature must be a kaon.types.Signature or a dict. Received: {type(sig).__name__}")
+        _check_labels(labels if labels is not None else sig_dict.get("labels"), sig_dict)
         loaded = _check_loads(saved.files, saved.framework)
         files = dict(saved.files)
         if x_reference is not None:
@@ -84,6 +89,20 @@ def register(model: Any, name: str, *, input_example: Any = None, signature: Any
     for alias in aliases or []:
         reg.set_alias(name, alias, version.version)
     return reg.get_version(version.ref)
+
+
+def _check_labels(labels: list[str] | None, signature: dict[str, Any]) -> None:
+    """Class names, one per column of the first output (two for a binary model's one logit)."""
+    outputs = signature.get("outputs") or []
+    if not labels or not outputs:
+        return
+    shape = list(outputs[0].get("shape") or [])
+    columns = shape[1] if len(shape) == 2 else None
+    if columns is None or columns < 1 or len(labels) == columns or (columns == 1 and len(labels) == 2):
+        return
+    raise InvalidInputError(
+        f"labels names {len(labels)} classes but the model's output '{outputs[0].get('name')}' has {columns} "
+        f"columns (shape {shape}). Received: labels={list(labels)[:12]}. Pass one label per output column.")
 
 
 def check_reference_data(x: Any) -> np.ndarray:
