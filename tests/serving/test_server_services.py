@@ -44,6 +44,18 @@ SERVICE = textwrap.dedent('''
         def slow(self, seconds: list[float]) -> list[float]:
             time.sleep(seconds[0])
             return seconds
+
+        @kaon.endpoint
+        def own_validation(self, value: float) -> Echo:
+            return Echo(value=value, doubled="not a number")  # the endpoint's bug, not the request's
+
+        @kaon.endpoint
+        def as_dict(self, value: float) -> Echo:
+            return {"value": value, "doubled": 2 * value}  # a dict for a declared model: fine, as in FastAPI
+
+        @kaon.endpoint
+        def wrong_return(self, value: float) -> Echo:
+            return {"value": "high", "doubled": 0}
 ''')
 
 
@@ -111,6 +123,14 @@ def test_full_queue_is_503_with_retry_after(toy_server):
     assert overloaded and 200 in statuses, statuses
     assert overloaded[0].headers["retry-after"] == "1"
     assert "max_queue=3" in overloaded[0].json()["error"]["message"]
+
+
+def test_the_endpoints_own_mistakes_are_500s_and_a_dict_for_a_model_is_validated(toy_server):
+    own = httpx.post(toy_server.url + "/own_validation", json={"value": 1})
+    assert own.status_code == 500 and "doubled" not in own.text  # was a 422 blaming the request's 'doubled'
+    assert httpx.post(toy_server.url + "/as_dict", json={"value": 1.5}).json() == {"value": 1.5, "doubled": 3.0}
+    wrong = httpx.post(toy_server.url + "/wrong_return", json={"value": 1})
+    assert wrong.status_code == 500  # was a 200 whose body contradicted the schema
 
 
 def test_more_inputs_in_one_request_than_the_queue_holds_is_413_not_a_retry(toy_server):

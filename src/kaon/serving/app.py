@@ -64,6 +64,10 @@ class Answer(NamedTuple):
     request: Request | None  # None when the request failed before it was read (e.g. its body was too large)
 
 
+class EndpointBugError(RuntimeError):
+    """A mistake in an endpoint's own code found by kaon: a 500 whose details go to the log, not the body."""
+
+
 def _label(route: tuple[str, Handler] | None, is_v2: bool) -> str:
     """The route as metrics name it: the route's path, "/v2" for the V2 routes, "other" for the rest."""
     return route[0] if route else ("/v2" if is_v2 else "other")
@@ -386,6 +390,22 @@ class KaonApp:
                 raise
             return {name: getattr(model, name) for name in spec.params}
 
+        # A return type that a value can fail to match is checked: a mismatch (a dict where a model is declared,
+        # numpy scalars) is validated into the type, and what still does not match is a 500, never a body that
+        # contradicts the schema. list[dict[str, Any]] (what a served model answers) takes anything JSON.
+        loose = spec.return_type in (Any, list[Any], dict[str, Any], list[dict[str, Any]])
+
+        def encode(result: Any) -> bytes:
+            try:
+                return response_adapter.dump_json(result, fallback=numpy_to_json, warnings=True if loose else "error")
+            except PydanticSerializationError:
+                pass
+            try:
+                return response_adapter.dump_json(response_adapter.validate_python(result), fallback=numpy_to_json)
+            except (pydantic.ValidationError, PydanticSerializationError) as exc:
+                raise EndpointBugError(f"endpoint '{spec.name}' returned a value that does not match its return "
+                                       f"type {spec.return_type}: {exc}") from exc
+
         async def handle(request: Request) -> Response:
             if not self.ready:
                 raise OverloadedError("the service is still starting; retry shortly.", retry_after_s=1)
@@ -393,34 +413,34 @@ class KaonApp:
                 kwargs = await asyncio.get_running_loop().run_in_executor(self._executor, decode, request)
             else:
                 kwargs = decode(request)
-            batcher = self.batchers.get(spec.name)
-            if batcher is not None:
-                assert spec.batch_param is not None
-                items = kwargs[spec.batch_param]
-                if not items:
-                    return Response(200, b"[]")
-                future = batcher.submit(items)
-                request.settle_arrival()  # queued now: no longer "on its way in"
-                deadlines.add(future)  # fails it with a 504 if it is not answered within --timeout-s
-                result = await future
-            else:
-                if in_flight[0] >= self.config.max_queue:
-                    raise OverloadedError(
-                        f"endpoint '{spec.name}' is already serving {in_flight[0]} requests "
-                        f"(max_queue={self.config.max_queue}). Retry after a short wait.", retry_after_s=1.0)
-                in_flight[0] += 1
-                try:
-                    method = getattr(self.service, spec.method_name)
-                    result = await self._await(call_unbatched(method, spec.is_async, threads or self._executor, kwargs),
-                                               timeout_s, spec.name)
-                finally:
-                    in_flight[0] -= 1
             try:
-                body = response_adapter.dump_json(result, fallback=numpy_to_json)
-            except PydanticSerializationError as exc:
-                raise KaonError(f"endpoint '{spec.name}' returned a value that does not match its return type "
-                                f"{spec.return_type}: {exc}") from exc
-            return Response(200, body)
+                batcher = self.batchers.get(spec.name)
+                if batcher is not None:
+                    assert spec.batch_param is not None
+                    items = kwargs[spec.batch_param]
+                    if not items:
+                        return Response(200, b"[]")
+                    future = batcher.submit(items)
+                    request.settle_arrival()  # queued now: no longer "on its way in"
+                    deadlines.add(future)  # fails it with a 504 if it is not answered within --timeout-s
+                    result = await future
+                else:
+                    if in_flight[0] >= self.config.max_queue:
+                        raise OverloadedError(
+                            f"endpoint '{spec.name}' is already serving {in_flight[0]} requests "
+                            f"(max_queue={self.config.max_queue}). Retry after a short wait.", retry_after_s=1.0)
+                    in_flight[0] += 1
+                    try:
+                        method = getattr(self.service, spec.method_name)
+                        result = await self._await(
+                            call_unbatched(method, spec.is_async, threads or self._executor, kwargs), timeout_s,
+                            spec.name)
+                    finally:
+                        in_flight[0] -= 1
+            except pydantic.ValidationError as exc:  # the endpoint's own code, after the request was valid
+                raise EndpointBugError(f"endpoint '{spec.name}' raised a pydantic ValidationError of its own (the "
+                                       f"request matched its schema): {exc}") from exc
+            return Response(200, encode(result))
 
         return handle
 
