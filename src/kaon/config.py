@@ -5,7 +5,9 @@ KAON_HOME holds the registry database (`kaon.db`) and the content-addressed arti
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,10 @@ def _parse_bool(raw: str) -> bool:
 
 
 _PARSERS: dict[str, Callable[[str], object]] = {"bool": _parse_bool, "int": int, "float": float, "str": str}
+
+
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,10 @@ class ServeConfig:
             ("precision", self.precision in ("fp32", "bf16", "fp16"), "one of fp32, bf16, fp16"),
             ("top_k", self.top_k >= 0, "an integer >= 0 (0: every class's score)"),
             ("workers", self.workers >= 1, "an integer >= 1"),
+            ("log_level", str(self.log_level).lower() in _LOG_LEVELS, f"one of {', '.join(_LOG_LEVELS)}"),
+            ("name", self.name is None or _MODEL_NAME.fullmatch(self.name) is not None,
+             "1 to 128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit (it is part of the "
+             "V2 routes' paths)"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -120,4 +130,10 @@ class ServeConfig:
             except ValueError as exc:
                 raise ConfigError(f"KAON_{name.upper()} must be a {kind}. Received: {raw!r}") from exc
         values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            close = {u: difflib.get_close_matches(u, cls.__dataclass_fields__, n=1) for u in unknown}
+            hints = ", ".join(f"{u}" + (f" (did you mean {c[0]}?)" if c else "") for u, c in close.items())
+            known = ", ".join(sorted(cls.__dataclass_fields__))
+            raise ConfigError(f"unknown serve settings: {hints}. Settings: {known}.")
         return cls(**values)  # type: ignore[arg-type]

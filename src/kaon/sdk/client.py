@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import orjson
 
-from kaon.errors import KaonError
+from kaon.errors import InvalidInputError, KaonError
 from kaon.types import NUMPY_TO_V2, V2_DATATYPES
 
 RETRY_STATUSES = {503}
@@ -189,6 +189,7 @@ class Client(_Base):
         return _result(self._send("POST", "/predict", self._predict_body(inputs, fields)))
 
     def infer(self, inputs: Any, model: str | None = None, request_id: str | None = None) -> dict[str, np.ndarray]:
+        _check_model_name(model)
         model = model or self._model or self._discover_model()
         named = self._named(inputs)
         if "__single__" in named:
@@ -201,10 +202,7 @@ class Client(_Base):
         return _decode_infer(response)
 
     def _discover_model(self) -> str:
-        models = _result(self._send("GET", "/")).get("models") or []
-        if len(models) != 1:
-            raise KaonError(f"the server exposes models {models}; pass model=NAME to infer().")
-        self._model = models[0]
+        self._model = _only_model(_result(self._send("GET", "/")).get("models") or [])
         return self._model
 
     def ready(self) -> bool:
@@ -259,11 +257,9 @@ class AsyncClient(_Base):
 
     async def infer(self, inputs: Any, model: str | None = None,
                     request_id: str | None = None) -> dict[str, np.ndarray]:
+        _check_model_name(model)
         if model is None and self._model is None:
-            models = _result(await self._send("GET", "/")).get("models") or []
-            if len(models) != 1:
-                raise KaonError(f"the server exposes models {models}; pass model=NAME to infer().")
-            self._model = models[0]
+            self._model = _only_model(_result(await self._send("GET", "/")).get("models") or [])
         model = model or self._model
         named = self._named(inputs)
         if "__single__" in named:
@@ -281,3 +277,20 @@ class AsyncClient(_Base):
             return (await self._http.get("/readyz")).status_code == 200
         except httpx.TransportError:
             return False
+
+
+def _check_model_name(model: object) -> None:
+    if model is not None and not isinstance(model, str):
+        raise InvalidInputError(
+            f"model is the served model's name, a string. Received: {type(model).__name__}. A model with several "
+            f"inputs takes them as one dict: infer({{'input_ids': ids, 'attention_mask': mask}}).")
+
+
+def _only_model(models: list[str]) -> str:
+    """The one model a server exposes, for infer() without model=."""
+    if not models:
+        raise KaonError("this server serves no models on the V2 routes (a Service without models): call its "
+                        "endpoints with predict() or call('endpoint', ...) instead of infer().")
+    if len(models) > 1:
+        raise KaonError(f"the server exposes models {models}; pass model=NAME to infer().")
+    return models[0]

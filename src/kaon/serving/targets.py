@@ -25,6 +25,15 @@ def resolve_target(target: Any, *, name: str | None = None, trust_pickle: bool =
         return type(target)
     if isinstance(target, Model):
         model = target
+    elif not isinstance(target, str | Path):
+        kind = type(target).__name__
+        if any(c.__module__.startswith(("torch.", "keras")) for c in type(target).__mro__):
+            raise ConfigError(
+                f"kaon serves a saved or registered model, not a live {kind} object. Register it first: "
+                f"kaon.register(model, 'name', input_example=x[:2]), then kaon.serve('name') (or `kaon serve name`); "
+                f"or save it (torch.export / model.save('m.keras')) and serve the file.")
+        raise ConfigError(f"cannot serve a {kind}. Expected a model file path, a registry reference ('digits@2'), "
+                          f"'path/service.py:ClassName', a kaon.Service class or a kaon Model.")
     else:
         text = str(target)
         if ":" in text and text.split(":", 1)[0].endswith(".py"):
