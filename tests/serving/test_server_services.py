@@ -169,6 +169,58 @@ def test_sigterm_does_not_wait_for_a_call_stuck_past_its_timeout(service_file):
     assert "1 call(s) still running after shutdown" in log and "kaon-slow" in log
 
 
+SLOW_SETUP = textwrap.dedent('''
+    import os, time
+    import kaon
+
+    class Slow(kaon.Service):
+        def setup(self):
+            time.sleep(float(os.environ["SETUP_S"]))  # a big model loading
+            if os.environ.get("SETUP_FAILS"):
+                raise RuntimeError("weights file is corrupt")
+
+        @kaon.endpoint
+        def ping(self, n: int) -> int:
+            return n
+''')
+
+
+def test_probes_answer_while_setup_loads_the_model(tmp_path):
+    """Kubernetes probes a pod while its model loads: /healthz must answer (200) and /readyz say 503, not hang
+    (they waited for setup(), so a liveness probe with a 1 s timeout failed and restarted the pod)."""
+    path = tmp_path / "slow.py"
+    path.write_text(SLOW_SETUP)
+    server = Server(["serve", f"{path}:Slow"], env={"SETUP_S": "4"})
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                live = httpx.get(server.url + "/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, server.output()
+                time.sleep(0.05)
+        assert live.status_code == 200
+        starting = httpx.get(server.url + "/readyz", timeout=1)
+        assert starting.status_code == 503 and starting.json()["status"] == "starting"
+        early = httpx.post(server.url + "/ping", json={"n": 1}, timeout=1)
+        assert early.status_code == 503 and early.headers["retry-after"] == "1"
+        assert httpx.get(server.url + "/v2/health/live", timeout=1).status_code == 200
+        server.wait_ready(timeout_s=30)
+        assert httpx.post(server.url + "/ping", json={"n": 2}).json() == 2
+        assert server.stop() == 0
+    finally:
+        server.stop()
+
+
+def test_a_setup_that_fails_after_the_port_opened_exits_1_with_the_reason(tmp_path):
+    path = tmp_path / "slow.py"
+    path.write_text(SLOW_SETUP)
+    server = Server(["serve", f"{path}:Slow"], env={"SETUP_S": "0.5", "SETUP_FAILS": "1"})
+    assert server.proc.wait(timeout=60) == 1
+    assert "weights file is corrupt" in server.output()
+
+
 def _serve_fails(args: list[str]) -> str:
     proc = subprocess.run([sys.executable, "-m", "kaon.cli", "serve", *args], capture_output=True, text=True,
                           timeout=60)

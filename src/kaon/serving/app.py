@@ -8,6 +8,7 @@ same pydantic models. Every response carries `x-request-id`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import itertools
 import logging
@@ -125,6 +126,13 @@ class KaonApp:
         self._v2: V2Routes | None = None
         self.observers: Any = None  # request log + drift/outlier monitor, fed off the hot path
         self._docs_app: Any = None
+        # Set by the server (kaon.serving.server): the lifespan starts the app in the background, so the port
+        # answers /healthz (200) and /readyz (503 "starting") while setup() loads a model; then one of these.
+        self.on_ready: Callable[[], None] | None = None
+        self.on_setup_failed: Callable[[BaseException], None] | None = None
+        self.setup_error: BaseException | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._set_up = False
         self.routes: dict[tuple[str, str], tuple[str, Handler]] = {
             ("GET", "/healthz"): ("/healthz", self._healthz),
             ("GET", "/readyz"): ("/readyz", self._readyz),
@@ -139,6 +147,7 @@ class KaonApp:
     async def startup(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self.service.setup)
+        self._set_up = True
         warm_up = getattr(self.service, "warm_up", None)
         for spec in self.specs:
             if spec.batched and callable(warm_up):  # e.g. capture CUDA graphs before the first request
@@ -170,8 +179,27 @@ class KaonApp:
         gc.freeze()  # the model and app live for the whole process: keep them out of every GC pass
         self.ready = True
 
+    async def _start_in_background(self) -> None:
+        try:
+            await self.startup()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - reported, and the server told to exit (code 1)
+            log.error("setup of %s failed: %s", self.name, exc, exc_info=not isinstance(exc, KaonError))
+            self.setup_error = exc
+            if self.on_setup_failed is not None:
+                self.on_setup_failed(exc)
+            return
+        if self.on_ready is not None:
+            self.on_ready()
+
     async def shutdown(self) -> None:
         self.ready = False
+        starting = self._starting
+        if starting is not None and not starting.done():  # stopped while setup() runs: do not wait for it
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
         if self.observers is not None:
             self.observers.stop()
         for batcher in self.batchers.values():
@@ -181,7 +209,8 @@ class KaonApp:
         if self._v2 is not None:
             await self._v2.stop()
         try:
-            self.service.teardown()
+            if self._set_up:  # teardown undoes setup; a setup that never finished has nothing to undo
+                self.service.teardown()
         except Exception:  # noqa: BLE001 - a failing teardown must not hide the shutdown
             log.exception("teardown of %s failed", self.name)
         for executor in (self._executor, *self._endpoint_executors):
@@ -200,12 +229,8 @@ class KaonApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                try:
-                    await self.startup()
-                except BaseException as exc:  # noqa: BLE001 - reported to the server, which exits
-                    log.error("setup of %s failed: %s", self.name, exc, exc_info=not isinstance(exc, KaonError))
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
+                # in the background: the server accepts at once, answering 503 "starting" until setup is done
+                self._starting = asyncio.create_task(self._start_in_background())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()
@@ -265,6 +290,11 @@ class KaonApp:
                 response = await route[1](request)
             elif is_v2 and self._v2 is not None:
                 response = await self._v2.handle(request)
+            elif is_v2 and not self.ready:  # the V2 routes exist once setup() is done
+                if path == "/v2/health/live":
+                    response = Response.json({"live": True})
+                else:
+                    raise OverloadedError("the service is still starting; retry shortly.", retry_after_s=1)
             elif docs is not None and self._is_docs(path):
                 await self._docs(docs[0], body, docs[1], request_id)
                 return None

@@ -114,9 +114,10 @@ def serve(target: Service | type[Service] | KaonApp, config: ServeConfig | None 
     ))
     from kaon.serving.workers import LISTEN_FD_ENV, bind_listener, mark_ready, watch_supervisor
 
+    app.on_setup_failed = lambda exc: setattr(server, "should_exit", True)  # logged by the app; exit code 1
     listen_fd = os.environ.get(LISTEN_FD_ENV)
     if listen_fd:  # a worker of `kaon serve --workers N`: accept on the supervisor's socket, banner to it
-        server.on_started = lambda: mark_ready(banner(app, config))
+        app.on_ready = lambda: mark_ready(banner(app, config))  # once set up: the supervisor counts it ready
         watch_supervisor()
         server.run(sockets=[socket.socket(fileno=int(listen_fd))])
     else:
@@ -124,7 +125,7 @@ def serve(target: Service | type[Service] | KaonApp, config: ServeConfig | None 
         if print_banner:
             print(banner(app, config), flush=True)
         server.run(sockets=[sock])
-    if not server.started:
+    if not server.started or app.setup_error is not None:
         raise SystemExit(1)
 
 
@@ -139,8 +140,8 @@ def leave_stuck_calls(grace_s: float = STUCK_CALL_GRACE_S) -> None:
     stuck = sorted(t.name for t in ours if t.is_alive())
     if not stuck:
         return
-    log.warning("%d call(s) still running after shutdown, past --timeout-s (thread %s); exiting without waiting "
-                "for them", len(stuck), ", ".join(stuck))
+    log.warning("%d call(s) still running after shutdown (a setup() or an endpoint past --timeout-s; thread %s); "
+                "exiting without waiting for them", len(stuck), ", ".join(stuck))
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -182,13 +183,6 @@ def _graceful_server_class() -> type:
     class GracefulServer(uvicorn.Server):
         """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, so the process dies by the signal.
         A stop asked for is a clean exit for kaon: in-flight requests finished, exit code 0."""
-
-        on_started: Any = None  # called once the app is set up and the server accepts
-
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets=sockets)
-            if self.on_started is not None and not self.should_exit:
-                self.on_started()
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
