@@ -282,3 +282,14 @@ def test_fit_accepts_an_iterable_dataset(small):
 
     history = Trainer(make_model(), track=False).fit(Stream(), epochs=2, batch_size=50, verbose=False)
     assert history.history["loss"][1] < history.history["loss"][0]
+
+
+def test_an_optimizer_built_on_another_models_parameters_is_refused(small):
+    """The notebook cell re-run: a new model, the optimizer still on the old one's weights, trained nothing."""
+    x_train, y_train, _, _ = small
+    stale = torch.optim.Adam(make_model(seed=1).parameters())
+    with pytest.raises(ConfigError, match="updates none of the model's parameters"):
+        Trainer(make_model(), optimizer=stale, track=False).fit(x_train, y_train, epochs=1, verbose=False)
+    model = make_model()
+    Trainer(model, optimizer=torch.optim.Adam(model.parameters()), track=False).fit(
+        x_train, y_train, epochs=1, verbose=False)

@@ -49,6 +49,7 @@ def quickstart(
 
     console.print("[bold]1. train[/] a CNN on scikit-learn's bundled digits (8x8, 10 classes)")
     x_train, y_train, x_test, y_test = load_digits(seed=seed)
+    torch.manual_seed(seed)  # the starting weights too: the same --seed gives the same run
     model = DigitsCNN()
     trainer = Trainer(model, optimizer="adam", loss="cross_entropy", metrics=["accuracy"], lr=3e-3, seed=seed,
                       run_name="quickstart-digits")

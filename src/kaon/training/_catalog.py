@@ -50,6 +50,14 @@ def build_optimizer(
     if isinstance(optimizer, str):
         return OPTIMIZERS[optimizer.lower()](params, lr)
     if isinstance(optimizer, torch.optim.Optimizer):
+        given = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        trainable = [p for p in params if p.requires_grad]
+        if trainable and not any(id(p) in given for p in trainable):
+            # the notebook cell re-run: a new model, the optimizer still built on the old one's parameters
+            raise ConfigError(
+                f"the optimizer updates none of the model's parameters ({type(optimizer).__name__} holds "
+                f"{len(given)} tensors, none of them this model's), so training would change nothing. Build it "
+                "on this model: optimizer=torch.optim.Adam(model.parameters()), or pass a name ('adam').")
         return optimizer
     built = optimizer(params)
     if not isinstance(built, torch.optim.Optimizer):

@@ -52,7 +52,9 @@ class Trainer:
     function params -> optimizer. `loss` is a name (see kaon.training.losses.LOSSES) or a function
     (y_pred, y) -> scalar tensor; named losses read logits. `metrics` defaults to ['accuracy'] for a
     classification loss. `precision` 'bf16'/'fp16' autocasts on CUDA (fp32 elsewhere). `seed` makes
-    runs reproducible. `track` records each fit as a Run in the registry (KAON_HOME).
+    training reproducible (shuffling, dropout, privacy noise); the starting weights are the model's as you
+    built it, so call torch.manual_seed(seed) before building it too. `track` records each fit as a Run in
+    the registry (KAON_HOME).
     `backend='ray'` runs fit on `num_workers` Ray Train workers (DDP; `pip install 'kaon[ray]'`), on the
     cluster at `address` (HOST:PORT) or on a Ray started here; see kaon.training.distributed.
     """
