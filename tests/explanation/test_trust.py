@@ -46,6 +46,13 @@ def test_a_model_without_weights_fails_the_randomization_check(probe):
     assert not check["passed"] and check["rank_correlation"] > 0.99
 
 
+def test_inputs_equal_to_the_baseline_skip_the_randomization_check(program, probe):
+    """All-zero inputs give all-zero integrated gradients: the check said FAILED (correlation +1 of ties)."""
+    x, _ = probe
+    check = ke.randomization_check(program, np.zeros_like(x[:3]), "integrated_gradients")
+    assert "passed" not in check and "every attribution is zero" in check["skipped"]
+
+
 def test_trust_skips_the_randomization_check_for_onnx_and_reports_per_method(onnx_model, program, probe):
     x, _ = probe
     on_onnx = ke.trust(onnx_model, ke.explain(onnx_model, x[:4], method="occlusion"))

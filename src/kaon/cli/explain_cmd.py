@@ -35,7 +35,7 @@ def explain(
     input_file: Path = typer.Option(..., "--input", "-i", help=".npy | .npz | .png/.jpg | .txt (text: one per line)"),
     method: str = typer.Option(None, "--method", "-m",
                                help="saliency | integrated_gradients | occlusion | kernel_shap | lime | "
-                                    "shap_gradient | shap_permutation (pip install 'kaon[shap]') | "
+                                    "shap_gradient | shap_permutation (pip install 'kaon\\[shap]') | "
                                     "attention | attention_rollout  [default: integrated_gradients, "
                                     "occlusion for an ONNX model]"),
     target: int = typer.Option(None, help="Output index to explain. [default: the predicted class]"),
@@ -96,7 +96,10 @@ def _print(exp: Any, k: int, is_text: bool) -> None:
         target = exp.targets[i]
         explains = escape(exp.label_of(target))
         if exp.predictions is not None and isinstance(target, int) and exp.predictions.ndim == 2:
-            explains += f" (p={float(exp.predictions[i, target]):.3f})"
+            value = float(exp.predictions[i, target])
+            row_sum = float(exp.predictions[i].sum())
+            probabilities = bool((exp.predictions[i] >= 0).all()) and abs(row_sum - 1) < 1e-3
+            explains += f" (p={value:.3f})" if probabilities else f" (output {value:.3f})"  # logits are not p
         cells = ", ".join(f"{escape(str(f if is_text else tuple(f)))}: {v:+.4f}" for f, v in row)
         table.add_row(str(i), explains, cells)
     console.print(table)
