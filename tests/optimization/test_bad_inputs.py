@@ -90,6 +90,12 @@ def test_calibration_file_is_checked(tmp_path, digits):
         optimize(version.ref, calibration_data=wrong_shape)
     with pytest.raises(ConfigError, match="no such file"):
         optimize(version.ref, calibration_data=tmp_path / "missing.npz")
+    only_x = tmp_path / "x.npy"  # was a TypeError traceback from np.load's context manager
+    np.save(only_x, digits.x_test)
+    with pytest.raises(ConfigError, match="holds one array; optimization needs inputs and their labels"):
+        optimize(version.ref, calibration_data=only_x)
+    with pytest.raises(InvalidInputError, match=r"x does not fit the model's input 'image'"):
+        optimize(version.ref, calibration_data=(digits.x_test[:, 0], digits.y_test))  # pairs are read, and checked
 
 
 def test_unexportable_module_names_the_module_and_reason(digits, tmp_path):

@@ -92,6 +92,19 @@ def test_other_models_need_data_and_labels_must_fit(cnn, digits, tmp_path):
         kr.audit(small, data=tmp_path / "bad.npz")
 
 
+def test_a_torch_module_in_memory_is_audited_like_its_model(cnn, digits):
+    """kaon.explain and kaon.optimize take a module; audit refused it ("model must be a kaon Model")."""
+    _, _, x, y = digits
+    served = torch.nn.Sequential(cnn, torch.nn.Softmax(dim=1)).eval()
+    from kaon.models.torch import TorchModel
+
+    direct = kr.audit(served, data=(x[:60], y[:60]), epsilons=(0.1,), pgd_steps=2)
+    wrapped = kr.audit(TorchModel.from_module(served, x[:2]), data=(x[:60], y[:60]), epsilons=(0.1,), pgd_steps=2)
+    assert direct.clean_accuracy == wrapped.clean_accuracy and direct.adversarial == wrapped.adversarial
+    with pytest.raises(InvalidInputError, match=r"torch module with data=\(x, y\).*without data"):
+        kr.audit(served)
+
+
 def test_kaon_audit_cli_prints_the_tables_and_where_the_report_is(cnn, digits, tmp_path):
     _register(cnn, digits)
     result = CliRunner().invoke(app, ["audit", "digits@latest", "--epsilons", "0.1", "--pgd-steps", "3",

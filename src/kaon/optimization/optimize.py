@@ -64,13 +64,14 @@ def parse_methods(methods: str | Sequence[str] | None) -> tuple[str, ...]:
 
 def optimize(ref_or_model: Any, *, max_accuracy_drop: float = 0.5, target: Target = "throughput",
              methods: str | Sequence[str] | None = None, calibration_samples: int = 256,
-             calibration_data: str | Path | None = None, registry: Any = None, num_threads: int = 1,
+             calibration_data: Any = None, registry: Any = None, num_threads: int = 1,
              num_rounds: int = 5, output_dir: str | Path | None = None) -> OptimizationReport:
     """Build, measure and choose variants of a model; register the choice when the model is registered.
 
     `ref_or_model`: 'name@version|alias', a model file, a kaon Model, a torch module or a Keras model.
     `max_accuracy_drop`: accuracy points the variant may lose on held-out data (0.5 = half a point).
-    `calibration_data`: an .npz with x and y (else the samples attached to the version are used).
+    `calibration_data`: an .npz with x and y, or an (x, y) pair of arrays (else the samples attached to the
+    version are used).
     Timings use `num_threads` threads and `num_rounds` interleaved rounds.
     """
     requested = _check_arguments(max_accuracy_drop, target, methods, calibration_samples, num_threads, num_rounds)

@@ -15,13 +15,13 @@ Where they are kept: a version is immutable (its files are part of its identity)
 from __future__ import annotations
 
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kaon._internal.arrays import load_arrays
 from kaon.errors import ConfigError, InvalidInputError, NotFoundError
 from kaon.types import Signature
 
@@ -84,22 +84,30 @@ def check_samples(x: Any, y: Any, *, what: str = "samples", signature: Signature
     return x, y.astype(np.int64, copy=False)
 
 
-def read_samples(path: str | Path, *, signature: Signature | None = None) -> Samples:
-    """Samples from an .npz file (arrays x and y; optional x_train and y_train). Pickles are refused."""
-    path = Path(path)
+def read_samples(source: Any, *, signature: Signature | None = None) -> Samples:
+    """Samples from an .npz file (arrays x and y; optional x_train and y_train; pickles are refused), or from
+    an (x, y) pair of arrays."""
+    if isinstance(source, tuple | list) and len(source) == 2:
+        x, y = check_samples(source[0], source[1], what="calibration_data (x, y)", signature=signature)
+        return Samples(x, y, source="calibration_data (x, y)")
+    if not isinstance(source, str | Path):
+        raise ConfigError(f"calibration_data is an .npz file with arrays x and y, or an (x, y) pair of arrays. "
+                          f"Received: {type(source).__name__}.")
+    path = Path(source)
     if not path.is_file():
         raise ConfigError(
             f"--calibration-data must be an existing .npz file with arrays x and y. Received: {str(path)!r} "
             f"(no such file)."
         )
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        loaded = load_arrays(path, "--calibration-data")
+    except InvalidInputError as exc:
+        raise ConfigError(exc.message) from exc
+    if not isinstance(loaded, dict):
         raise ConfigError(
-            f"--calibration-data {str(path)!r} is not a readable .npz of plain arrays ({exc}). "
-            f"Write one with numpy.savez(path, x=inputs, y=labels)."
-        ) from exc
+            f"--calibration-data {str(path)!r} holds one array; optimization needs inputs and their labels to "
+            f"measure accuracy. Write an .npz: numpy.savez('samples.npz', x=inputs, y=labels).")
+    arrays = loaded
     missing = [key for key in ("x", "y") if key not in arrays]
     if missing:
         raise ConfigError(

@@ -47,7 +47,7 @@ def audit(model: Any, data: Any = None, *, epsilons: Sequence[float] = EPSILONS,
     """
     started = time.perf_counter()
     ref = model if isinstance(model, str) else None
-    loaded = _load(model, registry)
+    loaded = _load(model, registry, data)
     spec = _single_input(loaded)
     x, y, source = _data(data, loaded, spec)
     if max_samples is not None:
@@ -101,16 +101,25 @@ def audits_of(ref: str, registry: Any = None, limit: int = 200) -> list[Any]:
 # ---- the pieces --------------------------------------------------------------------------------
 
 
-def _load(model: Any, registry: Any) -> Model:
+def _load(model: Any, registry: Any, data: Any) -> Model:
     if isinstance(model, Model):
         return model
     if isinstance(model, str | Path):
         from kaon.sdk import load
 
         return load(str(model), registry=registry)
+    import torch
+
+    if isinstance(model, torch.nn.Module) and isinstance(data, tuple | list) and len(data) == 2:
+        from kaon.models.torch import TorchModel  # a module in memory, as kaon.explain and kaon.optimize take
+
+        example = np.asarray(data[0])[:2]
+        return TorchModel.from_module(model.eval(), example.astype(np.float32) if example.dtype.kind == "f"
+                                      else example, name=type(model).__name__)
     raise InvalidInputError(
-        f"model must be a kaon Model, a registry reference ('digits@latest') or a model file. "
-        f"Received: {type(model).__name__}")
+        f"model must be a kaon Model, a registry reference ('digits@latest'), a model file, or a torch module "
+        f"with data=(x, y). Received: {type(model).__name__}" + (" without data=(x, y)" if isinstance(
+            model, torch.nn.Module) else ""))
 
 
 def _single_input(model: Model) -> Any:
