@@ -46,7 +46,9 @@ def test_a_column_of_regression_targets_is_not_broadcast_against_every_sample():
 def test_targets_that_cannot_match_the_outputs_name_both_shapes():
     x, y = _regression()
     three = torch.nn.Linear(3, 3)
-    with pytest.raises(InvalidInputError, match=r"targets of shape \(2,\) for outputs of shape \(2, 3\)"):
+    # the shapes of all of y, not of the two samples the first-batch probe runs (it said (2,) and (2, 3))
+    with pytest.raises(InvalidInputError, match=r"targets of shape \(256,\) for outputs of shape \(256, 3\). "
+                                                r"Reshape y to \(256, 3\)"):
         Trainer(three, loss="mse", track=False).fit(x, y, epochs=1)
 
 

@@ -116,7 +116,8 @@ def check_targets(y: torch.Tensor, y_pred: torch.Tensor, loss_name: str, *, wher
                 "Pass integer labels with loss='cross_entropy', or one-hot encode them."
             )
     elif loss_name in ("mse", "mean_squared_error", "mae", "mean_absolute_error", "binary_crossentropy"):
-        matched = match_targets(y[: y_pred.shape[0]], y_pred)  # one value per output, or a clear error
+        # one value per output, or a clear error naming the shapes of all of y (not of the 2-sample probe)
+        matched = match_targets(y[: y_pred.shape[0]], y_pred, count=len(y))
         if loss_name == "binary_crossentropy" and matched.numel():
             low, high = float(y.min()), float(y.max())
             if low < 0 or high > 1:

@@ -117,17 +117,20 @@ LOSSES: dict[str, type[Loss]] = {
 }
 
 
-def match_targets(y: torch.Tensor, y_pred: torch.Tensor) -> torch.Tensor:
+def match_targets(y: torch.Tensor, y_pred: torch.Tensor, count: int | None = None) -> torch.Tensor:
     """Targets shaped like the outputs. (N,) targets for (N, 1) outputs, or (N, 1) for (N,), are the same numbers:
-    broadcasting them would compare every sample with every other (an (N, N) loss that learns nothing)."""
+    broadcasting them would compare every sample with every other (an (N, N) loss that learns nothing).
+    `count`: how many samples y has in all, when these are the first few (the error then names the full shapes)."""
     if y.shape == y_pred.shape:
         return y
     if y.ndim and y_pred.ndim and y.shape[0] == y_pred.shape[0] and y.numel() == y_pred.numel():
         return y.reshape(y_pred.shape)
+    got, want = tuple(y.shape), tuple(y_pred.shape)
+    if count is not None and y.ndim and y_pred.ndim:
+        got, want = (count, *got[1:]), (count, *want[1:])
     raise InvalidInputError(
-        f"the targets must hold one value per model output. Received: targets of shape {tuple(y.shape)} for outputs "
-        f"of shape {tuple(y_pred.shape)}. Reshape y to {tuple(y_pred.shape)}, or give the model "
-        f"{tuple(y.shape[1:]) or 1} outputs per sample."
+        f"the targets must hold one value per model output. Received: targets of shape {got} for outputs "
+        f"of shape {want}. Reshape y to {want}, or give the model {got[1:] or 1} outputs per sample."
     )
 
 
