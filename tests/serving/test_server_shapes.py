@@ -49,7 +49,11 @@ def shape_models(tmp_path_factory):
                  [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", "seq"]),
                   helper.make_tensor_value_info("attention.mask", TensorProto.FLOAT, ["n", "seq"])],
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])], [axes], folder / "pair.onnx")
-    return {"seq": seq, "emb": emb, "pair": pair, "home": str(folder / "home")}
+    # fixed.onnx: exported without a dynamic batch axis, x [1, 4] -> its row sum y [1, 1]
+    fixed = _save([helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], [axes], folder / "fixed.onnx")
+    return {"seq": seq, "emb": emb, "pair": pair, "fixed": fixed, "home": str(folder / "home")}
 
 
 def _concurrently(url: str, bodies: list[dict]) -> list[httpx.Response]:
@@ -159,3 +163,22 @@ def test_a_model_with_two_inputs_is_served_on_predict_with_named_inputs(shape_mo
         assert v2.status_code == 200 and v2.json()["outputs"][0]["data"] == [4.0, 1.0]
     finally:
         server.stop()
+
+
+def test_a_model_exported_with_a_fixed_batch_of_one_answers_many_rows(shape_models):
+    """torch.onnx.export without dynamic axes gives a batch of 1: two rows were a 422 'expected shape (1, 4)',
+    and requests batched together failed and were re-run one by one."""
+    server = Server(["serve", shape_models["fixed"]], env={"KAON_HOME": shape_models["home"]}).wait_ready()
+    try:
+        rows = np.arange(12, dtype=np.float32).reshape(3, 4)
+        response = httpx.post(server.url + "/predict", json={"inputs": rows.tolist()})
+        assert response.status_code == 200, response.text
+        assert [r["y"] for r in response.json()] == [[6.0], [22.0], [38.0]]
+        v2 = httpx.post(server.url + "/v2/models/fixed/infer", json={"inputs": [
+            {"name": "x", "shape": [3, 4], "datatype": "FP32", "data": rows.ravel().tolist()}]})
+        assert v2.status_code == 200 and v2.json()["outputs"][0]["data"] == [6.0, 22.0, 38.0]
+        together = _concurrently(server.url + "/predict", [{"inputs": [row.tolist()]} for row in rows])
+        assert [r.json()[0]["y"] for r in together] == [[6.0], [22.0], [38.0]]
+    finally:
+        server.stop()
+    assert "fixed batch of 1" in server.output()

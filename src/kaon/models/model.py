@@ -10,6 +10,7 @@ same two calls::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -40,8 +41,17 @@ class Model(ABC):
                 f"fp16 variant with `kaon optimize --methods fp16`.")
         return self
 
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the model was exported with, when it has no dynamic batch axis (torch.onnx.export
+        without dynamic axes gives 1): `run` then takes any number of rows, in calls of that many."""
+        sizes = {spec.shape[0] for spec in self.signature.inputs if spec.shape}
+        size = sizes.pop() if len(sizes) == 1 else -1
+        return size if size > 0 else None
+
     def validate(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Check names, shapes and dtypes against the signature; cast where it is safe."""
+        """Check names, shapes and dtypes against the signature; cast where it is safe. The batch axis of a
+        fixed-batch model takes any size (see `fixed_batch`)."""
         expected = {spec.name for spec in self.signature.inputs}
         missing = expected - inputs.keys()
         unknown = inputs.keys() - expected
@@ -52,10 +62,33 @@ class Model(ABC):
                 fields=[{"name": n, "problem": "missing"} for n in sorted(missing)]
                 + [{"name": n, "problem": "unknown"} for n in sorted(unknown)],
             )
-        return {spec.name: spec.validate(np.asarray(inputs[spec.name])) for spec in self.signature.inputs}
+        specs = self.signature.inputs
+        if self.fixed_batch is not None:
+            specs = [replace(spec, shape=(-1, *spec.shape[1:])) for spec in specs]
+        return {spec.name: spec.validate(np.asarray(inputs[spec.name])) for spec in specs}
 
     def run(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
-        return self._run(self.validate(inputs))
+        checked = self.validate(inputs)
+        fixed = self.fixed_batch
+        if fixed is None:
+            return self._run(checked)
+        return self._run_fixed(checked, fixed)
+
+    def _run_fixed(self, inputs: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+        """Rows in calls of exactly `size`; a short last call is padded with copies of its last row, dropped after."""
+        count = len(next(iter(inputs.values())))
+        if count == size:
+            return self._run(inputs)
+        parts: list[dict[str, np.ndarray]] = []
+        for start in range(0, count, size):
+            chunk = {k: v[start:start + size] for k, v in inputs.items()}
+            rows = len(next(iter(chunk.values())))
+            if rows < size:
+                chunk = {k: np.concatenate([v, np.repeat(v[-1:], size - rows, axis=0)]) for k, v in chunk.items()}
+            parts.append({k: v[:rows] for k, v in self._run(chunk).items()})
+        if not parts:
+            return self._run(inputs)
+        return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
     def predict(self, inputs: Any) -> np.ndarray:
         """Run on one array (or a dict of arrays) and return the first output as numpy."""

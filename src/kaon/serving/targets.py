@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from kaon.models import Model
 from kaon.sdk import load
 from kaon.serving.model_service import model_service
 from kaon.serving.service import Service
+
+log = logging.getLogger("kaon.serving")
 
 
 def resolve_target(target: Any, *, name: str | None = None, trust_pickle: bool = False, device: str = "auto",
@@ -41,6 +44,11 @@ def resolve_target(target: Any, *, name: str | None = None, trust_pickle: bool =
         model = load(text, trust_pickle=trust_pickle)
     if name:
         model.name = name
+    if model.fixed_batch is not None:
+        log.warning("model '%s' was exported with a fixed batch of %d (no dynamic batch axis): kaon runs it %d row(s) "
+                    "per call, so batching saves nothing. Export it with a dynamic batch axis (torch.onnx.export("
+                    "..., dynamic_axes={'input': {0: 'batch'}}) or dynamic_shapes=...) to batch requests.",
+                    model.name, model.fixed_batch, model.fixed_batch)
     model.place(device, precision)
     version = getattr(model, "version", None)
     return model_service(model, str(version.version) if version is not None else None, top_k=top_k)
