@@ -51,3 +51,24 @@ def test_the_examples_of_an_endpoint_taking_objects_are_json_for_curl_and_python
             await app.shutdown()
 
     assert asyncio.run(send()) == 200
+
+
+def test_with_auth_on_the_banner_says_so_and_its_examples_send_a_token():
+    from kaon.serving.guards import build_guards
+
+    config = ServeConfig(require_auth=True)
+    app = KaonApp(Labeller, config, guards=build_guards(config, load_tokens=lambda: []))
+    text = banner(app, config)
+    assert "auth: on" in text
+    assert '-H "authorization: Bearer $KAON_TOKEN"' in text and "token=os.environ['KAON_TOKEN']" in text
+
+    async def metrics_without_a_token() -> str:
+        await app.startup()
+        try:
+            answer = await app.answer("GET", "/metrics", {}, b"")
+            assert answer is not None and answer.response.status == 401
+            return answer.response.body.decode()
+        finally:
+            await app.shutdown()
+
+    assert "--scopes metrics" in asyncio.run(metrics_without_a_token())  # it said predict, then 403'd that token

@@ -122,10 +122,12 @@ def principal_of(request: Any) -> Principal | None:
     return request.__dict__.get(_PRINCIPAL)
 
 
-def unauthorized(message: str) -> UnauthorizedError:
+def unauthorized(message: str, scope: str = "predict") -> UnauthorizedError:
+    """A 401 saying how to send a token, and how to create one with the scope the route needs."""
+    scopes = "predict" if scope == AUTHENTICATED else scope
     return UnauthorizedError(
         f"{message} Send the header 'Authorization: Bearer <token>'; create a token with: "
-        f"kaon token create --name NAME --scopes predict"
+        f"kaon token create --name NAME --scopes {scopes}"
     )
 
 
@@ -169,6 +171,15 @@ class AuthGuard(Checks):
         self._failures = Bucket(self._failure_limit, 0.0)
 
     # the token table -----------------------------------------------------------------------------
+
+    def is_on(self) -> bool:
+        """Whether requests need a token now (--require-auth, or any token exists); False if unreadable."""
+        if self.require_auth:
+            return True
+        try:
+            return bool(self.load_tokens())
+        except Exception:  # noqa: BLE001 - the banner only; requests report the registry's error themselves
+            return False
 
     def _build_table(self, now_s: float) -> _Table:
         records = self.load_tokens()
@@ -280,7 +291,7 @@ class AuthGuard(Checks):
         if verified is None:  # verified once per token; the table (re-read every TTL) says if it still holds
             token = bearer_token(header)
             if token is None:
-                raise unauthorized(f"{request.method} {request.path} needs an API token; none was sent.")
+                raise unauthorized(f"{request.method} {request.path} needs an API token; none was sent.", scope)
             verified = await self._verify(token, table, now_s)
             if len(self._verified) >= _MAX_CACHED:
                 self._verified.clear()

@@ -59,7 +59,9 @@ class V2Error(BaseModel):
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope, "description": description} for status, description in (
-        (400, "malformed body (not JSON, bad encoding)"), (401, "missing or unknown token (with --auth)"),
+        (400, "malformed body (not JSON, bad encoding)"),
+        (401, "missing or unknown token (auth is on with --require-auth or once a token exists)"),
+        (403, "the token lacks the route's scope"),
         (413, "body over --max-body-bytes, or too many inputs"), (422, "the body does not match the schema"),
         (429, "rate limited (Retry-After)"), (500, "a bug or a failing endpoint: the log has the trace"),
         (503, "queue full or still starting (Retry-After)"), (504, "over --timeout-s"))

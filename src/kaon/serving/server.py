@@ -51,11 +51,18 @@ def banner(app: KaonApp, config: ServeConfig) -> str:
     elif first is not None:
         field = next(iter(first.params))
         call = "predict(" if first.path == "/predict" else f"call('{first.path[1:]}', "
+        auth = any(getattr(guard, "is_on", lambda: False)() for guard in app.guards)
+        header = " -H \"authorization: Bearer $KAON_TOKEN\"" if auth else ""
+        token = ", token=os.environ['KAON_TOKEN']" if auth else ""
+        if auth:
+            lines += ["auth: on; requests need a token (kaon token create --name NAME --scopes predict, then "
+                      "export KAON_TOKEN=...)", ""]
         lines += [
             "Try it:",
-            f"  curl -s -X POST {base}{first.path} -H 'content-type: application/json' "
+            f"  curl -s -X POST {base}{first.path} -H 'content-type: application/json'{header} "
             f"-d '{{\"{field}\": {example}}}'",
-            f"  python -c \"import kaon; print(kaon.Client('{base}').{call}{field}={value!r}))\"",
+            f"  python -c \"import {'os, ' if auth else ''}kaon; print(kaon.Client('{base}'{token}).{call}{field}="
+            f"{value!r}))\"",
         ]
     lines.append("Press Ctrl-C to stop.")
     return "\n".join(lines)
