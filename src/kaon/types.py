@@ -63,7 +63,8 @@ class TensorSpec:
         shape = tuple(int(d) for d in array.shape)
         if not self.accepts_shape(shape):
             hint = ""
-            if len(shape) == len(self.shape) - 1:
+            item = self.shape[1:]
+            if len(shape) == len(item) and all(want in (-1, got) for want, got in zip(item, shape, strict=True)):
                 hint = " Add the batch axis (a batch of one is shape (1, ...))."
             raise InvalidInputError(
                 f"input '{self.name}' expected {self.describe()}. "

@@ -33,3 +33,53 @@ def test_client_infer_with_a_second_array_says_to_pass_a_dict():
     client = kaon.Client("http://127.0.0.1:9")  # refused before any request is sent
     with pytest.raises(InvalidInputError, match=r"pass|one dict"):
         client.infer(np.zeros((1, 2)), np.zeros((1, 3)))  # type: ignore[arg-type]
+
+
+def test_a_bad_host_is_not_blamed_on_the_port():
+    from kaon.serving.workers import bind_listener
+
+    with pytest.raises(ConfigError, match="Check --host") as info:
+        bind_listener("999.1.1.1", 8000)
+    assert "--port" not in info.value.message
+
+
+def test_add_the_batch_axis_is_said_only_when_that_is_what_is_missing():
+    from kaon.types import TensorSpec
+
+    spec = TensorSpec("image", "float32", (-1, 8, 8, 1))
+    with pytest.raises(InvalidInputError, match="Add the batch axis"):
+        spec.validate(np.zeros((8, 8, 1), np.float32))
+    with pytest.raises(InvalidInputError) as info:
+        spec.validate(np.zeros((8, 8, 8), np.float32))  # the channel axis is what is missing
+    assert "batch axis" not in info.value.message
+
+
+def test_a_non_numeric_inference_header_length_is_named():
+    import asyncio
+
+    from kaon.models import Model
+    from kaon.serving.app import KaonApp
+    from kaon.serving.targets import resolve_target
+    from kaon.types import Signature, TensorSpec
+
+    class Doubler(Model):
+        framework = "numpy"
+
+        def _run(self, inputs):
+            return {"y": inputs["x"] * 2}
+
+    model = Doubler(Signature([TensorSpec("x", "float32", (-1, 2))], [TensorSpec("y", "float32", (-1, 2))]), "dbl")
+    app = KaonApp(resolve_target(model), ServeConfig())
+
+    async def send() -> tuple[int, bytes]:
+        await app.startup()
+        try:
+            answer = await app.answer("POST", "/v2/models/dbl/infer", {"inference-header-content-length": "ten"},
+                                      b'{"inputs": []}')
+            assert answer is not None
+            return answer.response.status, answer.response.body
+        finally:
+            await app.shutdown()
+
+    status, body = asyncio.run(send())
+    assert status == 400 and b"Inference-Header-Content-Length" in body

@@ -48,9 +48,13 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg")
 LARGE_BODY_BYTES = 256 * 1024
 
 
-def _timeout_error(name: str, timeout_s: float, batched: bool = True) -> EndpointTimeoutError:
-    advice = ("Send smaller batches, or raise --timeout-s." if batched else
-              "The call goes on in its thread until it returns; make the endpoint faster, or raise --timeout-s.")
+def _timeout_error(name: str, timeout_s: float, batched: bool = True, is_async: bool = False) -> EndpointTimeoutError:
+    if batched:
+        advice = "Send smaller batches, or raise --timeout-s."
+    elif is_async:
+        advice = "The call was cancelled; make the endpoint faster, or raise --timeout-s."
+    else:
+        advice = "The call goes on in its thread until it returns; make the endpoint faster, or raise --timeout-s."
     return EndpointTimeoutError(f"endpoint '{name}' did not answer within {timeout_s:g} s (--timeout-s). {advice}")
 
 
@@ -464,7 +468,7 @@ class KaonApp:
                         method = getattr(self.service, spec.method_name)
                         result = await self._await(
                             call_unbatched(method, spec.is_async, threads or self._executor, kwargs), timeout_s,
-                            spec.name)
+                            spec.name, spec.is_async)
                     finally:
                         in_flight[0] -= 1
             except pydantic.ValidationError as exc:  # the endpoint's own code, after the request was valid
@@ -474,11 +478,11 @@ class KaonApp:
 
         return handle
 
-    async def _await(self, awaitable: Any, timeout_s: float, name: str) -> Any:
+    async def _await(self, awaitable: Any, timeout_s: float, name: str, is_async: bool = False) -> Any:
         try:
             return await asyncio.wait_for(awaitable, timeout=timeout_s)
         except asyncio.TimeoutError:
-            raise _timeout_error(name, timeout_s, batched=False) from None
+            raise _timeout_error(name, timeout_s, batched=False, is_async=is_async) from None
 
     # operational routes ------------------------------------------------------------------------
 

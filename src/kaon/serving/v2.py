@@ -345,7 +345,10 @@ class V2Routes:
         from kaon.serving.http import Response
 
         raw_length = request.headers.get("inference-header-content-length")
-        header_length = int(raw_length) if raw_length is not None and raw_length.isdigit() else None
+        if raw_length is not None and not raw_length.strip().isdigit():
+            raise MalformedRequestError(f"Inference-Header-Content-Length is the JSON header's size in bytes. "
+                                        f"Received: {raw_length[:40]!r}.")
+        header_length = int(raw_length) if raw_length is not None else None
         infer = decode_infer_request(request.body, header_length)
         inputs = model.validate(infer.inputs)
         sizes = {len(v) for v in inputs.values()}

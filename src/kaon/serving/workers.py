@@ -16,6 +16,7 @@ worker runs its own drift monitor on the requests it answers.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import shutil
@@ -50,8 +51,13 @@ def bind_listener(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}. Pick another --port, or stop what "
-                          f"uses it.") from exc
+        if exc.errno == errno.EADDRINUSE:
+            advice = "Pick another --port, or stop what uses it."
+        elif exc.errno == errno.EACCES:
+            advice = "Ports below 1024 need root: pick a --port of 1024 or more."
+        else:  # an address this machine does not have, or cannot parse
+            advice = "Check --host: an address of this machine, such as 127.0.0.1 or 0.0.0.0 (every interface)."
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}. {advice}") from exc
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
