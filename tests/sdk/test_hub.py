@@ -39,6 +39,16 @@ def test_register_without_example_says_how_to_fix():
         kaon.register(_torch_model(), "lin")
 
 
+def test_one_sample_as_the_example_says_to_pass_a_batch():
+    import torch
+
+    from kaon.errors import ModelLoadError
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    with pytest.raises(ModelLoadError, match=r"axis 0 is not a batch axis.*input_example=x\[:2\], not one sample"):
+        kaon.register(model, "row", input_example=np.zeros(4, np.float32))  # x[0]: 'Constraints violated (batch)'
+
+
 def test_unknown_reference_lists_what_exists():
     kaon.register(_torch_model(), "lin", input_example=np.zeros((2, 1, 8, 8), np.float32))
     with pytest.raises(NotFoundError) as info:

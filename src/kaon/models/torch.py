@@ -197,8 +197,12 @@ def export_program(module: Any, input_example: np.ndarray | dict[str, np.ndarray
         with torch.inference_mode():
             out = module(*tensors)
     except Exception as exc:
+        reason, hint = str(exc), ""
+        if "Constraints violated (batch)" in reason:  # axis 0 is not a batch: x[0] passed instead of x[:2]
+            reason = "the example's axis 0 is not a batch axis the model can vary"
+            hint = " Pass a batch, e.g. input_example=x[:2], not one sample x[0]."
         raise ModelLoadError(
-            f"torch.export could not trace {type(module).__name__}: {exc}. "
+            f"torch.export could not trace {type(module).__name__}: {reason}.{hint} "
             f"Expected a module whose forward works for any batch size with inputs like "
             f"{[(k, v.shape, str(v.dtype)) for k, v in inputs.items()]}."
         ) from exc
