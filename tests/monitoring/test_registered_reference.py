@@ -92,14 +92,30 @@ def test_optimized_version_gets_a_reference_refitted_for_its_own_features(kaon_h
         assert child.framework == "onnx" and REFERENCE_FILENAME in child.files
         reference = Reference.load(registry.materialize(child) / REFERENCE_FILENAME)
         parent_reference = Reference.load(registry.materialize(parent) / REFERENCE_FILENAME)
-    # the ONNX model's outputs, fitted on the tuning inputs (x_train), not the torch parent's penultimate layer
+    # the ONNX model's outputs, fitted on every sample (x_train and x), not the torch parent's penultimate layer
     assert reference.source == "outputs" and parent_reference.source == "penultimate"
-    assert reference.num_samples == len(x_train) and reference.embeddings.shape[1] == 10
+    assert reference.num_samples == len(x_train) + len(x_test) and reference.embeddings.shape[1] == 10
     assert reference.embeddings.shape[1] != parent_reference.embeddings.shape[1]
     # sizes compare model files: the parent's reference.npz is not part of "original"
     with Registry() as registry:
         model_file = registry.materialize(parent) / "model.pt2"
     assert report.original.size_bytes == model_file.stat().st_size
+
+
+def test_a_few_samples_still_give_the_optimized_version_a_reference(kaon_home):
+    """80 samples split 40 to tune, 40 held out: the reference was fitted on the 40 (under the 50 it needs), so
+    the optimized version lost its drift monitor. It is fitted on all 80 now."""
+    from kaon.optimization import attach_samples, optimize
+    from kaon.registry import Registry
+
+    net, (x_train, _, x_test, y_test) = trained_digits(epochs=1)
+    parent = kaon.register(net, "digits", input_example=x_test[:2], reference_data=x_train)
+    attach_samples(parent.ref, x_test[:80], y_test[:80])
+    report = optimize(parent.ref, target="size", methods="int8-dynamic", num_rounds=1, max_accuracy_drop=50.0)
+    with Registry() as registry:
+        child = registry.get_version(report.registered)
+        assert REFERENCE_FILENAME in child.files
+        assert Reference.load(registry.materialize(child) / REFERENCE_FILENAME).num_samples == 80
 
 
 def test_optimized_version_of_a_parent_without_reference_gets_none(kaon_home):

@@ -99,7 +99,9 @@ def optimize(ref_or_model: Any, *, max_accuracy_drop: float = 0.5, target: Targe
         report.run_id = run_id
         report.write(folder)
         if report.chosen is not None and source.record is not None:
-            _register(report, source, reg, run_id, reference_data=tune[0])
+            # the reference describes inputs, not accuracy: every sample fits it (the tuning half alone was
+            # often under the 50 a reference needs, and the optimized version lost its drift monitor)
+            _register(report, source, reg, run_id, reference_data=np.concatenate([tune[0], held[0]]))
             report.write(folder)  # again, now naming the registered version
         if run_id is not None:
             for name, path in report.files.items():
@@ -161,14 +163,14 @@ def _register(report: OptimizationReport, source: Source, registry: Any, run_id:
 
 
 def _reference_for(variant: Variant, record: Any, x: np.ndarray, folder: Path) -> Path | None:
-    """Drift reference statistics for the variant, when its parent has them: refitted on the tuning data,
+    """Drift reference statistics for the variant, when its parent has them: refitted on the samples,
     since the variant's features (an ONNX model's outputs, not the torch parent's penultimate layer) differ."""
     from kaon.monitoring import REFERENCE_FILENAME
 
     if REFERENCE_FILENAME not in record.files:
         return None
     if len(x) < MIN_REFERENCE_ROWS:
-        log.warning("%s has drift reference statistics but the optimized version gets none: %d tuning inputs, "
+        log.warning("%s has drift reference statistics but the optimized version gets none: %d samples, "
                     "fewer than the %d a reference needs. Register it again with reference_data=x_train.",
                     record.ref, len(x), MIN_REFERENCE_ROWS)
         return None
@@ -186,7 +188,7 @@ def _reference_for(variant: Variant, record: Any, x: np.ndarray, folder: Path) -
         log.warning("%s has drift reference statistics but the optimized version gets none: fitting them "
                     "failed (%s). Register it again with reference_data=x_train.", record.ref, exc.message)
         return None
-    log.info("drift reference statistics refitted for %s (%s) on %d tuning inputs", variant.name,
+    log.info("drift reference statistics refitted for %s (%s) on %d samples", variant.name,
              variant.framework, len(x))
     return reference
 
