@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -57,3 +58,55 @@ def test_binary_and_regression_losses_match_torch():
     assert BinaryCrossentropy(from_logits=False)(logits.sigmoid(), targets) == pytest.approx(
         float(F.binary_cross_entropy(logits[:, 0].sigmoid(), targets)), rel=1e-5)
     assert MeanSquaredError()(logits, targets) == pytest.approx(float(F.mse_loss(logits[:, 0], targets)))
+
+
+def _batches(*arrays, size=37):
+    for start in range(0, len(arrays[0]), size):
+        yield tuple(torch.as_tensor(a[start:start + size]) for a in arrays)
+
+
+def test_precision_recall_and_auc_agree_with_scikit_learn_over_batches():
+    from sklearn.metrics import precision_score, recall_score, roc_auc_score
+
+    from kaon.training.metrics import METRICS
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(500, 4)).astype(np.float32)
+    y = (logits + rng.normal(scale=1.5, size=(500, 4))).argmax(1)  # noisy: neither perfect nor random
+    probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    binary_logit = rng.normal(size=(500, 1)).astype(np.float32)
+    y_binary = (binary_logit[:, 0] + rng.normal(size=500) > 0).astype(np.float32)
+    expected = {
+        "precision": (precision_score(y, logits.argmax(1), average="macro"),
+                      precision_score(y_binary, binary_logit[:, 0] > 0)),
+        "recall": (recall_score(y, logits.argmax(1), average="macro"), recall_score(y_binary, binary_logit[:, 0] > 0)),
+        "auc": (roc_auc_score(y, probabilities, multi_class="ovr", average="macro"),
+                roc_auc_score(y_binary, binary_logit[:, 0])),
+    }
+    for name, (multi, binary) in expected.items():
+        tolerance = 0.005 if name == "auc" else 1e-6  # AUC from 200-bin histograms, as Keras computes it
+        metric = METRICS[name](True)
+        for y_pred, target in _batches(logits, y):
+            metric.update(y_pred, target)
+        assert float(metric.result()) == pytest.approx(multi, abs=tolerance), name
+        metric.reset()
+        for y_pred, target in _batches(binary_logit, y_binary[:, None]):  # a (N, 1) column of 0/1 floats
+            metric.update(y_pred, target)
+        assert float(metric.result()) == pytest.approx(binary, abs=tolerance), name
+    assert 0.6 < expected["auc"][0] < 0.95  # the data is informative and not trivial
+
+
+def test_metrics_by_name_train_and_log():
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.preprocessing import StandardScaler
+
+    from kaon.training import Trainer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = StandardScaler().fit_transform(x).astype(np.float32)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(30, 1)
+    history = Trainer(model, loss="binary_crossentropy", metrics=["accuracy", "precision", "recall", "auc"],
+                      seed=0, track=False).fit(x, y.astype(np.float32), epochs=5, validation_split=0.2, verbose=False)
+    assert {"precision", "recall", "auc", "val_auc"} <= set(history.history)
+    assert history.history["val_auc"][-1] > 0.95
