@@ -293,3 +293,27 @@ def test_an_optimizer_built_on_another_models_parameters_is_refused(small):
     model = make_model()
     Trainer(model, optimizer=torch.optim.Adam(model.parameters()), track=False).fit(
         x_train, y_train, epochs=1, verbose=False)
+
+
+def test_class_weight_weighs_each_training_samples_loss_by_its_class(small):
+    """Keras' class_weight (a TypeError before): weights of 0.5 halve the loss of one training step; a weight
+    on one class scales only its samples' losses."""
+    x_train, y_train, _, _ = small
+    x, y = x_train[:32], y_train[:32]
+
+    def first_step_loss(class_weight):
+        trainer = Trainer(make_model(), seed=0, track=False)
+        trainer.fit(x, y, epochs=1, batch_size=32, shuffle=False, verbose=False, class_weight=class_weight)
+        return float(trainer.logs_["loss"])
+
+    plain = first_step_loss({c: 1.0 for c in range(10)})
+    assert first_step_loss({c: 0.5 for c in range(10)}) == pytest.approx(plain / 2, rel=1e-5)
+    model = make_model()
+    with torch.no_grad():
+        per_sample = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y).long(),
+                                                       reduction="none")
+    threes = torch.from_numpy(y == 3)
+    expected = float((per_sample + 2 * per_sample * threes).mean())  # class 3 weighs 3, the others 1
+    assert first_step_loss({3: 3.0}) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ConfigError, match=r"class_weight maps class indices to weights > 0"):
+        Trainer(make_model(), track=False).fit(x, y, epochs=1, class_weight={"a": 1}, verbose=False)

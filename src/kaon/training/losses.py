@@ -12,13 +12,15 @@ clipping flips to 'none' to get one loss per sample.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kaon.errors import InvalidInputError
+from kaon.errors import ConfigError, InvalidInputError
 
 Reduction = Literal["mean", "sum", "none"]
 _EPSILON = 1e-7  # keeps log() finite for a probability output that reached 0 or 1
@@ -146,3 +148,41 @@ def class_labels(y: torch.Tensor, y_pred: torch.Tensor) -> torch.Tensor:
 
 def _mean_per_sample(losses: torch.Tensor) -> torch.Tensor:
     return losses.reshape(losses.shape[0], -1).mean(dim=1) if losses.ndim > 1 else losses
+
+
+class ClassWeighted(nn.Module):
+    """`loss` with each sample's loss scaled by its class's weight, averaged over the batch (Keras'
+    class_weight): rare classes count for more. Classes absent from `weights` weigh 1."""
+
+    def __init__(self, loss: Loss, weights: dict[int, float]) -> None:
+        super().__init__()
+        self.loss = loss
+        size = max(weights) + 1
+        table = torch.ones(size)
+        for label, weight in weights.items():
+            table[label] = weight
+        self.register_buffer("table", table)
+
+    def forward(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        losses = _mean_per_sample(self.loss.per_sample(y_pred, y))
+        if y.ndim == y_pred.ndim and y.shape[-1] > 1:  # one-hot or class probabilities
+            labels = y.argmax(dim=-1)
+        else:
+            labels = y.reshape(y.shape[0], -1)[:, 0].round().long()  # (N,), a (N, 1) column, 0/1 floats
+        table: torch.Tensor = self.table.to(losses.device)  # type: ignore[operator,assignment]
+        weights = torch.where(labels < len(table), table[labels.clamp(0, len(table) - 1)], torch.ones_like(losses))
+        return (losses * weights.to(losses.dtype)).mean()
+
+
+def check_class_weight(class_weight: object) -> dict[int, float]:
+    """{class index: weight > 0}, as Keras takes it."""
+    ok = isinstance(class_weight, dict) and bool(class_weight) and all(
+        isinstance(k, int | np.integer) and not isinstance(k, bool) and k >= 0
+        and isinstance(v, int | float | np.floating) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        for k, v in class_weight.items())
+    if not ok:
+        raise ConfigError(
+            "class_weight maps class indices to weights > 0, e.g. {0: 1.0, 1: 5.0} to count class 1 five times as "
+            f"much. Received: {str(class_weight)[:200]}")
+    assert isinstance(class_weight, dict)
+    return {int(k): float(v) for k, v in class_weight.items()}

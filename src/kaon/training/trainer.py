@@ -38,6 +38,7 @@ from kaon.training._weights import is_keras_model, outputs_probabilities, parame
 from kaon.training.callbacks import Callback
 from kaon.training.distributed import Backend, WorkerSync, check_backend, fit_distributed
 from kaon.training.history import History
+from kaon.training.losses import ClassWeighted, Loss, check_class_weight
 from kaon.training.metrics import Metric
 from kaon.training.privacy import DifferentialPrivacy, PrivateTraining, make_private, quiet_opacus
 
@@ -107,6 +108,7 @@ class Trainer:
         self.address = address
         self.stop_training = False  # a callback sets it to end fit after the current epoch
         self._built = False
+        self._class_weight: dict[int, float] | None = None  # fit(class_weight=...), for this fit's training loss
 
     # ---- the steps: override these ------------------------------------------------------------
 
@@ -156,13 +158,15 @@ class Trainer:
 
     def fit(self, x: Any, y: Any = None, *, epochs: int = 1, batch_size: int = 32,
             validation_data: Any = None, validation_split: float | None = None,
-            callbacks: Sequence[Callback] = (), shuffle: bool = True, verbose: bool | None = None) -> History:
+            class_weight: dict[int, float] | None = None, callbacks: Sequence[Callback] = (), shuffle: bool = True,
+            verbose: bool | None = None) -> History:
         """Train for `epochs` passes over (x, y), a Dataset or a DataLoader; return the History.
 
         `validation_data` ((x, y), a Dataset or a DataLoader) is evaluated after each epoch into
         val_* values; or `validation_split` (arrays only) holds out the last fraction of (x, y) for it,
-        as Keras does (taken before shuffling). `shuffle` applies to arrays and Datasets; a DataLoader
-        keeps its own sampler.
+        as Keras does (taken before shuffling). `class_weight` ({class: weight}) scales each training
+        sample's loss by its class's weight (validation losses stay unweighted, as in Keras). `shuffle`
+        applies to arrays and Datasets; a DataLoader keeps its own sampler.
         `verbose`: None or True prints a live bar on a terminal and a line per epoch elsewhere;
         False prints nothing. On an error the exception carries the History so far as `.history`.
         """
@@ -174,6 +178,10 @@ class Trainer:
                     "pass validation_data or validation_split, not both: validation_split holds out part of x "
                     "for validation, validation_data is a separate set.")
             x, y, validation_data = split_validation(x, y, validation_split)
+        self._class_weight = None if class_weight is None else check_class_weight(class_weight)
+        if self._class_weight is not None and (self.privacy is not None or self.backend != "local"):
+            raise ConfigError("class_weight applies to local fits without privacy. Received: class_weight with "
+                              f"privacy={self.privacy!r}, backend={self.backend!r}.")
         if self.backend != "local":
             return fit_distributed(self, x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
                                    callbacks=callbacks, shuffle=shuffle, verbose=verbose)
@@ -277,6 +285,11 @@ class Trainer:
         self._set_training(True)
         self._reset_logs()
         self._loss_in_use = private.loss_fn if private is not None else self.loss_fn_
+        if self._class_weight is not None:
+            if not isinstance(self.loss_fn_, Loss):
+                raise ConfigError(f"class_weight needs a named loss (it weighs each sample's loss), such as "
+                                  f"'cross_entropy'. Received: loss={self.loss!r}.")
+            self._loss_in_use = ClassWeighted(self.loss_fn_, self._class_weight)
         train_step, batch_end = self.train_step, chain.wants_batch_end
         logs: Mapping[str, Any] = self.logs_
         step = -1
