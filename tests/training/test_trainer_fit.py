@@ -317,3 +317,47 @@ def test_class_weight_weighs_each_training_samples_loss_by_its_class(small):
     assert first_step_loss({3: 3.0}) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ConfigError, match=r"class_weight maps class indices to weights > 0"):
         Trainer(make_model(), track=False).fit(x, y, epochs=1, class_weight={"a": 1}, verbose=False)
+
+
+class _TwoInputs(torch.nn.Module):
+    """Token ids through an embedding, and dense features, as a text + tabular model takes them."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(20, 4)
+        self.dense = torch.nn.Linear(3, 4)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, ids, features):
+        return self.head(self.embed(ids).mean(dim=1) + self.dense(features))
+
+
+def _two_input_data():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 20, (400, 5))
+    features = rng.normal(size=(400, 3)).astype(np.float32)
+    y = ((ids < 10).sum(1) + features[:, 0] > 2.5).astype(np.int64)  # both inputs matter
+    return ids, features, y
+
+
+def test_a_model_with_two_inputs_trains_on_a_list_or_a_dict_as_in_keras():
+    """fit((x1, x2), y) was numpy's 'inhomogeneous shape' ValueError."""
+    ids, features, y = _two_input_data()
+    results = {}
+    for form, x in (("list", [ids, features]), ("dict", {"ids": ids, "features": features})):
+        torch.manual_seed(0)
+        trainer = Trainer(_TwoInputs(), lr=0.05, seed=0, track=False)
+        history = trainer.fit(x, y, epochs=8, validation_split=0.25, verbose=False)
+        results[form] = history.history
+        assert history.history["val_accuracy"][-1] > 0.8
+        x_test = [ids[:7], features[:7]] if form == "list" else {"ids": ids[:7], "features": features[:7]}
+        assert trainer.predict(x_test).shape == (7, 2)
+        assert set(trainer.evaluate(x_test, y[:7])) == {"loss", "accuracy"}
+    assert results["list"] == results["dict"]  # the same model calls: model(ids, features) and by keyword
+    with pytest.raises(InvalidInputError, match="same number of samples"):
+        Trainer(_TwoInputs(), track=False).fit([ids, features[:10]], y, epochs=1, verbose=False)
+    with pytest.raises(ConfigError, match="adversarial training perturbs a model's one input"):
+        import kaon
+
+        Trainer(_TwoInputs(), adversarial=kaon.FGSM(0.1), track=False).fit([ids, features], y, epochs=1,
+                                                                           verbose=False)

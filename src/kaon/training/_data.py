@@ -22,10 +22,70 @@ _MAX_DEVICE_BYTES = 1 << 30
 Batch = Any  # (x, y) or (x,) as tensors for the default steps; any structure for a custom step
 
 
+class Inputs:
+    """A model's several inputs for the same samples, as `fit([x1, x2], y)` or `fit({"ids": ..., "mask": ...}, y)`
+    give them (Keras' convention): the model is called model(x1, x2) or model(ids=..., mask=...). Indexing takes
+    the same rows of each, so batches are made as for one tensor."""
+
+    def __init__(self, args: tuple[torch.Tensor, ...] = (), kwargs: dict[str, torch.Tensor] | None = None) -> None:
+        self.args = args
+        self.kwargs = kwargs or {}
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [*self.args, *self.kwargs.values()]
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Inputs:
+        return Inputs(tuple(fn(t) for t in self.args), {k: fn(v) for k, v in self.kwargs.items()})
+
+    def __getitem__(self, index: Any) -> Inputs:
+        return self.map(lambda t: t[index])
+
+    def __len__(self) -> int:
+        return int(self.tensors()[0].shape[0])
+
+    @property
+    def shape(self) -> torch.Size:  # the batch axis is shared; code reading x.shape[0] works unchanged
+        return self.tensors()[0].shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensors()[0].device
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Inputs:
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Inputs:
+        return self.map(lambda t: t.pin_memory())
+
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.nelement() for t in self.tensors())
+
+    def call(self, fn: Callable[..., Any], *, as_one_argument: bool = False) -> Any:
+        """fn(*args, **kwargs); a Keras model takes its inputs as one list or dict instead."""
+        if as_one_argument:
+            return fn(list(self.args) if self.args else self.kwargs)
+        return fn(*self.args, **self.kwargs)
+
+    def describe(self) -> str:
+        parts = [tuple(t.shape) for t in self.args] or {k: tuple(v.shape) for k, v in self.kwargs.items()}
+        return f"inputs {parts}"
+
+
+def several_inputs(x: Any) -> bool:
+    """Whether x is a model's several inputs: a dict of arrays, or a list/tuple whose items are all arrays."""
+    if isinstance(x, DataLoader | Dataset):
+        return False
+    if isinstance(x, dict):
+        return bool(x)
+    return (isinstance(x, tuple | list) and len(x) > 1
+            and all(isinstance(item, np.ndarray | torch.Tensor) or hasattr(item, "__array__") for item in x)
+            and not all(np.ndim(item) == 0 for item in x))
+
+
 class ArrayBatches:
     """Batches of in-memory tensors: x[perm[i:i + batch_size]]."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor | None, *, batch_size: int, shuffle: bool,
+    def __init__(self, x: torch.Tensor | Inputs, y: torch.Tensor | None, *, batch_size: int, shuffle: bool,
                  generator: torch.Generator | None, device: torch.device) -> None:
         self.x, self.y = x, y
         self.batch_size = batch_size
@@ -141,9 +201,8 @@ def make_batches(x: Any, y: Any, *, batch_size: int, shuffle: bool, device: torc
         loader = x if isinstance(x, DataLoader) else DataLoader(
             x, batch_size=batch_size, shuffle=shuffle and not iterable, generator=generator)
         return LoaderBatches(loader, device=device, check=check)
-    x_t = as_tensor(x, name, dtype)
-    if not integer_x and not isinstance(x, torch.Tensor) and not x_t.is_floating_point():
-        x_t = x_t.to(dtype)  # an array's integer dtype is incidental; a torch tensor's is the caller's choice
+    several = several_inputs(x)
+    x_t = _several_tensors(x, name, dtype, integer_x) if several else _input_tensor(x, name, dtype, integer_x)
     y_t = None if y is None else as_tensor(y, "y" if name == "x" else f"{name} y", dtype)
     if y_t is not None and y_t.shape[0] != x_t.shape[0]:
         raise InvalidInputError(
@@ -154,16 +213,42 @@ def make_batches(x: Any, y: Any, *, batch_size: int, shuffle: bool, device: torc
         )
     if x_t.shape[0] == 0:
         raise InvalidInputError(f"{name} has no samples. Received: shape={tuple(x_t.shape)}")
-    for label, tensor in ((name, x_t), ("y" if name == "x" else f"{name} y", y_t)):
+    named = _named_tensors(x_t, name)
+    for label, tensor in (*named, ("y" if name == "x" else f"{name} y", y_t)):
         if tensor is not None and tensor.is_floating_point():
             _check_finite(tensor, label)
-    nbytes = x_t.element_size() * x_t.nelement() + (0 if y_t is None else y_t.element_size() * y_t.nelement())
+    x_bytes = x_t.nbytes() if isinstance(x_t, Inputs) else x_t.element_size() * x_t.nelement()
+    nbytes = x_bytes + (0 if y_t is None else y_t.element_size() * y_t.nelement())
     if device.type == "cpu" or nbytes <= _MAX_DEVICE_BYTES:
         x_t = x_t.to(device)
         y_t = None if y_t is None else y_t.to(device)
     elif device.type == "cuda":
         x_t, y_t = x_t.pin_memory(), None if y_t is None else y_t.pin_memory()
     return ArrayBatches(x_t, y_t, batch_size=batch_size, shuffle=shuffle, generator=generator, device=device)
+
+
+def _input_tensor(x: Any, name: str, dtype: torch.dtype, integer_x: bool) -> torch.Tensor:
+    tensor = as_tensor(x, name, dtype)
+    if not integer_x and not isinstance(x, torch.Tensor) and not tensor.is_floating_point():
+        tensor = tensor.to(dtype)  # an array's integer dtype is incidental; a torch tensor's is the caller's choice
+    return tensor
+
+
+def _several_tensors(x: Any, name: str, dtype: torch.dtype, integer_x: bool) -> Inputs:
+    if isinstance(x, dict):
+        inputs = Inputs(kwargs={str(k): _input_tensor(v, f"{name}[{k!r}]", dtype, integer_x) for k, v in x.items()})
+    else:
+        inputs = Inputs(tuple(_input_tensor(v, f"{name}[{i}]", dtype, integer_x) for i, v in enumerate(x)))
+    counts = {label: int(t.shape[0]) for label, t in _named_tensors(inputs, name)}
+    if len(set(counts.values())) > 1:
+        raise InvalidInputError(f"a model's inputs must have the same number of samples. Received: {counts}.")
+    return inputs
+
+
+def _named_tensors(x: torch.Tensor | Inputs, name: str) -> list[tuple[str, torch.Tensor]]:
+    if not isinstance(x, Inputs):
+        return [(name, x)]
+    return [(f"{name}[{i}]", t) for i, t in enumerate(x.args)] + [(f"{name}[{k!r}]", t) for k, t in x.kwargs.items()]
 
 
 def split_validation(x: Any, y: Any, fraction: Any) -> tuple[Any, Any, tuple[Any, Any]]:
@@ -177,21 +262,38 @@ def split_validation(x: Any, y: Any, fraction: Any) -> tuple[Any, Any, tuple[Any
         raise InvalidInputError(
             f"validation_split splits arrays (x, y); a {type(x).__name__} cannot be split here. Pass "
             f"validation_data=(x_val, y_val), a Dataset or a DataLoader instead.")
-    if not hasattr(x, "__getitem__") or isinstance(x, list | tuple):
-        x = np.asarray(x)
     if not hasattr(y, "__getitem__") or isinstance(y, list | tuple):
         y = np.asarray(y)
+    if several_inputs(x):  # split each input the same way
+        parts = x if isinstance(x, dict) else dict(enumerate(x))
+        rows = {len(v) for v in parts.values()}
+        if len(rows) > 1 or len(y) not in rows:
+            raise InvalidInputError(f"x's inputs and y must have the same number of samples. Received: "
+                                    f"{ {k: len(v) for k, v in parts.items()} } and len(y)={len(y)}.")
+        keep = math.ceil(len(y) * (1 - fraction))
+        _check_split(fraction, len(y), keep)
+        first = {k: v[:keep] for k, v in parts.items()}
+        rest = {k: v[keep:] for k, v in parts.items()}
+        if isinstance(x, dict):
+            return first, y[:keep], (rest, y[keep:])
+        return list(first.values()), y[:keep], (list(rest.values()), y[keep:])
+    if not hasattr(x, "__getitem__") or isinstance(x, list | tuple):
+        x = np.asarray(x)
     count = len(x)
     if len(y) != count:
         raise InvalidInputError(
             f"x and y must have the same number of samples. Received: len(x)={count}, len(y)={len(y)}. "
             "Check that both come from the same split, in the same order.")
     keep = math.ceil(count * (1 - fraction))
+    _check_split(fraction, count, keep)
+    return x[:keep], y[:keep], (x[keep:], y[keep:])
+
+
+def _check_split(fraction: float, count: int, keep: int) -> None:
     if keep == 0 or keep == count:
         raise InvalidInputError(
             f"validation_split={fraction} of {count} samples leaves {'no training' if keep == 0 else 'no validation'} "
             f"samples. Use a split that holds out at least one sample and keeps at least one.")
-    return x[:keep], y[:keep], (x[keep:], y[keep:])
 
 
 def validation_pair(data: Any) -> tuple[Any, Any]:
@@ -244,6 +346,8 @@ def as_tensor(data: Any, name: str, float_dtype: torch.dtype) -> torch.Tensor:
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, Inputs):
+        return batch if batch.device == device else batch.to(device, non_blocking=True)
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True) if batch.device != device else batch
     if isinstance(batch, tuple | list):

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from kaon.errors import ConfigError
 from kaon.training._callback_list import CallbackList, check_callbacks
-from kaon.training._data import ArrayBatches, validation_pair
+from kaon.training._data import ArrayBatches, Inputs, validation_pair
 from kaon.training._progress import EpochLines
 from kaon.training._tracking import RunTracker, run_params, run_summary
 from kaon.training.callbacks import Callback
@@ -284,6 +284,9 @@ def _check_supported(trainer: Trainer, x: Any, validation_data: Any) -> None:
 def _payload(batches: Any, data: Any) -> tuple[Any, torch.Tensor | None]:
     """What travels to the workers: the checked tensors (on the CPU) for arrays, else the Dataset."""
     if isinstance(batches, ArrayBatches):
+        if isinstance(batches.x, Inputs):
+            raise ConfigError("a distributed fit trains models with one input here. Received: several inputs "
+                              f"({batches.x.describe()}); use backend='local', or a Dataset that yields them.")
         return batches.x.cpu(), None if batches.y is None else batches.y.cpu()
     if not isinstance(data, Dataset):
         raise ConfigError(f"unsupported data for a distributed fit. Received: {type(data).__name__}")

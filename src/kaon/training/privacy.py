@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from kaon.errors import ConfigError, InvalidInputError, require
-from kaon.training._data import ArrayBatches, Batches, LoaderBatches, PoissonBatches
+from kaon.training._data import ArrayBatches, Batches, Inputs, LoaderBatches, PoissonBatches
 from kaon.training._weights import is_keras_model
 
 PrivacyMode = Literal["ghost", "standard"]
@@ -161,6 +161,9 @@ def make_private(config: DifferentialPrivacy, *, model: nn.Module, optimizer: to
     else:
         if train.y is None:
             raise InvalidInputError("privacy needs targets: pass y, or a Dataset of (x, y).")
+        if isinstance(train.x, Inputs):
+            raise ConfigError("privacy trains models with one input here. Received: several inputs "
+                              f"({train.x.describe()}); train without privacy, or combine them into one tensor.")
         loader = DataLoader(TensorDataset(train.x, train.y), batch_size=batch_size)
     private = PrivateTraining(config, model=model, optimizer=optimizer, loss_fn=loss_fn, loader=loader,
                               epochs=epochs)

@@ -30,7 +30,7 @@ from torch import nn
 from kaon.errors import ConfigError, InvalidInputError, KaonError
 from kaon.training import _catalog, _diagnose
 from kaon.training._callback_list import CallbackList, check_callbacks
-from kaon.training._data import Batches, LoaderBatches, make_batches, split_validation, validation_pair
+from kaon.training._data import Batches, Inputs, LoaderBatches, make_batches, split_validation, validation_pair
 from kaon.training._logs import LiveLogs, LossMean
 from kaon.training._progress import make_progress
 from kaon.training._tracking import RunTracker, run_params, run_summary
@@ -118,6 +118,9 @@ class Trainer:
         if x.shape[0] == 0:  # Poisson sampling (privacy) can draw an empty batch
             return self.logs_
         if self.adversarial is not None:
+            if isinstance(x, Inputs):
+                raise ConfigError(f"adversarial training perturbs a model's one input. Received: {x.describe()}; "
+                                  "train without adversarial=, or combine the inputs into one tensor.")
             # Clean and adversarial examples side by side: keeps clean accuracy, costs one more forward pass.
             x_adv = _within_data_range(self.adversarial, x).perturb(self.model, x, y, self.compute_loss)
             x, y = torch.cat([x, x_adv]), torch.cat([y, y])
@@ -354,6 +357,9 @@ class Trainer:
             model.to(self.device_)
             params = parameters(model)
             self._forward_train = self._forward_eval = model
+        # several inputs (fit([x1, x2], y) or a dict) arrive as Inputs: model(x1, x2), or one list/dict for Keras
+        self._forward_train = _taking_inputs(self._forward_train, self._is_keras)
+        self._forward_eval = _taking_inputs(self._forward_eval, self._is_keras)
         self._forward: Callable[..., Any] = self._forward_train
         from_logits = not (self._is_keras and outputs_probabilities(model))
         self.optimizer_ = _catalog.build_optimizer(self.optimizer, params, self.lr)
@@ -464,6 +470,13 @@ class Adversary(Protocol):
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor: ...
+
+
+def _taking_inputs(forward: Callable[..., Any], keras: bool) -> Callable[..., Any]:
+    def call(x: Any) -> Any:
+        return x.call(forward, as_one_argument=keras) if isinstance(x, Inputs) else forward(x)
+
+    return call
 
 
 def _within_data_range(adversary: Adversary, x: torch.Tensor) -> Adversary:
