@@ -19,7 +19,15 @@ from kaon.errors import KaonError, require
 from kaon.optimization._source import Source
 from kaon.optimization.export import compare_outputs, export_onnx, onnx_files, save_onnx, to_probabilities
 from kaon.optimization.layout import channels_last_flatten
-from kaon.optimization.measure import BATCH_LATENCY, BATCH_THROUGHPUT, Runner, onnx_runner, predict, torch_runner
+from kaon.optimization.measure import (
+    BATCH_LATENCY,
+    BATCH_THROUGHPUT,
+    Runner,
+    accuracy,
+    onnx_runner,
+    predict,
+    torch_runner,
+)
 from kaon.optimization.plan import Target, plan_quantization
 from kaon.optimization.profile import profile_groups
 from kaon.optimization.quantize import (
@@ -161,8 +169,8 @@ class Builder:
         def drop_vs_base(runner: Runner) -> float:
             if "base" not in scored:
                 base_runner = onnx_runner(base.files["model.onnx"], num_threads=ctx.num_threads)
-                scored["base"] = _accuracy(predict(base_runner, ctx.source.input_name, tune_x), tune_y)
-            return (scored["base"] - _accuracy(predict(runner, ctx.source.input_name, tune_x), tune_y)) * 100
+                scored["base"] = accuracy(predict(base_runner, ctx.source.input_name, tune_x), tune_y)
+            return (scored["base"] - accuracy(predict(runner, ctx.source.input_name, tune_x), tune_y)) * 100
 
         def build() -> Path | None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -357,7 +365,7 @@ class Builder:
 
     def _score(self, variant: Variant, runner: Runner, outputs: np.ndarray) -> None:
         ctx = self.ctx
-        variant.accuracy = _accuracy(outputs, ctx.held[1])
+        variant.accuracy = accuracy(outputs, ctx.held[1])
         variant.accuracy_drop_pts = (ctx.original_accuracy - variant.accuracy) * 100
         variant.size_bytes = int(sum(p.stat().st_size for p in variant.files.values()))
         self.runners[variant.name] = runner
@@ -383,10 +391,6 @@ class Builder:
             return build()
         except Exception as exc:  # noqa: BLE001 - one method failing must not stop the others
             return self._fail(variant, exc)
-
-
-def _accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(outputs.argmax(axis=-1) == y))
 
 
 def _tile(x: np.ndarray, n: int) -> np.ndarray:

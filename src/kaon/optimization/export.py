@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from kaon._internal.scores import class_scores
 from kaon.errors import InvalidInputError, UnexportableModelError, require
 
 # Above this, weights go to a `.onnx.data` file beside the model (protobuf's limit is 2 GiB).
@@ -59,8 +60,9 @@ class Parity:
 
 
 def to_probabilities(outputs: np.ndarray) -> np.ndarray:
-    """Rows that already are probabilities stay; anything else (logits) goes through a softmax."""
-    a = np.asarray(outputs, dtype=np.float64)
+    """Rows that already are probabilities stay; anything else (logits) goes through a softmax. A binary
+    model's one output becomes two classes (kaon._internal.scores)."""
+    a = class_scores(np.asarray(outputs, dtype=np.float64))
     if a.ndim != 2:
         return a
     if a.min() >= 0 and np.allclose(a.sum(axis=1), 1.0, atol=1e-3):

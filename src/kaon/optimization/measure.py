@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from kaon._internal.scores import class_scores
 from kaon.errors import require
 
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]  # feeds -> first output
@@ -100,7 +101,8 @@ def predict(runner: Runner, name: str, x: np.ndarray, batch_size: int = 256) -> 
 
 
 def accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(np.asarray(outputs).argmax(axis=-1) == y))
+    """Share of correct predictions; a binary model's one output counts as two classes (class_scores)."""
+    return float(np.mean(class_scores(outputs).argmax(axis=-1) == y))
 
 
 def time_interleaved(calls: dict[str, Callable[[], object]], *, num_rounds: int = 5,

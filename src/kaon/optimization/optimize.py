@@ -28,12 +28,14 @@ from typing import Any
 
 import numpy as np
 
+from kaon._internal.scores import class_scores
 from kaon.config import kaon_home
 from kaon.errors import ConfigError, InvalidInputError, KaonError
 from kaon.models import load_folder
 from kaon.optimization._builder import Builder, Context
 from kaon.optimization._source import Source, open_source
 from kaon.optimization.choose import Score, choose_variant
+from kaon.optimization.measure import accuracy as measured_accuracy
 from kaon.optimization.measure import predict, time_runners, torch_threads
 from kaon.optimization.plan import Target
 from kaon.optimization.report import OptimizationReport, Variant
@@ -121,7 +123,7 @@ def _run(source: Source, requested: tuple[str, ...], target: Target, max_accurac
     base_runner = source.runner(num_threads)
     outputs = predict(base_runner, name, held[0])
     _check_classifier(outputs, held[1], source)
-    accuracy = float(np.mean(outputs.argmax(axis=-1) == held[1]))
+    accuracy = measured_accuracy(outputs, held[1])
     original = Variant("original", (), source.kind, accuracy=accuracy, accuracy_drop_pts=0.0,
                        size_bytes=source.size_bytes, threads=num_threads, candidate=False,
                        notes=[f"{source.label} as kaon serves it today ({source.kind})"])
@@ -227,10 +229,13 @@ def _samples(source: Source, given: Samples | None, registry: Any) -> Samples:
 
 
 def _check_classifier(outputs: np.ndarray, y: np.ndarray, source: Source) -> None:
-    if outputs.ndim != 2 or int(y.max()) >= outputs.shape[1]:
+    scores = class_scores(outputs)  # a binary model's one logit or probability counts as two classes
+    if scores.ndim != 2 or int(y.max()) >= scores.shape[1]:
         raise InvalidInputError(
-            f"optimize scores classifiers: their first output is (N, classes) and y holds class indices. "
-            f"Received: output shape {outputs.shape} from {source.label}, labels up to {int(y.max())}."
+            f"optimize scores classifiers by accuracy: their first output is (N, classes), or (N, 1) for a binary "
+            f"model, and y holds class indices. Received: output shape {outputs.shape} from {source.label}, labels "
+            f"up to {int(y.max())}. A regression model has no accuracy to keep: export it with "
+            f"kaon.optimization.export_onnx and quantize_model directly."
         )
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kaon._internal.scores import two_class_tensor
 from kaon.errors import InvalidInputError, require
 from kaon.optimization._fx import PRUNABLE, editable_module
 
@@ -80,7 +81,10 @@ def fine_tune(module: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 
     inputs, labels = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y, dtype=np.int64))
     targets = torch.from_numpy(np.asarray(teacher, dtype=np.float32)) if teacher is not None else None
     with torch.no_grad():
-        probabilities = _outputs_probabilities(module(inputs[:16]))
+        first = module(inputs[:16])
+        binary = isinstance(first, torch.Tensor) and first.dim() == 2 and first.shape[1] == 1
+        probabilities = (bool(first.min() >= 0 and first.max() <= 1) if binary
+                         else _outputs_probabilities(first))
     layers = dict(module.named_modules())
     optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr)
     generator = torch.Generator().manual_seed(seed)
@@ -91,7 +95,7 @@ def fine_tune(module: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 
         order = torch.randperm(len(inputs), generator=generator)
         for start in range(0, len(inputs), batch_size):
             index = order[start:start + batch_size]
-            out = module(inputs[index])
+            out = two_class_tensor(module(inputs[index]), probabilities)  # a binary model's one output: 2
             log_p = torch.log(out.clamp_min(1e-8)) if probabilities else nn.functional.log_softmax(out, dim=1)
             loss = nn.functional.nll_loss(log_p, labels[index])
             if targets is not None:

@@ -67,6 +67,10 @@ def check_samples(x: Any, y: Any, *, what: str = "samples", signature: Signature
             f"{what}: x must be a numeric array of at least 2 inputs, batch axis first. "
             f"Received: x shape={x.shape}, dtype={x.dtype}."
         )
+    if y.ndim == 2 and y.shape[1] == 1:  # a (N, 1) column of labels, as a binary model's targets often are
+        y = y[:, 0]
+    if y.dtype.kind == "f" and y.size and np.isfinite(y).all() and (y == np.round(y)).all() and y.min() >= 0:
+        y = y.astype(np.int64)  # 0.0/1.0 labels (BCE targets, a pandas column) are class indices
     if y.dtype.kind not in "iub" or y.ndim != 1 or len(y) != len(x):
         raise InvalidInputError(
             f"{what}: y must be integer class labels, one per input: shape ({len(x)},). "

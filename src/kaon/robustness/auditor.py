@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from kaon._internal.arrays import load_arrays
+from kaon._internal.scores import class_scores, two_class_tensor
 from kaon.errors import InvalidInputError
 from kaon.models import Model
 from kaon.robustness import corruptions as corrupt
@@ -164,6 +165,10 @@ def _data(data: Any, model: Model, spec: Any) -> tuple[np.ndarray, np.ndarray, s
         source = str(path)
     if y.ndim == 2 and y.shape[1] > 1:
         y = y.argmax(1)  # one-hot labels
+    elif y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]  # a column, as a binary model's targets often are
+    if y.dtype.kind == "f" and y.size and np.isfinite(y).all() and (y == np.round(y)).all() and y.min() >= 0:
+        y = y.astype(np.int64)  # 0.0/1.0 labels (BCE targets, a pandas column) are class indices
     if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
         raise InvalidInputError(f"labels must be one integer class per input. Received: labels of shape "
                                 f"{y.shape} and dtype {y.dtype} for {len(x)} inputs.")
@@ -179,10 +184,11 @@ def _is_probabilities(outputs: np.ndarray) -> bool:
     return bool(outputs.min() >= 0 and np.allclose(outputs.sum(1), 1, atol=1e-3))
 
 
-def _probabilities(outputs: np.ndarray) -> np.ndarray:
+def _probabilities(raw: np.ndarray) -> np.ndarray:
+    outputs = class_scores(raw)  # a binary model's one logit or probability: two classes
     if outputs.ndim != 2 or outputs.shape[1] < 2:
-        raise InvalidInputError(f"kaon audits classifiers: the first output must be (N, classes). "
-                                f"Received: shape {outputs.shape}.")
+        raise InvalidInputError(f"kaon audits classifiers: the first output must be (N, classes), or (N, 1) for a "
+                                f"binary model. Received: shape {raw.shape}.")
     if _is_probabilities(outputs):
         return outputs
     shifted = np.exp(outputs - outputs.max(1, keepdims=True))
@@ -206,9 +212,10 @@ def _adversarial(model: Model, x: np.ndarray, y: np.ndarray, epsilons: Sequence[
     with torch.no_grad():
         probe = module(torch.from_numpy(x[:8]).to(device))
     probe = probe if isinstance(probe, torch.Tensor) else probe[0]
-    outputs_probabilities = _is_probabilities(probe.float().cpu().numpy())
+    outputs_probabilities = _is_probabilities(class_scores(probe.float().cpu().numpy()))
 
-    def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def loss_fn(raw: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        output = two_class_tensor(raw, outputs_probabilities)  # binary: cross-entropy on it is BCE
         if outputs_probabilities:
             return torch.nn.functional.nll_loss(output.clamp_min(1e-12).log(), target)
         return torch.nn.functional.cross_entropy(output, target)
@@ -225,7 +232,7 @@ def _adversarial(model: Model, x: np.ndarray, y: np.ndarray, epsilons: Sequence[
                 adv = attack.perturb(module, xb, yb, loss_fn)
                 with torch.no_grad():
                     out = module(adv)
-                out = out if isinstance(out, torch.Tensor) else out[0]
+                out = two_class_tensor(out if isinstance(out, torch.Tensor) else out[0], outputs_probabilities)
                 correct += int((out.argmax(1) == yb).sum())
             results[name][f"{eps:g}"] = round(correct / len(y), 4)
     return results
@@ -234,7 +241,7 @@ def _adversarial(model: Model, x: np.ndarray, y: np.ndarray, epsilons: Sequence[
 def _corruptions(model: Model, name: str, x: np.ndarray, y: np.ndarray, low: float, high: float, batch_size: int,
                  seed: int, notes: list[str]) -> dict[str, dict[str, float]]:
     def accuracy(batch: np.ndarray) -> float:
-        return round(float((_predict(model, name, batch, batch_size).argmax(1) == y).mean()), 4)
+        return round(float((class_scores(_predict(model, name, batch, batch_size)).argmax(1) == y).mean()), 4)
 
     results: dict[str, dict[str, float]] = {
         "gaussian_noise": {f"{s:g}": accuracy(corrupt.gaussian_noise(x, s, seed=seed, low=low, high=high))

@@ -1,0 +1,32 @@
+"""A classifier's scores as (N, classes), whatever the model answers: a binary model's one output per sample (a
+logit z, or a probability p in [0, 1]) reads as two classes, [0, z] or [1 - p, p]. Then argmax is the predicted
+class, a softmax of [0, z] is [1 - sigmoid(z), sigmoid(z)], and cross-entropy on it is binary cross-entropy:
+optimize and audit treat binary models as any classifier."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def class_scores(outputs: Any) -> np.ndarray:
+    """(N, classes) scores from a model's first output (numpy)."""
+    scores = np.asarray(outputs)
+    if scores.ndim == 1:
+        scores = scores[:, None]
+    if scores.ndim != 2 or scores.shape[1] != 1:
+        return scores
+    if scores.size and scores.min() >= 0 and scores.max() <= 1:
+        return np.concatenate([1 - scores, scores], axis=1)
+    return np.concatenate([np.zeros_like(scores), scores], axis=1)
+
+
+def two_class_tensor(out: Any, probabilities: bool) -> Any:
+    """The same for a torch tensor inside a training or attack loop, where the caller knows whether the model
+    answers probabilities (decided once, not per batch). Other shapes are returned as they are."""
+    import torch
+
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != 1:
+        return out
+    return torch.cat([1 - out, out] if probabilities else [torch.zeros_like(out), out], dim=1)
