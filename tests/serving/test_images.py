@@ -151,7 +151,7 @@ def test_onnx_model_refuses_a_gpu_or_bf16_with_a_way_out(tmp_path):
                       dynamic_axes={"x": {0: "n"}})
     model = load_file(tmp_path / "m.onnx")
     assert model.place("auto", "fp32") is model
-    with pytest.raises(ConfigError, match="runs on the CPU in fp32 in kaon.*Serve a torch.export .pt2"):
+    with pytest.raises(ConfigError, match="runs onnx models on the CPU in fp32.*Serve a torch.export .pt2"):
         model.place("cuda", "fp32")
     with pytest.raises(ConfigError, match="precision='bf16'"):
         model.place("cpu", "bf16")

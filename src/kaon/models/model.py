@@ -36,7 +36,7 @@ class Model(ABC):
         torch models (`.pt2`) also run on a CUDA GPU and in bf16/fp16 (TorchModel.place). Returns self."""
         if (device or "auto") not in ("auto", "cpu") or precision != "fp32":
             raise ConfigError(
-                f"a {self.framework} model runs on the CPU in fp32 in kaon. Received: device={device!r}, "
+                f"kaon runs {self.framework} models on the CPU in fp32. Received: device={device!r}, "
                 f"precision={precision!r}. Serve a torch.export .pt2 for a GPU or bf16/fp16, or make an "
                 f"fp16 variant with `kaon optimize --methods fp16`.")
         return self

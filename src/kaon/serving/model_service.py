@@ -150,7 +150,7 @@ def model_service(model: Model, version: str | None = None, *, top_k: int = 0,
         return {model.name: model}
 
     namespace = {
-        "name": class_name,
+        "name": model.name,  # the banner, /docs and logs say the model's own name; schemas camel-case it
         "setup": setup,
         "warm_up": warm_up,
         "teardown": teardown,
@@ -196,7 +196,7 @@ def _multi_input_service(model: Model, version: str | None, top_k: int, class_na
         return {model.name: model}
 
     return type(class_name, (Service,), {
-        "name": class_name, "setup": setup, "predict": endpoint(predict), "models": property(models),
+        "name": model.name, "setup": setup, "predict": endpoint(predict), "models": property(models),
         "model_version": version,
         "__doc__": f"Serves the {model.framework} model '{model.name}' ({len(specs)} inputs).",
     })
