@@ -121,3 +121,15 @@ def test_runs_show_prints_a_failed_runs_whole_error(kaon_home: Path) -> None:
     registry.finish_run(run.id, status="failed", summary={"epochs_completed": 2, "error": error})
     cells = "".join(ch for ch in invoke(runs_app, "show", str(run.id)).stdout if not ch.isspace() and ch != "│")
     assert error.replace(" ", "") in cells and "epochs=40" in cells  # wrapped in its cell, never cut
+
+
+def test_runs_list_leads_with_validation_figures_not_bookkeeping(registry: Registry) -> None:
+    """The summary column showed epochs_completed, stopped_early and duration_s, then was cut before any metric."""
+    run = registry.create_run("fit", params={})
+    registry.finish_run(run.id, summary={"epochs_completed": 12, "stopped_early": False, "duration_s": 0.743,
+                                         "loss": 0.03, "accuracy": 0.99, "val_loss": 0.07, "val_accuracy": 0.98,
+                                         "best_val_loss": 0.066, "best_val_accuracy": 0.983})
+    from kaon.cli.registry_cmd import _headline
+
+    assert list(_headline(registry.get_run(run.id).summary))[:2] == ["val_loss", "val_accuracy"]
+    assert "epochs_completed" not in invoke(runs_app, "list").stdout

@@ -62,9 +62,23 @@ def list_runs(
         duration = (run.finished_at - run.created_at).total_seconds() if run.finished_at else None
         table.add_row(
             str(run.id), escape(run.name), run.kind, _status(run.status), _time(run.created_at),
-            f"{duration:.1f} s" if duration is not None else "-", _compact(run.summary),
+            f"{duration:.1f} s" if duration is not None else "-", _compact(_headline(run.summary)),
         )
     console.print(table)
+
+
+# Bookkeeping a run's list row leaves to `kaon runs show` (the duration has its own column)
+_BOOKKEEPING = ("epochs_completed", "stopped_early", "duration_s", "callback_close_errors")
+
+
+def _headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """What a list row shows first: validation figures, then the other metrics, then the rest (an error last)."""
+    figures = {k: v for k, v in summary.items() if k not in _BOOKKEEPING and k != "error"}
+    ordered = sorted(figures, key=lambda k: (not k.startswith("val_"), k.startswith("best_")))
+    headline = {k: figures[k] for k in ordered}
+    if "error" in summary:
+        headline["error"] = summary["error"]
+    return headline or summary
 
 
 @runs_app.command("show")
