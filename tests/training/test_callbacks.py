@@ -167,3 +167,26 @@ def test_monitoring_a_value_that_is_not_logged_lists_the_logged_ones(small):
     message = str(info.value)
     assert "EarlyStopping monitors 'val_loss', which fit does not log" in message
     assert "Expected one of: loss, accuracy" in message and "validation_data" in message
+
+
+def test_a_run_resumes_from_a_checkpoint_with_load_weights_and_initial_epoch(small, tmp_path):
+    """Keras' load_weights + fit(initial_epoch=): there was no way to resume from what ModelCheckpoint wrote."""
+    from kaon.errors import ConfigError, InvalidInputError
+
+    x_train, y_train, _, _ = small
+    first = make_model()
+    Trainer(first, seed=0, track=False).fit(x_train, y_train, epochs=2, verbose=False,
+                                            callbacks=[ModelCheckpoint(tmp_path / "{epoch:02d}.safetensors")])
+    resumed = Trainer(make_model(seed=1), seed=0, track=False)
+    epoch = resumed.load_weights(tmp_path / "02.safetensors")
+    assert epoch == 2
+    for name, tensor in first.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], tensor)
+    history = resumed.fit(x_train, y_train, epochs=4, initial_epoch=epoch, verbose=False)
+    assert history.epoch == [2, 3] and len(history.history["loss"]) == 2
+    with pytest.raises(InvalidInputError, match="no weights file"):
+        resumed.load_weights(tmp_path / "missing.safetensors")
+    with pytest.raises(ConfigError, match="do not fit Linear"):
+        Trainer(torch.nn.Linear(3, 2), track=False).load_weights(tmp_path / "02.safetensors")
+    with pytest.raises(ConfigError, match="initial_epoch is the number of epochs already trained"):
+        resumed.fit(x_train, y_train, epochs=2, initial_epoch=2, verbose=False)

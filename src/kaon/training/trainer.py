@@ -21,6 +21,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -162,7 +163,7 @@ class Trainer:
     def fit(self, x: Any, y: Any = None, *, epochs: int = 1, batch_size: int = 32,
             validation_data: Any = None, validation_split: float | None = None,
             class_weight: dict[int, float] | None = None, callbacks: Sequence[Callback] = (), shuffle: bool = True,
-            verbose: bool | None = None) -> History:
+            verbose: bool | None = None, initial_epoch: int = 0) -> History:
         """Train for `epochs` passes over (x, y), a Dataset or a DataLoader; return the History.
 
         `validation_data` ((x, y), a Dataset or a DataLoader) is evaluated after each epoch into
@@ -172,9 +173,16 @@ class Trainer:
         applies to arrays and Datasets; a DataLoader keeps its own sampler.
         `verbose`: None or True prints a live bar on a terminal and a line per epoch elsewhere;
         False prints nothing. On an error the exception carries the History so far as `.history`.
+        `initial_epoch` resumes a run, as in Keras: epochs initial_epoch+1 .. epochs are trained, e.g.
+        `fit(x, y, epochs=10, initial_epoch=trainer.load_weights("ckpt/05.safetensors"))`.
         """
         _check_count("epochs", epochs)
         _check_count("batch_size", batch_size)
+        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int) or not 0 <= initial_epoch < epochs:
+            raise ConfigError(f"initial_epoch is the number of epochs already trained, from 0 to epochs - 1 "
+                              f"({epochs - 1}). Received: initial_epoch={initial_epoch!r}.")
+        if initial_epoch and self.backend != "local":
+            raise ConfigError(f"initial_epoch resumes local fits. Received: backend={self.backend!r}.")
         if validation_split is not None:
             if validation_data is not None:
                 raise InvalidInputError(
@@ -200,7 +208,7 @@ class Trainer:
             self._set_training(True)  # Opacus validates a model in training mode
             private, train = make_private(self.privacy, model=self.model, optimizer=self.optimizer_,
                                           loss_fn=self.loss_fn_, train=train, batch_size=batch_size,
-                                          epochs=epochs)
+                                          epochs=epochs - initial_epoch)
             self.optimizer_ = private.optimizer  # clips and noises; the plain one is back when fit ends
         history = History()
         history.params = run_params(self, epochs=epochs, batch_size=batch_size, num_samples=train.num_samples)
@@ -214,7 +222,7 @@ class Trainer:
         started, error = time.perf_counter(), None
         try:
             with quiet_opacus() if private is not None else contextlib.nullcontext():
-                self._run_epochs(train, val, epochs, chain, private, history, tracker)
+                self._run_epochs(train, val, range(initial_epoch, epochs), chain, private, history, tracker)
         except BaseException as exc:
             error = exc
             with contextlib.suppress(AttributeError):
@@ -259,11 +267,11 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------
 
-    def _run_epochs(self, train: Batches, val: Batches | None, epochs: int, chain: CallbackList,
+    def _run_epochs(self, train: Batches, val: Batches | None, epochs: range, chain: CallbackList,
                     private: PrivateTraining | None, history: History, tracker: RunTracker | None) -> None:
         logs: dict[str, float] = {}
         chain.on_train_begin({})
-        for epoch in range(epochs):
+        for epoch in epochs:
             chain.on_epoch_begin(epoch, {})
             logs = self._average(self._train_epoch(train, epoch, chain, private), train)
             if val is not None:
@@ -387,6 +395,33 @@ class Trainer:
 
                 keras.utils.set_random_seed(self.seed)
         self._built = True
+
+    def load_weights(self, path: str | Path) -> int:
+        """Load weights saved by ModelCheckpoint (safetensors) into the model; return the epoch they were saved
+        after (0 if the file does not say), for fit(..., initial_epoch=...). The optimizer's state (Adam's moments)
+        is not in the file: a resumed fit starts it afresh."""
+        from safetensors import SafetensorError, safe_open
+
+        from kaon.training._weights import restore
+
+        source = Path(path)
+        if not source.is_file():
+            raise InvalidInputError(f"no weights file at {str(source)!r}. Pass a .safetensors file ModelCheckpoint "
+                                    f"wrote, e.g. ModelCheckpoint('ckpt/{{epoch:02d}}.safetensors').")
+        try:
+            with safe_open(str(source), framework="pt") as handle:
+                weights = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+                metadata = handle.metadata() or {}
+        except (SafetensorError, OSError) as exc:
+            raise InvalidInputError(f"{str(source)!r} is not a readable safetensors file ({exc}).") from exc
+        try:
+            restore(self.model, weights)
+        except (RuntimeError, KeyError) as exc:
+            raise ConfigError(f"the weights in {str(source)!r} do not fit {type(self.model).__name__}: "
+                              f"{str(exc).splitlines()[0][:300]}. Build the model as it was when they were saved."
+                              ) from exc
+        epoch = metadata.get("epoch", "0")
+        return int(epoch) if epoch.isdigit() else 0
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self._autocast_dtype is None:
