@@ -19,8 +19,14 @@ from kaon.models import Model
 
 
 def differentiable_module(model: Model) -> torch.nn.Module | None:
-    """The torch module behind `model` when autograd can run through it, else None."""
-    module = getattr(model, "module", None) if model.framework == "torch" else None
+    """The torch module behind `model` when autograd can run through it, else None. A Keras 3 model on the
+    torch backend is a torch module too, and its calls on torch tensors record gradients."""
+    if model.framework == "torch":
+        module = getattr(model, "module", None)
+    elif model.framework == "keras":
+        module = getattr(model, "keras_model", None)
+    else:
+        module = None
     return module if isinstance(module, torch.nn.Module) else None
 
 

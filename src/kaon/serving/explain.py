@@ -30,11 +30,13 @@ ExplainTarget = int | list[int] | None
 
 
 def has_gradients(model: Model) -> bool:
-    """Whether kaon can run autograd through `model` (without importing torch when it cannot)."""
-    if model.framework != "torch":
+    """Whether kaon can run autograd through `model` (without importing torch when it cannot): a torch model,
+    or a Keras 3 model on the torch backend (see kaon.explanation._tensor.differentiable_module)."""
+    if model.framework not in ("torch", "keras"):
         return False
-    module = getattr(model, "module", None)
-    return module is not None and hasattr(module, "parameters")
+    from kaon.explanation._tensor import differentiable_module
+
+    return differentiable_module(model) is not None
 
 
 def _why_not(model: Model) -> str:
