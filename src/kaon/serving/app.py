@@ -130,8 +130,12 @@ class KaonApp:
         self._v2: V2Routes | None = None
         self.observers: Any = None  # request log + drift/outlier monitor, fed off the hot path
         self._docs_app: Any = None
-        # Set by the server (kaon.serving.server): the lifespan starts the app in the background, so the port
-        # answers /healthz (200) and /readyz (503 "starting") while setup() loads a model; then one of these.
+        # Set by `kaon serve` (kaon.serving.server) for a single process: the lifespan starts the app in the
+        # background, so the port answers /healthz (200) and /readyz (503 "starting") while setup() loads a model;
+        # then one of the callbacks. Otherwise (a worker of --workers N, whose siblings take the traffic meanwhile;
+        # another ASGI host such as Ray Serve) setup runs inside the lifespan: nothing is accepted before it is
+        # done, and a setup that fails is reported to the host as lifespan.startup.failed.
+        self.background_setup = False
         self.on_ready: Callable[[], None] | None = None
         self.on_setup_failed: Callable[[BaseException], None] | None = None
         self.setup_error: BaseException | None = None
@@ -233,9 +237,19 @@ class KaonApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                # in the background: the server accepts at once, answering 503 "starting" until setup is done
-                self._starting = asyncio.create_task(self._start_in_background())
+                if self.background_setup:  # the server accepts at once, answering 503 "starting" until set up
+                    self._starting = asyncio.create_task(self._start_in_background())
+                    await send({"type": "lifespan.startup.complete"})
+                    continue
+                try:
+                    await self.startup()
+                except BaseException as exc:  # noqa: BLE001 - reported to the host, which exits
+                    log.error("setup of %s failed: %s", self.name, exc, exc_info=not isinstance(exc, KaonError))
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 await send({"type": "lifespan.startup.complete"})
+                if self.on_ready is not None:
+                    self.on_ready()
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})

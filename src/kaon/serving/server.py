@@ -121,13 +121,16 @@ def serve(target: Service | type[Service] | KaonApp, config: ServeConfig | None 
     ))
     from kaon.serving.workers import LISTEN_FD_ENV, bind_listener, mark_ready, watch_supervisor
 
-    app.on_setup_failed = lambda exc: setattr(server, "should_exit", True)  # logged by the app; exit code 1
     listen_fd = os.environ.get(LISTEN_FD_ENV)
     if listen_fd:  # a worker of `kaon serve --workers N`: accept on the supervisor's socket, banner to it
-        app.on_ready = lambda: mark_ready(banner(app, config))  # once set up: the supervisor counts it ready
+        # set up before accepting (the lifespan waits for it): the other workers take the traffic meanwhile
+        app.on_ready = lambda: mark_ready(banner(app, config))
         watch_supervisor()
         server.run(sockets=[socket.socket(fileno=int(listen_fd))])
     else:
+        # one process: accept at once, so health probes are answered while setup() loads the model
+        app.background_setup = True
+        app.on_setup_failed = lambda exc: setattr(server, "should_exit", True)  # logged by the app; exit code 1
         sock = bind_listener(config.host, config.port)  # a taken port is a clear error, before the banner
         if print_banner:
             print(banner(app, config), flush=True)

@@ -1,0 +1,57 @@
+"""How the ASGI lifespan runs setup(): inside it for any host (Ray Serve, uvicorn --factory, a worker of
+--workers N), so a failing setup is reported as startup.failed and nothing is accepted before it is done; in the
+background only when `kaon serve` asks for it (one process answering health probes while the model loads)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import kaon
+from kaon.config import ServeConfig
+from kaon.serving.app import KaonApp
+
+
+class Broken(kaon.Service):
+    def setup(self):
+        raise RuntimeError("weights file is corrupt")
+
+    @kaon.endpoint
+    def ping(self, n: int) -> int:
+        return n
+
+
+def _lifespan(app: KaonApp) -> list[dict]:
+    sent: list[dict] = []
+
+    async def scenario() -> None:
+        messages = asyncio.Queue()
+        await messages.put({"type": "lifespan.startup"})
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+            if message["type"] == "lifespan.startup.complete":
+                await asyncio.sleep(0.2)  # a background setup runs meanwhile
+                await messages.put({"type": "lifespan.shutdown"})
+
+        await app(scope={"type": "lifespan"}, receive=messages.get, send=send)
+
+    asyncio.run(scenario())
+    return sent
+
+
+def test_another_host_is_told_that_setup_failed():
+    """A regression of the background setup: under uvicorn --factory (and Ray Serve) a failing setup said
+    'startup complete' and the process served 503s forever."""
+    sent = _lifespan(KaonApp(Broken, ServeConfig()))
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert "weights file is corrupt" in sent[0]["message"]
+
+
+def test_kaon_serve_sets_up_in_the_background_and_hears_of_a_failure():
+    app = KaonApp(Broken, ServeConfig())
+    app.background_setup = True
+    failures: list[BaseException] = []
+    app.on_setup_failed = failures.append
+    sent = _lifespan(app)
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert len(failures) == 1 and app.setup_error is failures[0]
