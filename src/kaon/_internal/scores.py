@@ -10,14 +10,29 @@ from typing import Any
 import numpy as np
 
 
-def class_scores(outputs: Any) -> np.ndarray:
-    """(N, classes) scores from a model's first output (numpy)."""
+def binary_probabilities(outputs: Any) -> bool | None:
+    """For a binary model's outputs (one per sample), whether they are probabilities (all in [0, 1]) rather than
+    logits; None for any other model. Decide it once per model, on as many outputs as there are (a batch of logits
+    can happen to fall in [0, 1]), and pass it to `class_scores`."""
+    scores = np.asarray(outputs)
+    if scores.ndim == 1:
+        scores = scores[:, None]
+    if scores.ndim != 2 or scores.shape[1] != 1:
+        return None
+    return bool(scores.size and scores.min() >= 0 and scores.max() <= 1)
+
+
+def class_scores(outputs: Any, probabilities: bool | None = None) -> np.ndarray:
+    """(N, classes) scores from a model's first output (numpy). `probabilities`: the model's
+    `binary_probabilities`, decided once; None decides from these outputs alone."""
     scores = np.asarray(outputs)
     if scores.ndim == 1:
         scores = scores[:, None]
     if scores.ndim != 2 or scores.shape[1] != 1:
         return scores
-    if scores.size and scores.min() >= 0 and scores.max() <= 1:
+    if probabilities is None:
+        probabilities = binary_probabilities(scores)
+    if probabilities:
         return np.concatenate([1 - scores, scores], axis=1)
     return np.concatenate([np.zeros_like(scores), scores], axis=1)
 

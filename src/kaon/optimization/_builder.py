@@ -61,6 +61,7 @@ class Context:
     original_accuracy: float
     original_outputs: np.ndarray
     original_runner: Runner
+    binary_probabilities: bool | None = None  # a binary model's one output: probabilities or logits, decided once
 
 
 @dataclass
@@ -75,7 +76,7 @@ class Builder:
         """The original's probabilities on the tuning samples: the targets pruned models are distilled to."""
         if self._teacher is None:
             outputs = predict(self.ctx.original_runner, self.ctx.source.input_name, self.ctx.tune[0])
-            self._teacher = to_probabilities(outputs).astype(np.float32)
+            self._teacher = to_probabilities(outputs, self.ctx.binary_probabilities).astype(np.float32)
         return self._teacher
 
     # ---- entry ------------------------------------------------------------------------------------
@@ -140,7 +141,7 @@ class Builder:
         except Exception as exc:  # noqa: BLE001
             return self._fail(variant, exc)
         if reference is not None:
-            parity = compare_outputs(reference[:_PARITY_SAMPLES], outputs[:_PARITY_SAMPLES])
+            parity = compare_outputs(reference[:_PARITY_SAMPLES], outputs[:_PARITY_SAMPLES], ctx.binary_probabilities)
             if record_parity:
                 self.parity = f"{variant.name} vs the original: {parity.describe()}"
             if not parity.ok:
@@ -169,8 +170,10 @@ class Builder:
         def drop_vs_base(runner: Runner) -> float:
             if "base" not in scored:
                 base_runner = onnx_runner(base.files["model.onnx"], num_threads=ctx.num_threads)
-                scored["base"] = accuracy(predict(base_runner, ctx.source.input_name, tune_x), tune_y)
-            return (scored["base"] - accuracy(predict(runner, ctx.source.input_name, tune_x), tune_y)) * 100
+                scored["base"] = accuracy(predict(base_runner, ctx.source.input_name, tune_x), tune_y,
+                                          ctx.binary_probabilities)
+            return (scored["base"] - accuracy(predict(runner, ctx.source.input_name, tune_x), tune_y,
+                                              ctx.binary_probabilities)) * 100
 
         def build() -> Path | None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -269,7 +272,8 @@ class Builder:
         # The more channels go, the longer the fine-tune: 30 epochs at 75% (10 lost 0.6-1.7 pts on digits, 30 lost
         # 0-0.6), 20 at 50%, 10 at 25%; the step cap grows with it, for large tuning sets.
         epochs = max(10, round(40 * ratio))
-        loss = fine_tune(module, *ctx.tune, teacher=self.teacher(), epochs=epochs, max_steps=60 * epochs)
+        loss = fine_tune(module, *ctx.tune, teacher=self.teacher(), epochs=epochs, max_steps=60 * epochs,
+                         binary_probabilities=ctx.binary_probabilities)
         widths = ", ".join(f"{k} {a}->{b}" for k, a, b in ((k, *v) for k, v in changed.items()))
         variant.notes.append(f"{ratio:.0%} of channels removed ({widths}); fine-tuned {epochs} epochs on "
                              f"{len(ctx.tune[0])} samples, distilled from the original (final loss {loss:.3f})")
@@ -289,7 +293,8 @@ class Builder:
         def build() -> Any:
             module = editable_module(ctx.source.program if ctx.source.program is not None else ctx.source.module)
             masks = prune_unstructured(module, ratio=SPARSITY)
-            fine_tune(module, *ctx.tune, masks=masks, teacher=self.teacher())
+            fine_tune(module, *ctx.tune, masks=masks, teacher=self.teacher(),
+                      binary_probabilities=ctx.binary_probabilities)
             variant.notes.append(f"{SPARSITY:.0%} of each conv/linear layer's weights set to 0 and kept there "
                                  f"during the fine-tune; dense kernels and files do not get faster or smaller")
             return module
@@ -365,7 +370,7 @@ class Builder:
 
     def _score(self, variant: Variant, runner: Runner, outputs: np.ndarray) -> None:
         ctx = self.ctx
-        variant.accuracy = accuracy(outputs, ctx.held[1])
+        variant.accuracy = accuracy(outputs, ctx.held[1], ctx.binary_probabilities)
         variant.accuracy_drop_pts = (ctx.original_accuracy - variant.accuracy) * 100
         variant.size_bytes = int(sum(p.stat().st_size for p in variant.files.values()))
         self.runners[variant.name] = runner

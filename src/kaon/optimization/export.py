@@ -59,10 +59,10 @@ class Parity:
                 f"{self.top1_agreement:.2%} on {self.num_samples} held-out inputs")
 
 
-def to_probabilities(outputs: np.ndarray) -> np.ndarray:
+def to_probabilities(outputs: np.ndarray, binary_probabilities: bool | None = None) -> np.ndarray:
     """Rows that already are probabilities stay; anything else (logits) goes through a softmax. A binary
-    model's one output becomes two classes (kaon._internal.scores)."""
-    a = class_scores(np.asarray(outputs, dtype=np.float64))
+    model's one output becomes two classes (kaon._internal.scores), read as `binary_probabilities` says."""
+    a = class_scores(np.asarray(outputs, dtype=np.float64), binary_probabilities)
     if a.ndim != 2:
         return a
     if a.min() >= 0 and np.allclose(a.sum(axis=1), 1.0, atol=1e-3):
@@ -71,8 +71,10 @@ def to_probabilities(outputs: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> Parity:
-    ref, cand = to_probabilities(reference), to_probabilities(candidate)
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray, binary_probabilities: bool | None = None
+                    ) -> Parity:
+    ref = to_probabilities(reference, binary_probabilities)
+    cand = to_probabilities(candidate, binary_probabilities)
     if ref.shape != cand.shape:
         raise InvalidInputError(f"the export's output has shape {cand.shape}; the original's is {ref.shape}.")
     diff = float(np.abs(ref - cand).max()) if ref.size else 0.0

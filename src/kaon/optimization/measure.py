@@ -100,9 +100,10 @@ def predict(runner: Runner, name: str, x: np.ndarray, batch_size: int = 256) -> 
                            for i in range(0, len(x), batch_size)])
 
 
-def accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
-    """Share of correct predictions; a binary model's one output counts as two classes (class_scores)."""
-    return float(np.mean(class_scores(outputs).argmax(axis=-1) == y))
+def accuracy(outputs: np.ndarray, y: np.ndarray, probabilities: bool | None = None) -> float:
+    """Share of correct predictions; a binary model's one output counts as two classes (class_scores), read as
+    `probabilities` (the model's, decided once) or logits."""
+    return float(np.mean(class_scores(outputs, probabilities).argmax(axis=-1) == y))
 
 
 def time_interleaved(calls: dict[str, Callable[[], object]], *, num_rounds: int = 5,

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from kaon._internal.scores import class_scores
+from kaon._internal.scores import binary_probabilities, class_scores
 from kaon.config import kaon_home
 from kaon.errors import ConfigError, InvalidInputError, KaonError
 from kaon.models import load_folder
@@ -123,12 +123,13 @@ def _run(source: Source, requested: tuple[str, ...], target: Target, max_accurac
     base_runner = source.runner(num_threads)
     outputs = predict(base_runner, name, held[0])
     _check_classifier(outputs, held[1], source)
-    accuracy = measured_accuracy(outputs, held[1])
+    binary = binary_probabilities(predict(base_runner, name, np.concatenate([tune[0], held[0]])))
+    accuracy = measured_accuracy(outputs, held[1], binary)
     original = Variant("original", (), source.kind, accuracy=accuracy, accuracy_drop_pts=0.0,
                        size_bytes=source.size_bytes, threads=num_threads, candidate=False,
                        notes=[f"{source.label} as kaon serves it today ({source.kind})"])
     ctx = Context(source, folder, requested, target, max_accuracy_drop, num_threads, num_rounds, tune, held,
-                  calibration_samples, accuracy, outputs, base_runner)
+                  calibration_samples, accuracy, outputs, base_runner, binary)
     builder = Builder(ctx)
     builder.build_all()
     timings = time_runners({"original": base_runner, **builder.runners}, name, held[0], num_rounds=num_rounds)

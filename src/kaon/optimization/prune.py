@@ -72,7 +72,8 @@ def prune_unstructured(module: nn.Module, *, ratio: float = 0.5) -> dict[str, to
 
 def fine_tune(module: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 10, lr: float = 1e-3,
               batch_size: int = 32, max_steps: int = 600, seed: int = 0,
-              masks: dict[str, torch.Tensor] | None = None, teacher: np.ndarray | None = None) -> float:
+              masks: dict[str, torch.Tensor] | None = None, teacher: np.ndarray | None = None,
+              binary_probabilities: bool | None = None) -> float:
     """A short Adam fine-tune on (x, y) labels; `masks` keep pruned weights at zero. Returns the last loss.
 
     `teacher`: the original model's probabilities on x. The loss then also pulls the pruned model
@@ -83,8 +84,11 @@ def fine_tune(module: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 
     with torch.no_grad():
         first = module(inputs[:16])
         binary = isinstance(first, torch.Tensor) and first.dim() == 2 and first.shape[1] == 1
-        probabilities = (bool(first.min() >= 0 and first.max() <= 1) if binary
-                         else _outputs_probabilities(first))
+        if binary:  # one output per sample: what the caller decided on all of the model's outputs, if it did
+            probabilities = (binary_probabilities if binary_probabilities is not None
+                             else bool(first.min() >= 0 and first.max() <= 1))
+        else:
+            probabilities = _outputs_probabilities(first)
     layers = dict(module.named_modules())
     optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr)
     generator = torch.Generator().manual_seed(seed)

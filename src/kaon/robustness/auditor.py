@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from kaon._internal.arrays import load_arrays
-from kaon._internal.scores import class_scores, two_class_tensor
+from kaon._internal.scores import binary_probabilities, class_scores, two_class_tensor
 from kaon.errors import InvalidInputError
 from kaon.models import Model
 from kaon.robustness import corruptions as corrupt
@@ -56,7 +56,9 @@ def audit(model: Any, data: Any = None, *, epsilons: Sequence[float] = EPSILONS,
     x = spec.validate(x)
     low, high = float(min(0.0, x.min())), float(max(1.0, x.max()))
 
-    probs = _probabilities(_predict(loaded, spec.name, x, batch_size))
+    raw = _predict(loaded, spec.name, x, batch_size)
+    binary = binary_probabilities(raw)  # a binary model's one output: probabilities or logits, decided once
+    probs = _probabilities(raw, binary)
     num_classes = probs.shape[1]
     if y.min() < 0 or y.max() >= num_classes:
         raise InvalidInputError(
@@ -70,8 +72,8 @@ def audit(model: Any, data: Any = None, *, epsilons: Sequence[float] = EPSILONS,
                  for c in range(num_classes) if confusion[c].sum()}
     notes = [f"no data was given: audited on {source}."] if data is None else []
 
-    adversarial = _adversarial(loaded, x, y, epsilons, pgd_steps, low, high, batch_size, seed, notes)
-    corrupted = _corruptions(loaded, spec.name, x, y, low, high, batch_size, seed, notes)
+    adversarial = _adversarial(loaded, x, y, epsilons, pgd_steps, low, high, batch_size, seed, notes, binary)
+    corrupted = _corruptions(loaded, spec.name, x, y, low, high, batch_size, seed, notes, binary)
     bins = reliability_bins(probs, y)
     version = getattr(loaded, "version", None)
     name = version.ref if version is not None else (ref or loaded.name)
@@ -184,8 +186,8 @@ def _is_probabilities(outputs: np.ndarray) -> bool:
     return bool(outputs.min() >= 0 and np.allclose(outputs.sum(1), 1, atol=1e-3))
 
 
-def _probabilities(raw: np.ndarray) -> np.ndarray:
-    outputs = class_scores(raw)  # a binary model's one logit or probability: two classes
+def _probabilities(raw: np.ndarray, binary: bool | None) -> np.ndarray:
+    outputs = class_scores(raw, binary)  # a binary model's one logit or probability: two classes
     if outputs.ndim != 2 or outputs.shape[1] < 2:
         raise InvalidInputError(f"kaon audits classifiers: the first output must be (N, classes), or (N, 1) for a "
                                 f"binary model. Received: shape {raw.shape}.")
@@ -196,7 +198,8 @@ def _probabilities(raw: np.ndarray) -> np.ndarray:
 
 
 def _adversarial(model: Model, x: np.ndarray, y: np.ndarray, epsilons: Sequence[float], pgd_steps: int,
-                 low: float, high: float, batch_size: int, seed: int, notes: list[str]) -> dict[str, dict[str, float]]:
+                 low: float, high: float, batch_size: int, seed: int, notes: list[str],
+                 binary: bool | None) -> dict[str, dict[str, float]]:
     module = getattr(model, "module", None) if model.framework == "torch" else None
     import torch
 
@@ -212,7 +215,8 @@ def _adversarial(model: Model, x: np.ndarray, y: np.ndarray, epsilons: Sequence[
     with torch.no_grad():
         probe = module(torch.from_numpy(x[:8]).to(device))
     probe = probe if isinstance(probe, torch.Tensor) else probe[0]
-    outputs_probabilities = _is_probabilities(class_scores(probe.float().cpu().numpy()))
+    outputs_probabilities = (binary if binary is not None
+                             else _is_probabilities(class_scores(probe.float().cpu().numpy())))
 
     def loss_fn(raw: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         output = two_class_tensor(raw, outputs_probabilities)  # binary: cross-entropy on it is BCE
@@ -239,9 +243,10 @@ def _adversarial(model: Model, x: np.ndarray, y: np.ndarray, epsilons: Sequence[
 
 
 def _corruptions(model: Model, name: str, x: np.ndarray, y: np.ndarray, low: float, high: float, batch_size: int,
-                 seed: int, notes: list[str]) -> dict[str, dict[str, float]]:
+                 seed: int, notes: list[str], binary: bool | None) -> dict[str, dict[str, float]]:
     def accuracy(batch: np.ndarray) -> float:
-        return round(float((class_scores(_predict(model, name, batch, batch_size)).argmax(1) == y).mean()), 4)
+        scores = class_scores(_predict(model, name, batch, batch_size), binary)
+        return round(float((scores.argmax(1) == y).mean()), 4)
 
     results: dict[str, dict[str, float]] = {
         "gaussian_noise": {f"{s:g}": accuracy(corrupt.gaussian_noise(x, s, seed=seed, low=low, high=high))
