@@ -190,3 +190,24 @@ def test_a_run_resumes_from_a_checkpoint_with_load_weights_and_initial_epoch(sma
         Trainer(torch.nn.Linear(3, 2), track=False).load_weights(tmp_path / "02.safetensors")
     with pytest.raises(ConfigError, match="initial_epoch is the number of epochs already trained"):
         resumed.fit(x_train, y_train, epochs=2, initial_epoch=2, verbose=False)
+
+
+def test_a_rebuilt_keras_model_loads_its_checkpoint(tmp_path):
+    """Keras numbers its layers per process ('sequential_1/dense_1/kernel' the second time), so a model rebuilt the
+    same way did not fit its own checkpoint: its variables are matched by position, shapes checked."""
+    import keras
+    import numpy as np
+
+    x = np.random.default_rng(0).random((32, 4), dtype=np.float32)
+    y = (x[:, 0] > 0.5).astype(np.int64)
+
+    def build():
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+
+    first = build()
+    Trainer(first, track=False).fit(x, y, epochs=1, verbose=False,
+                                    callbacks=[ModelCheckpoint(tmp_path / "k{epoch:02d}.safetensors")])
+    again = Trainer(build(), track=False)
+    assert again.load_weights(tmp_path / "k01.safetensors") == 1
+    for saved, loaded in zip(first.weights, again.model.weights, strict=True):
+        np.testing.assert_allclose(np.asarray(loaded.value.detach()), np.asarray(saved.value.detach()))

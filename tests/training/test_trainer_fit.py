@@ -44,6 +44,14 @@ def test_validation_values_equal_evaluate_on_the_same_data(small):
     assert scores["accuracy"] == pytest.approx(history.history["val_accuracy"][-1])
 
 
+def test_validation_split_rounds_as_keras_does():
+    from kaon.training._data import split_validation
+
+    for count, fraction, kept in ((1000, 0.18, 820), (10, 0.25, 7), (400, 0.25, 300)):
+        x_train, _, (x_val, _) = split_validation(np.zeros((count, 2)), np.zeros(count), fraction)
+        assert (len(x_train), len(x_val)) == (kept, count - kept)
+
+
 def test_validation_split_holds_out_the_last_fraction_as_keras_does(small):
     x_train, y_train, _, _ = small
     split = Trainer(make_model(), seed=0, track=False)
@@ -57,7 +65,7 @@ def test_validation_split_holds_out_the_last_fraction_as_keras_does(small):
 
 @pytest.mark.parametrize("kwargs, words", [
     ({"validation_split": 1.5}, "between 0 and 1"),
-    ({"validation_split": 0.001}, "no validation samples"),
+    ({"validation_split": 0.999}, "no training samples"),
     ({"validation_split": 0.2, "validation_data": "set"}, "not both"),
 ])
 def test_bad_validation_splits_are_clear_errors(small, kwargs, words):
@@ -317,6 +325,9 @@ def test_class_weight_weighs_each_training_samples_loss_by_its_class(small):
     assert first_step_loss({3: 3.0}) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ConfigError, match=r"class_weight maps class indices to weights > 0"):
         Trainer(make_model(), track=False).fit(x, y, epochs=1, class_weight={"a": 1}, verbose=False)
+    for typo in (12, 10**12):  # 10**12 was a raw 'can't allocate memory' (a table that long)
+        with pytest.raises(ConfigError, match=f"class_weight names class {typo}, but the model predicts 10"):
+            Trainer(make_model(), track=False).fit(x, y, epochs=1, class_weight={typo: 2.0}, verbose=False)
 
 
 class _TwoInputs(torch.nn.Module):
@@ -361,3 +372,13 @@ def test_a_model_with_two_inputs_trains_on_a_list_or_a_dict_as_in_keras():
 
         Trainer(_TwoInputs(), adversarial=kaon.FGSM(0.1), track=False).fit([ids, features], y, epochs=1,
                                                                            verbose=False)
+
+
+def test_a_list_of_samples_for_a_one_input_model_is_still_stacked(small):
+    """Regression of multi-input fit: list(x) for a one-input model was taken as 400 inputs."""
+    x_train, y_train, _, _ = small
+    trainer = Trainer(make_model(), seed=0, track=False)
+    history = trainer.fit(list(x_train), y_train, epochs=1, validation_split=0.2, verbose=False)
+    assert history.params["num_samples"] == 320
+    assert trainer.predict(list(x_train[:3])).shape == (3, 10)
+    assert trainer.predict([x_train[0], x_train[1]]).shape == (2, 10)  # two samples, not two inputs

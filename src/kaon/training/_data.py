@@ -71,14 +71,17 @@ class Inputs:
         return f"inputs {parts}"
 
 
-def several_inputs(x: Any) -> bool:
-    """Whether x is a model's several inputs: a dict of arrays, or a list/tuple whose items are all arrays."""
+def several_inputs(x: Any, input_count: int | None = None) -> bool:
+    """Whether x is a model's several inputs: a dict of arrays, or a list/tuple whose items are all arrays. With
+    `input_count` (how many the model's forward takes), a list for a one-input model is its samples, stacked as
+    always, and a list for a k-input model is its inputs only when it holds k arrays."""
     if isinstance(x, DataLoader | Dataset):
         return False
     if isinstance(x, dict):
         return bool(x)
-    return (isinstance(x, tuple | list) and len(x) > 1
-            and all(isinstance(item, np.ndarray | torch.Tensor) or hasattr(item, "__array__") for item in x)
+    if input_count == 1 or not isinstance(x, tuple | list) or (input_count is not None and len(x) != input_count):
+        return False
+    return (len(x) > 1 and all(isinstance(item, np.ndarray | torch.Tensor) or hasattr(item, "__array__") for item in x)
             and not all(np.ndim(item) == 0 for item in x))
 
 
@@ -188,7 +191,7 @@ Batches = ArrayBatches | PoissonBatches | LoaderBatches
 def make_batches(x: Any, y: Any, *, batch_size: int, shuffle: bool, device: torch.device,
                  dtype: torch.dtype, generator: torch.Generator | None = None,
                  check: Callable[[Batch, int], None] | None = None, name: str = "x",
-                 integer_x: bool = False) -> Batches:
+                 integer_x: bool = False, input_count: int | None = None) -> Batches:
     """Batches over arrays (x, y), a Dataset (y=None) or a DataLoader (y=None). An integer array x (uint8
     pixels, say) becomes `dtype` like float x, unless `integer_x` (a model that reads indices: an embedding)."""
     if isinstance(x, DataLoader | Dataset):
@@ -201,7 +204,7 @@ def make_batches(x: Any, y: Any, *, batch_size: int, shuffle: bool, device: torc
         loader = x if isinstance(x, DataLoader) else DataLoader(
             x, batch_size=batch_size, shuffle=shuffle and not iterable, generator=generator)
         return LoaderBatches(loader, device=device, check=check)
-    several = several_inputs(x)
+    several = several_inputs(x, input_count)
     x_t = _several_tensors(x, name, dtype, integer_x) if several else _input_tensor(x, name, dtype, integer_x)
     y_t = None if y is None else as_tensor(y, "y" if name == "x" else f"{name} y", dtype)
     if y_t is not None and y_t.shape[0] != x_t.shape[0]:
@@ -251,7 +254,8 @@ def _named_tensors(x: torch.Tensor | Inputs, name: str) -> list[tuple[str, torch
     return [(f"{name}[{i}]", t) for i, t in enumerate(x.args)] + [(f"{name}[{k!r}]", t) for k, t in x.kwargs.items()]
 
 
-def split_validation(x: Any, y: Any, fraction: Any) -> tuple[Any, Any, tuple[Any, Any]]:
+def split_validation(x: Any, y: Any, fraction: Any, input_count: int | None = None
+                     ) -> tuple[Any, Any, tuple[Any, Any]]:
     """(x_train, y_train, (x_val, y_val)): the last `fraction` of the samples held out, as Keras'
     validation_split does (before any shuffling: shuffle arrays sorted by class first)."""
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
@@ -264,13 +268,13 @@ def split_validation(x: Any, y: Any, fraction: Any) -> tuple[Any, Any, tuple[Any
             f"validation_data=(x_val, y_val), a Dataset or a DataLoader instead.")
     if not hasattr(y, "__getitem__") or isinstance(y, list | tuple):
         y = np.asarray(y)
-    if several_inputs(x):  # split each input the same way
+    if several_inputs(x, input_count):  # split each input the same way
         parts = x if isinstance(x, dict) else dict(enumerate(x))
         rows = {len(v) for v in parts.values()}
         if len(rows) > 1 or len(y) not in rows:
             raise InvalidInputError(f"x's inputs and y must have the same number of samples. Received: "
                                     f"{ {k: len(v) for k, v in parts.items()} } and len(y)={len(y)}.")
-        keep = math.ceil(len(y) * (1 - fraction))
+        keep = math.floor(len(y) * (1.0 - fraction))  # as Keras computes it
         _check_split(fraction, len(y), keep)
         first = {k: v[:keep] for k, v in parts.items()}
         rest = {k: v[keep:] for k, v in parts.items()}
@@ -284,7 +288,7 @@ def split_validation(x: Any, y: Any, fraction: Any) -> tuple[Any, Any, tuple[Any
         raise InvalidInputError(
             f"x and y must have the same number of samples. Received: len(x)={count}, len(y)={len(y)}. "
             "Check that both come from the same split, in the same order.")
-    keep = math.ceil(count * (1 - fraction))
+    keep = math.floor(count * (1.0 - fraction))  # as Keras computes it
     _check_split(fraction, count, keep)
     return x[:keep], y[:keep], (x[keep:], y[keep:])
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import json
+
 import torch
 from torch import nn
 
@@ -18,10 +21,33 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: t.detach().clone() for name, t in model.state_dict().items()}
 
 
-def restore(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+# Checkpoint metadata: a Keras model's variable paths in model.weights order. The paths carry Keras' automatic
+# layer numbers ('sequential_1/dense_1/kernel' for the second model built in a process), so a model rebuilt the
+# same way can have other paths: its variables are then matched by position (shapes checked).
+KERAS_ORDER_KEY = "kaon_keras_weights_order"
+
+
+def keras_order(model: nn.Module) -> dict[str, str]:
+    """The checkpoint metadata a Keras model's weights need to be restored into a rebuilt model ({} for torch)."""
+    if not is_keras_model(model):
+        return {}
+    return {KERAS_ORDER_KEY: json.dumps([v.path for v in model.weights])}  # type: ignore[union-attr,attr-defined]
+
+
+def restore(model: nn.Module, weights: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     if is_keras_model(model):
-        for variable in model.weights:  # type: ignore[union-attr,attr-defined]
-            variable.assign(weights[variable.path])
+        variables = list(model.weights)  # type: ignore[union-attr,attr-defined,arg-type]
+        if all(v.path in weights for v in variables):
+            for variable in variables:
+                variable.assign(weights[variable.path])
+            return
+        order = json.loads((metadata or {}).get(KERAS_ORDER_KEY, "[]"))
+        if len(order) != len(variables) or any(tuple(weights[name].shape) != tuple(v.shape)
+                                                for name, v in zip(order, variables, strict=True)):
+            missing = [v.path for v in variables if v.path not in weights][:3]
+            raise KeyError(f"no weights for {missing} (and the saved layers do not line up with this model's)")
+        for name, variable in zip(order, variables, strict=True):
+            variable.assign(weights[name])
         return
     model.load_state_dict(weights)
 
@@ -46,3 +72,26 @@ def outputs_probabilities(model: nn.Module) -> bool:
     layers = getattr(model, "layers", None) or []
     activation = getattr(layers[-1], "activation", None) if layers else None
     return getattr(activation, "__name__", "") in ("softmax", "sigmoid")
+
+
+def input_count(model: nn.Module) -> int | None:
+    """How many inputs the model takes (its forward's required positional arguments, or a Keras model's
+    inputs); None when it cannot tell (*args, a model not built yet)."""
+    if is_keras_model(model):
+        try:
+            inputs = model.inputs  # type: ignore[attr-defined]
+        except (AttributeError, ValueError):
+            return None
+        return len(inputs) if inputs else None  # type: ignore[arg-type]
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    count = 0
+    for parameter in parameters:
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            return None
+        if parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) \
+                and parameter.default is inspect.Parameter.empty:
+            count += 1
+    return count or None

@@ -145,7 +145,7 @@ class ModelCheckpoint(_Monitor):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         from kaon._internal.files import atomic_write_bytes
-        from kaon.training._weights import snapshot, to_safetensors
+        from kaon.training._weights import keras_order, snapshot, to_safetensors
 
         assert self.trainer is not None
         value = self.current(logs) if (self.save_best_only or self.monitor in logs) else math.nan
@@ -155,7 +155,8 @@ class ModelCheckpoint(_Monitor):
         if is_best:
             self.best = value
         target = Path(self.path.format(epoch=epoch + 1, **logs))
-        metadata = {"epoch": str(epoch + 1), **{k: repr(float(v)) for k, v in logs.items()}}
+        metadata = {"epoch": str(epoch + 1), **{k: repr(float(v)) for k, v in logs.items()},
+                    **keras_order(self.trainer.model)}
         atomic_write_bytes(target, to_safetensors(snapshot(self.trainer.model), metadata))
         self.last_path = target
         if is_best:

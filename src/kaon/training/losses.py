@@ -157,20 +157,27 @@ class ClassWeighted(nn.Module):
     def __init__(self, loss: Loss, weights: dict[int, float]) -> None:
         super().__init__()
         self.loss = loss
-        size = max(weights) + 1
-        table = torch.ones(size)
-        for label, weight in weights.items():
-            table[label] = weight
-        self.register_buffer("table", table)
+        ordered = sorted(weights.items())
+        self.register_buffer("keys", torch.tensor([k for k, _ in ordered], dtype=torch.long))
+        self.register_buffer("values", torch.tensor([v for _, v in ordered], dtype=torch.float32))
+        self._checked = False
 
     def forward(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        keys: torch.Tensor = self.keys.to(y_pred.device)  # type: ignore[operator,assignment]
+        values: torch.Tensor = self.values.to(y_pred.device)  # type: ignore[operator,assignment]
+        if not self._checked:  # a class the model cannot predict is a typo, said once
+            classes = y_pred.shape[-1] if y_pred.ndim > 1 and y_pred.shape[-1] > 1 else 2
+            if int(keys.max()) >= classes:
+                raise ConfigError(f"class_weight names class {int(keys.max())}, but the model predicts {classes} "
+                                  f"classes (0 to {classes - 1}). Received: class_weight keys {keys.tolist()[:20]}.")
+            self._checked = True
         losses = _mean_per_sample(self.loss.per_sample(y_pred, y))
         if y.ndim == y_pred.ndim and y.shape[-1] > 1:  # one-hot or class probabilities
             labels = y.argmax(dim=-1)
         else:
             labels = y.reshape(y.shape[0], -1)[:, 0].round().long()  # (N,), a (N, 1) column, 0/1 floats
-        table: torch.Tensor = self.table.to(losses.device)  # type: ignore[operator,assignment]
-        weights = torch.where(labels < len(table), table[labels.clamp(0, len(table) - 1)], torch.ones_like(losses))
+        index = torch.searchsorted(keys, labels).clamp_max(len(keys) - 1)
+        weights = torch.where(keys[index] == labels, values[index], torch.ones_like(values[index]))
         return (losses * weights.to(losses.dtype)).mean()
 
 

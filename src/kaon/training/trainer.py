@@ -35,7 +35,7 @@ from kaon.training._data import Batches, Inputs, LoaderBatches, make_batches, sp
 from kaon.training._logs import LiveLogs, LossMean
 from kaon.training._progress import make_progress
 from kaon.training._tracking import RunTracker, run_params, run_summary
-from kaon.training._weights import is_keras_model, outputs_probabilities, parameters
+from kaon.training._weights import input_count, is_keras_model, outputs_probabilities, parameters
 from kaon.training.callbacks import Callback
 from kaon.training.distributed import Backend, WorkerSync, check_backend, fit_distributed
 from kaon.training.history import History
@@ -188,7 +188,7 @@ class Trainer:
                 raise InvalidInputError(
                     "pass validation_data or validation_split, not both: validation_split holds out part of x "
                     "for validation, validation_data is a separate set.")
-            x, y, validation_data = split_validation(x, y, validation_split)
+            x, y, validation_data = split_validation(x, y, validation_split, input_count(self.model))
         self._class_weight = None if class_weight is None else check_class_weight(class_weight)
         if self._class_weight is not None and (self.privacy is not None or self.backend != "local"):
             raise ConfigError("class_weight applies to local fits without privacy. Received: class_weight with "
@@ -415,7 +415,7 @@ class Trainer:
         except (SafetensorError, OSError) as exc:
             raise InvalidInputError(f"{str(source)!r} is not a readable safetensors file ({exc}).") from exc
         try:
-            restore(self.model, weights)
+            restore(self.model, weights, metadata)
         except (RuntimeError, KeyError) as exc:
             raise ConfigError(f"the weights in {str(source)!r} do not fit {type(self.model).__name__}: "
                               f"{str(exc).splitlines()[0][:300]}. Build the model as it was when they were saved."
@@ -441,7 +441,8 @@ class Trainer:
         dtype = parameters(self.model)[0].dtype
         reads_indices = any(isinstance(m, nn.Embedding | nn.EmbeddingBag) for m in self.model.modules())
         batches = make_batches(x, y, batch_size=batch_size, shuffle=shuffle, device=self.device_,
-                               dtype=dtype, generator=self._generator, name=name, integer_x=reads_indices)
+                               dtype=dtype, generator=self._generator, name=name, integer_x=reads_indices,
+                               input_count=input_count(self.model))
         self._probe(batches, name)
         return batches
 
