@@ -114,3 +114,24 @@ def test_kaon_audit_cli_prints_the_tables_and_where_the_report_is(cnn, digits, t
     assert "kaon runs show" in result.output and (tmp_path / "audit" / "report.md").exists()
     refused = CliRunner().invoke(app, ["audit", "digits@latest", "--epsilons", "big"])
     assert refused.exit_code == 1 and "--epsilons" in refused.output
+
+
+def test_a_keras_model_on_torch_is_attacked_too(tmp_path):
+    """kaon audit skipped FGSM/PGD for Keras models ('need gradients'); on the torch backend they have them."""
+    import keras
+
+    from kaon.models import load_file
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.random((200, 6), dtype=np.float32)
+    y = (x[:, 0] + x[:, 1] > 1).astype(np.int64)
+    net = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
+                            keras.layers.Dense(2, activation="softmax")])
+    net.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    net.fit(x, y, epochs=30, verbose=0)
+    net.save(tmp_path / "m.keras")
+    report = kr.audit(load_file(tmp_path / "m.keras"), data=(x, y), epsilons=(0.2,), pgd_steps=3, store=False)
+    assert report.clean_accuracy > 0.8
+    assert report.adversarial["pgd"]["0.2"] < report.clean_accuracy  # attacked through Keras' torch graph
+    assert not any("need gradients" in note for note in report.notes)

@@ -19,14 +19,9 @@ from kaon.models import Model
 
 
 def differentiable_module(model: Model) -> torch.nn.Module | None:
-    """The torch module behind `model` when autograd can run through it, else None. A Keras 3 model on the
-    torch backend is a torch module too, and its calls on torch tensors record gradients."""
-    if model.framework == "torch":
-        module = getattr(model, "module", None)
-    elif model.framework == "keras":
-        module = getattr(model, "keras_model", None)
-    else:
-        module = None
+    """The torch module behind `model` when autograd can run through it (a torch model, or a Keras 3 model on the
+    torch backend: Model.differentiable_module), else None."""
+    module = model.differentiable_module()
     return module if isinstance(module, torch.nn.Module) else None
 
 

@@ -47,6 +47,12 @@ class KerasModel(Model):
         self.keras_model = keras_model
         self._output_names = [s.name for s in self.signature.outputs]
 
+    def differentiable_module(self) -> Any:
+        """On the torch backend a Keras 3 model is a torch module whose calls on torch tensors record gradients."""
+        import torch
+
+        return self.keras_model if isinstance(self.keras_model, torch.nn.Module) else None
+
     @classmethod
     def load(cls, path: Path, name: str | None = None) -> KerasModel:
         keras = import_keras()

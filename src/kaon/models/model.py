@@ -41,6 +41,11 @@ class Model(ABC):
                 f"fp16 variant with `kaon optimize --methods fp16`.")
         return self
 
+    def differentiable_module(self) -> Any:
+        """The torch module autograd can run through, for gradient explanations and attacks; None when the
+        runtime gives no gradients (onnxruntime)."""
+        return None
+
     @property
     def fixed_batch(self) -> int | None:
         """The batch size the model was exported with, when it has no dynamic batch axis (torch.onnx.export

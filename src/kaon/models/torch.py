@@ -88,6 +88,10 @@ class TorchModel(Model):
         self._channels_last = False
         self._graphs: GraphRunner | None = None
 
+    def differentiable_module(self) -> Any:
+        torch = _torch()
+        return self.module if isinstance(self.module, torch.nn.Module) else None
+
     def place(self, device: str | None = "auto", precision: str = "fp32", cuda_graphs: bool = True) -> TorchModel:
         """Move the module to `device` ('auto': a CUDA GPU when torch sees one) and run it in `precision`
         (fp32, bf16 or fp16). Inputs and outputs stay float32 numpy arrays. On a GPU, batches of up to 256

@@ -200,7 +200,7 @@ def _probabilities(raw: np.ndarray, binary: bool | None) -> np.ndarray:
 def _adversarial(model: Model, x: np.ndarray, y: np.ndarray, epsilons: Sequence[float], pgd_steps: int,
                  low: float, high: float, batch_size: int, seed: int, notes: list[str],
                  binary: bool | None) -> dict[str, dict[str, float]]:
-    module = getattr(model, "module", None) if model.framework == "torch" else None
+    module = model.differentiable_module()  # a torch model, or Keras 3 on the torch backend
     import torch
 
     if not isinstance(module, torch.nn.Module):

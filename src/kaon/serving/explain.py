@@ -30,13 +30,9 @@ ExplainTarget = int | list[int] | None
 
 
 def has_gradients(model: Model) -> bool:
-    """Whether kaon can run autograd through `model` (without importing torch when it cannot): a torch model,
-    or a Keras 3 model on the torch backend (see kaon.explanation._tensor.differentiable_module)."""
-    if model.framework not in ("torch", "keras"):
-        return False
-    from kaon.explanation._tensor import differentiable_module
-
-    return differentiable_module(model) is not None
+    """Whether kaon can run autograd through `model`: a torch model, or a Keras 3 model on the torch backend
+    (Model.differentiable_module; an ONNX model says no without importing torch)."""
+    return model.differentiable_module() is not None
 
 
 def _why_not(model: Model) -> str:
