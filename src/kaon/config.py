@@ -52,7 +52,9 @@ _PARSERS: dict[str, Callable[[str], object]] = {"bool": _parse_bool, "int": int,
 
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
-_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# What a model (and alias) may be called: it is a registry key and part of the V2 routes' paths
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+NAME_EXPECTED = "1 to 128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
 
 
 @dataclass(frozen=True)
@@ -103,9 +105,8 @@ class ServeConfig:
             ("top_k", self.top_k >= 0, "an integer >= 0 (0: every class's score)"),
             ("workers", self.workers >= 1, "an integer >= 1"),
             ("log_level", str(self.log_level).lower() in _LOG_LEVELS, f"one of {', '.join(_LOG_LEVELS)}"),
-            ("name", self.name is None or _MODEL_NAME.fullmatch(self.name) is not None,
-             "1 to 128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit (it is part of the "
-             "V2 routes' paths)"),
+            ("name", self.name is None or NAME_PATTERN.fullmatch(self.name) is not None,
+             f"{NAME_EXPECTED} (it is part of the V2 routes' paths)"),
         ]
         for name, ok, expected in checks:
             if not ok:

@@ -6,12 +6,9 @@
 
 from __future__ import annotations
 
-import re
-
+from kaon.config import NAME_EXPECTED, NAME_PATTERN
 from kaon.errors import InvalidInputError
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_NAME_EXPECTED = "1 to 128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
 LATEST = "latest"
 
 
@@ -19,7 +16,7 @@ def check_name(value: object, what: str = "model name") -> str:
     """Return `value` if it is a valid name, else raise InvalidInputError saying what was wrong."""
     if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
         raise InvalidInputError(
-            f"{what} must be {_NAME_EXPECTED}. Received: {value!r}. "
+            f"{what} must be {NAME_EXPECTED}. Received: {value!r}. "
             "Rename it, e.g. 'digits-mlp' or 'resnet18_int8'.",
             fields=[{"name": what, "expected": NAME_PATTERN.pattern, "received": repr(value)}],
         )
@@ -60,5 +57,5 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
         return name, selector if sep else None
     raise InvalidInputError(
         f"a model reference is 'name', 'name@<version>' or 'name@<alias>', where name and alias are "
-        f"{_NAME_EXPECTED}. Received: {ref!r}. Expected e.g. 'digits', 'digits@3' or 'digits@production'."
+        f"{NAME_EXPECTED}. Received: {ref!r}. Expected e.g. 'digits', 'digits@3' or 'digits@production'."
     )
