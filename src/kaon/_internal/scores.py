@@ -45,3 +45,15 @@ def two_class_tensor(out: Any, probabilities: bool) -> Any:
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != 1:
         return out
     return torch.cat([1 - out, out] if probabilities else [torch.zeros_like(out), out], dim=1)
+
+
+def class_indices(labels: Any) -> np.ndarray:
+    """Labels as class indices where they plainly are: a (N, 1) column becomes (N,), and whole non-negative floats
+    (0.0/1.0 BCE targets, a pandas column) become int64. Anything else is returned as it is, for the caller's
+    own check to word."""
+    y = np.asarray(labels)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.dtype.kind == "f" and y.size and np.isfinite(y).all() and (y == np.round(y)).all() and y.min() >= 0:
+        y = y.astype(np.int64)
+    return y

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from kaon._internal.arrays import load_arrays
+from kaon._internal.scores import class_indices
 from kaon.errors import ConfigError, InvalidInputError, NotFoundError
 from kaon.types import Signature
 
@@ -67,10 +68,7 @@ def check_samples(x: Any, y: Any, *, what: str = "samples", signature: Signature
             f"{what}: x must be a numeric array of at least 2 inputs, batch axis first. "
             f"Received: x shape={x.shape}, dtype={x.dtype}."
         )
-    if y.ndim == 2 and y.shape[1] == 1:  # a (N, 1) column of labels, as a binary model's targets often are
-        y = y[:, 0]
-    if y.dtype.kind == "f" and y.size and np.isfinite(y).all() and (y == np.round(y)).all() and y.min() >= 0:
-        y = y.astype(np.int64)  # 0.0/1.0 labels (BCE targets, a pandas column) are class indices
+    y = class_indices(y)  # a (N, 1) column, 0.0/1.0 floats: the class indices they are
     if y.dtype.kind not in "iub" or y.ndim != 1 or len(y) != len(x):
         raise InvalidInputError(
             f"{what}: y must be integer class labels, one per input: shape ({len(x)},). "

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from kaon._internal.arrays import load_arrays
-from kaon._internal.scores import binary_probabilities, class_scores, two_class_tensor
+from kaon._internal.scores import binary_probabilities, class_indices, class_scores, two_class_tensor
 from kaon.errors import InvalidInputError
 from kaon.models import Model
 from kaon.robustness import corruptions as corrupt
@@ -167,10 +167,7 @@ def _data(data: Any, model: Model, spec: Any) -> tuple[np.ndarray, np.ndarray, s
         source = str(path)
     if y.ndim == 2 and y.shape[1] > 1:
         y = y.argmax(1)  # one-hot labels
-    elif y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]  # a column, as a binary model's targets often are
-    if y.dtype.kind == "f" and y.size and np.isfinite(y).all() and (y == np.round(y)).all() and y.min() >= 0:
-        y = y.astype(np.int64)  # 0.0/1.0 labels (BCE targets, a pandas column) are class indices
+    y = class_indices(y)  # a (N, 1) column, 0.0/1.0 floats: the class indices they are
     if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
         raise InvalidInputError(f"labels must be one integer class per input. Received: labels of shape "
                                 f"{y.shape} and dtype {y.dtype} for {len(x)} inputs.")
