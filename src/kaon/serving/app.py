@@ -32,7 +32,7 @@ from kaon.errors import (
     OverloadedError,
     PayloadTooLargeError,
 )
-from kaon.serving.batcher import Batcher, Deadlines, call_unbatched
+from kaon.serving.batcher import Batcher, Deadlines, call_unbatched, check_request_size
 from kaon.serving.guards import release_request
 from kaon.serving.http import Request, Response, decode_headers, decompressed, error_response
 from kaon.serving.metrics import ServerMetrics
@@ -420,10 +420,8 @@ class KaonApp:
                 # count the inputs before validating each: millions of bad items would take seconds
                 data = request.json()
                 items = data.get(spec.batch_param) if isinstance(data, dict) else None
-                if isinstance(items, list) and len(items) > max_items:
-                    raise PayloadTooLargeError(
-                        f"the request has {len(items)} inputs in '{spec.batch_param}'; at most {max_items} are "
-                        f"accepted per request (--max-queue). Split it into smaller requests.")
+                if isinstance(items, list):  # counted before each is validated: millions would take seconds
+                    check_request_size(len(items), max_items, f"inputs in '{spec.batch_param}'")
                 model = adapter.validate_python(data)
                 return {name: getattr(model, name) for name in spec.params}
             if fast is not None:

@@ -107,6 +107,13 @@ def run_by_shape(items: list[Any], shapes: list[Any], run: Callable[[list[Any]],
     return results
 
 
+def check_request_size(count: int, limit: int, what: str) -> None:
+    """One request with more inputs (or V2 rows) than --max-queue: a 413, since no retry could pass."""
+    if count > limit:
+        raise PayloadTooLargeError(f"the request has {count} {what}; at most {limit} are accepted per request "
+                                   f"(--max-queue). Split it into smaller requests.")
+
+
 @dataclass
 class _Pending:
     items: list[Any]
@@ -179,10 +186,7 @@ class Batcher:
     def submit(self, items: list[Any]) -> asyncio.Future[list[Any]]:
         """Queue one request's items; the future resolves to its results. Full queue: OverloadedError (503,
         retry); more items in one request than the queue holds: PayloadTooLargeError (413, a retry cannot help)."""
-        if len(items) > self.max_queue:
-            raise PayloadTooLargeError(
-                f"the request has {len(items)} inputs; endpoint '{self.name}' accepts at most {self.max_queue} per "
-                f"request (--max-queue). Split it into smaller requests.")
+        check_request_size(len(items), self.max_queue, f"inputs for endpoint '{self.name}'")
         if self._num_queued_items + len(items) > self.max_queue:
             raise OverloadedError(
                 f"endpoint '{self.name}' has {self._num_queued_items} items queued (max_queue={self.max_queue}). "

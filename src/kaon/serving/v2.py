@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from kaon.errors import InvalidInputError, MalformedRequestError, PayloadTooLargeError
+from kaon.errors import InvalidInputError, MalformedRequestError
+from kaon.serving.batcher import check_request_size
 from kaon.serving.tensors import numbers_to_array
 from kaon.types import NUMPY_TO_V2, V2_DATATYPES, Signature
 
@@ -354,10 +355,7 @@ class V2Routes:
         sizes = {len(v) for v in inputs.values()}
         if len(sizes) > 1:
             raise InvalidInputError(f"all inputs must have the same batch size. Received: {sorted(sizes)}.")
-        if sizes and max(sizes) > self.max_rows:
-            raise PayloadTooLargeError(
-                f"the request has {max(sizes)} rows; at most {self.max_rows} are accepted per request (--max-queue). "
-                f"Split it into smaller requests.")
+        check_request_size(max(sizes, default=0), self.max_rows, "rows")
         submitted = time.perf_counter_ns()
         future = self.batchers[name].submit([inputs])
         self.deadlines[name].add(future)  # a 504 after --timeout-s, as on the endpoints
