@@ -110,6 +110,7 @@ class Trainer:
         self.stop_training = False  # a callback sets it to end fit after the current epoch
         self._built = False
         self._class_weight: dict[int, float] | None = None  # fit(class_weight=...), for this fit's training loss
+        self._weighted_loss: ClassWeighted | None = None
 
     # ---- the steps: override these ------------------------------------------------------------
 
@@ -197,6 +198,12 @@ class Trainer:
             return fit_distributed(self, x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
                                    callbacks=callbacks, shuffle=shuffle, verbose=verbose)
         self._build()
+        self._weighted_loss = None
+        if self._class_weight is not None:  # built once per fit; _train_epoch trains with it
+            if not isinstance(self.loss_fn_, Loss):
+                raise ConfigError(f"class_weight needs a named loss (it weighs each sample's loss), such as "
+                                  f"'cross_entropy'. Received: loss={self.loss!r}.")
+            self._weighted_loss = ClassWeighted(self.loss_fn_, self._class_weight)
         train = self._batches(x, y, batch_size, shuffle=shuffle, name="x")
         val = None
         if validation_data is not None:
@@ -296,11 +303,8 @@ class Trainer:
         self._set_training(True)
         self._reset_logs()
         self._loss_in_use = private.loss_fn if private is not None else self.loss_fn_
-        if self._class_weight is not None:
-            if not isinstance(self.loss_fn_, Loss):
-                raise ConfigError(f"class_weight needs a named loss (it weighs each sample's loss), such as "
-                                  f"'cross_entropy'. Received: loss={self.loss!r}.")
-            self._loss_in_use = ClassWeighted(self.loss_fn_, self._class_weight)
+        if self._weighted_loss is not None:
+            self._loss_in_use = self._weighted_loss
         train_step, batch_end = self.train_step, chain.wants_batch_end
         logs: Mapping[str, Any] = self.logs_
         step = -1
