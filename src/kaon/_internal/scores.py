@@ -10,6 +10,22 @@ from typing import Any
 import numpy as np
 
 
+def are_probabilities(rows: Any) -> bool:
+    """Whether every row is a probability distribution (non-negative, summing to 1 within 1e-3)."""
+    a = np.asarray(rows)
+    return bool(a.size and a.min() >= 0 and np.allclose(a.sum(axis=-1), 1, atol=1e-3))
+
+
+def probabilities(outputs: Any, binary: bool | None = None) -> np.ndarray:
+    """A classifier's outputs as probabilities (N, classes): rows that already are stay, logits go through a
+    softmax; a binary model's one output reads as two classes (`class_scores`, `binary` as decided there)."""
+    a = class_scores(outputs, binary)
+    if a.ndim != 2 or are_probabilities(a):
+        return a
+    e = np.exp(a - a.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def binary_probabilities(outputs: Any) -> bool | None:
     """For a binary model's outputs (one per sample), whether they are probabilities (all in [0, 1]) rather than
     logits; None for any other model. Decide it once per model, on as many outputs as there are (a batch of logits

@@ -87,6 +87,8 @@ def _top(exp: Any, k: int, is_text: bool) -> list[Any]:
 
 
 def _print(exp: Any, k: int, is_text: bool) -> None:
+    from kaon._internal.scores import are_probabilities
+
     table = Table(title=f"Top features ({exp.method})")
     table.add_column("input", justify="right")
     table.add_column("explains")
@@ -97,9 +99,8 @@ def _print(exp: Any, k: int, is_text: bool) -> None:
         explains = escape(exp.label_of(target))
         if exp.predictions is not None and isinstance(target, int) and exp.predictions.ndim == 2:
             value = float(exp.predictions[i, target])
-            row_sum = float(exp.predictions[i].sum())
-            probabilities = bool((exp.predictions[i] >= 0).all()) and abs(row_sum - 1) < 1e-3
-            explains += f" (p={value:.3f})" if probabilities else f" (output {value:.3f})"  # logits are not p
+            is_p = are_probabilities(exp.predictions[i])  # logits are not p
+            explains += f" (p={value:.3f})" if is_p else f" (output {value:.3f})"
         cells = ", ".join(f"{escape(str(f if is_text else tuple(f)))}: {v:+.4f}" for f, v in row)
         table.add_row(str(i), explains, cells)
     console.print(table)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kaon._internal.scores import are_probabilities
 from kaon.errors import InvalidInputError
 from kaon.explanation._tensor import TensorAdapter
 from kaon.explanation.explanation import Explanation
@@ -37,7 +38,7 @@ RANDOMIZATION_MAX_CORRELATION = 0.5  # rank correlation above this: attributions
 
 def as_probabilities(outputs: np.ndarray) -> np.ndarray:
     """Rows that are already probabilities are kept; anything else goes through a softmax."""
-    if outputs.ndim == 2 and outputs.shape[1] > 1 and outputs.min() >= 0 and np.allclose(outputs.sum(1), 1, atol=1e-3):
+    if outputs.ndim == 2 and outputs.shape[1] > 1 and are_probabilities(outputs):
         return outputs
     if outputs.ndim == 2 and outputs.shape[1] == 1:
         return outputs

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from kaon._internal.scores import class_scores
+from kaon._internal.scores import probabilities
 from kaon.errors import InvalidInputError, UnexportableModelError, require
 
 # Above this, weights go to a `.onnx.data` file beside the model (protobuf's limit is 2 GiB).
@@ -62,13 +62,7 @@ class Parity:
 def to_probabilities(outputs: np.ndarray, binary_probabilities: bool | None = None) -> np.ndarray:
     """Rows that already are probabilities stay; anything else (logits) goes through a softmax. A binary
     model's one output becomes two classes (kaon._internal.scores), read as `binary_probabilities` says."""
-    a = class_scores(np.asarray(outputs, dtype=np.float64), binary_probabilities)
-    if a.ndim != 2:
-        return a
-    if a.min() >= 0 and np.allclose(a.sum(axis=1), 1.0, atol=1e-3):
-        return a
-    e = np.exp(a - a.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    return probabilities(np.asarray(outputs, dtype=np.float64), binary_probabilities)
 
 
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray, binary_probabilities: bool | None = None

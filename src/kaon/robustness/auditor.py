@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 
 from kaon._internal.arrays import load_arrays
-from kaon._internal.scores import binary_probabilities, class_indices, class_scores, two_class_tensor
+from kaon._internal.scores import (
+    are_probabilities,
+    binary_probabilities,
+    class_indices,
+    class_scores,
+    probabilities,
+    two_class_tensor,
+)
 from kaon.errors import InvalidInputError
 from kaon.models import Model
 from kaon.robustness import corruptions as corrupt
@@ -179,19 +186,12 @@ def _predict(model: Model, name: str, x: np.ndarray, batch_size: int) -> np.ndar
     return np.concatenate([model.run({name: x[i: i + batch_size]})[out_name] for i in range(0, len(x), batch_size)])
 
 
-def _is_probabilities(outputs: np.ndarray) -> bool:
-    return bool(outputs.min() >= 0 and np.allclose(outputs.sum(1), 1, atol=1e-3))
-
-
 def _probabilities(raw: np.ndarray, binary: bool | None) -> np.ndarray:
-    outputs = class_scores(raw, binary)  # a binary model's one logit or probability: two classes
+    outputs = probabilities(raw, binary)  # a binary model's one logit or probability: two classes
     if outputs.ndim != 2 or outputs.shape[1] < 2:
         raise InvalidInputError(f"kaon audits classifiers: the first output must be (N, classes), or (N, 1) for a "
                                 f"binary model. Received: shape {raw.shape}.")
-    if _is_probabilities(outputs):
-        return outputs
-    shifted = np.exp(outputs - outputs.max(1, keepdims=True))
-    return shifted / shifted.sum(1, keepdims=True)
+    return outputs
 
 
 def _adversarial(model: Model, x: np.ndarray, y: np.ndarray, epsilons: Sequence[float], pgd_steps: int,
@@ -213,7 +213,7 @@ def _adversarial(model: Model, x: np.ndarray, y: np.ndarray, epsilons: Sequence[
         probe = module(torch.from_numpy(x[:8]).to(device))
     probe = probe if isinstance(probe, torch.Tensor) else probe[0]
     outputs_probabilities = (binary if binary is not None
-                             else _is_probabilities(class_scores(probe.float().cpu().numpy())))
+                             else are_probabilities(class_scores(probe.float().cpu().numpy())))
 
     def loss_fn(raw: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         output = two_class_tensor(raw, outputs_probabilities)  # binary: cross-entropy on it is BCE
