@@ -208,6 +208,9 @@ def test_probes_answer_while_setup_loads_the_model(tmp_path):
         assert httpx.get(server.url + "/v2/health/live", timeout=1).status_code == 200
         server.wait_ready(timeout_s=30)
         assert httpx.post(server.url + "/ping", json={"n": 2}).json() == 2
+        # a Service with no models still answers V2's server probes after setup (they 404ed)
+        assert httpx.get(server.url + "/v2/health/live", timeout=1).json() == {"live": True}
+        assert httpx.get(server.url + "/v2/health/ready", timeout=1).json() == {"ready": True}
         assert server.stop() == 0
     finally:
         server.stop()

@@ -171,9 +171,9 @@ class KaonApp:
                 )
                 self.metrics.gauge_function(queue_gauge, _depth_of(self.batchers[spec.name]))
                 self._batcher_by_path[spec.path] = self.batchers[spec.name]
-        models = self.service.models
-        if models:
-            self._v2 = V2Routes(models, self.config, self.metrics, version=getattr(self.service, "model_version", None))
+        # V2 server routes (health, metadata) answer for every Service, one with no models too
+        self._v2 = V2Routes(self.service.models, self.config, self.metrics,
+                            version=getattr(self.service, "model_version", None))
         for guard in self.guards:
             start = getattr(guard, "start", None)
             if start is not None:
