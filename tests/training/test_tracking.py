@@ -88,3 +88,50 @@ def test_ctrl_c_marks_the_run_interrupted_not_failed(small):
         Trainer(make_model()).fit(x_train, y_train, epochs=2, callbacks=[CtrlC()], verbose=False)
     run = registry().get_run(info.value.history.run_id)  # type: ignore[attr-defined]
     assert run.status == "interrupted" and run.summary["error"].startswith("KeyboardInterrupt")
+
+
+KILLED_FIT = """
+import os, signal, time
+import numpy as np
+from sklearn.datasets import load_digits
+from kaon.training import Callback, Trainer
+from kaon.training.models import DigitsCNN
+
+digits = load_digits()
+x = (digits.images[:200] / 16.0).astype("float32")[:, None]
+y = digits.target[:200]
+
+class OutOfMemory(Callback):  # what the kernel's OOM killer does: SIGKILL, no chance to finish the run
+    def on_epoch_end(self, epoch, logs):
+        if epoch == 0:
+            time.sleep(1.1)  # metrics are written at most once a second: epoch 0's is written
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+Trainer(DigitsCNN(), run_name="killed").fit(x, y, epochs=5, batch_size=50, callbacks=[OutOfMemory()],
+                                            verbose=False)
+"""
+
+
+def test_a_fit_killed_with_sigkill_reads_as_crashed_with_its_metrics_kept(tmp_path):
+    """A SIGKILLed (e.g. out-of-memory) fit cannot mark its run; it stayed 'running' forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_FIT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env=os.environ.copy())
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    reg = registry()
+    run = next(r for r in reg.list_runs() if r.name == "killed")
+    assert run.status == "crashed", run
+    assert f"pid {run.owner.split(':')[1]}" in run.summary["error"] and "killed" in run.summary["error"]
+    assert run.finished_at is not None
+    assert reg.get_run(run.id).status == "crashed"  # stored, not only shown
+    assert [step for step, _ in reg.metric_history(run.id)["loss"]] == [0]  # what it wrote is kept
+    cli = subprocess.run([sys.executable, "-m", "kaon.cli", "runs", "list"], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert "│ crashed │" in cli.stdout and "│ running │" not in cli.stdout, cli.stdout

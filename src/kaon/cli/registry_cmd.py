@@ -262,7 +262,8 @@ def _version_table(record: ModelVersionRecord) -> Table:
 
 
 def _status(status: str) -> str:
-    color = {"running": "yellow", "completed": "green", "failed": "red", "interrupted": "magenta"}.get(status, "white")
+    colors = {"running": "yellow", "completed": "green", "failed": "red", "interrupted": "magenta", "crashed": "red"}
+    color = colors.get(status, "white")
     return f"[{color}]{status}[/]"
 
 

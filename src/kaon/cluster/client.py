@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from kaon._internal.processes import process_alive
 from kaon.cluster._paths import cluster_dir, discovery_file
 from kaon.errors import KaonError, NotFoundError, RegistryError
 
@@ -87,7 +88,7 @@ class ControlPlaneClient:
             info = json.loads(file.read_text())
         except (FileNotFoundError, ValueError):
             return None
-        if not _alive(int(info.get("pid", 0))):
+        if not process_alive(int(info.get("pid", 0))):
             return None
         client = cls(info["url"], info["token"])
         try:
@@ -130,7 +131,7 @@ class ControlPlaneClient:
         stopping = list(self._call("POST", "/v1/shutdown", json={"mark_stopped": True})["stopping"])
         pid = int(info.get("pid", 0))
         deadline = time.monotonic() + wait_s
-        while pid and _alive(pid) and time.monotonic() < deadline:
+        while pid and process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         return stopping
 
@@ -163,23 +164,6 @@ def start_detached(*, port: int | None = None, extra_args: list[str] | None = No
             stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     return process.pid
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by its parent) is not running.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return True
 
 
 def deploy(target: Any, *, name: str | None = None, wait: bool = True, timeout_s: float = 180.0,

@@ -102,6 +102,7 @@ def run_record(row: RunRow) -> RunRecord:
     return RunRecord(
         id=row.id, name=row.name, kind=row.kind, status=row.status, params=row.params, summary=row.summary,
         created_at=utc(row.created_at), finished_at=utc(row.finished_at) if row.finished_at else None,
+        owner=row.owner,
     )
 
 

@@ -27,7 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # The Alembic revision this code was written against. Opening a database at another revision
 # runs `alembic upgrade head`; at this one, alembic is not even imported (keeps startup fast).
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 NAME_LENGTH = 128
@@ -60,6 +60,7 @@ class RunRow(Base):
     summary: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+    owner: Mapped[str | None] = mapped_column(String(255))  # host:pid:start of the process running it
 
 
 class RunMetricRow(Base):

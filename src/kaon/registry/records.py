@@ -14,11 +14,12 @@ class RunRecord:
     id: int
     name: str
     kind: str
-    status: str  # 'running' | 'completed' | 'failed' | 'interrupted'
+    status: str  # 'running' | 'completed' | 'failed' | 'interrupted' | 'crashed' (its process was killed)
     params: dict[str, Any]
     summary: dict[str, Any]
     created_at: datetime  # UTC
     finished_at: datetime | None = None
+    owner: str | None = None  # host:pid:start of the process that runs it
 
 
 @dataclass(frozen=True)

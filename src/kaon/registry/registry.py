@@ -23,6 +23,7 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from kaon._internal.processes import owner_gone, this_process
 from kaon.config import artifacts_dir, database_url, kaon_home
 from kaon.errors import InvalidInputError, RegistryError
 from kaon.registry._database import (
@@ -102,7 +103,7 @@ class Registry:
             raise InvalidInputError(f"run kind must be at most 32 characters, e.g. 'train'. Received: {kind!r}")
         row = RunRow(
             name=name, kind=kind, status="running", params=to_json(params or {}, "params"),
-            summary={}, created_at=now(), finished_at=None,
+            summary={}, created_at=now(), finished_at=None, owner=this_process(),
         )
         with self._writing() as session:
             session.add(row)
@@ -183,14 +184,35 @@ class Registry:
             row = session.get(RunRow, run_id)
             if row is None:
                 raise run_not_found(run_id)
-            return run_record(row)
+            record = run_record(row)
+        return self._settle_lost([record])[0]
 
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
         """The `limit` most recent runs, newest first."""
         check_limit(limit)
         with self._reading() as session:
             rows = session.scalars(select(RunRow).order_by(RunRow.id.desc()).limit(limit))
-            return [run_record(row) for row in rows]
+            records = [run_record(row) for row in rows]
+        return self._settle_lost(records)
+
+    def _settle_lost(self, records: list[RunRecord]) -> list[RunRecord]:
+        """Runs still 'running' whose process on this host has ended (SIGKILL, out of memory, power loss: it
+        could not finish the run itself) are marked 'crashed' as they are read. A run owned by a process on
+        another host stays 'running' until that process finishes it."""
+        lost = {r.id for r in records if r.status == "running" and owner_gone(r.owner)}
+        if not lost:
+            return records
+        settled: dict[int, RunRecord] = {}
+        with self._writing() as session:
+            for row in session.scalars(select(RunRow).where(RunRow.id.in_(lost), RunRow.status == "running")):
+                host, pid, _ = (row.owner or "::").rsplit(":", 2)
+                row.status, row.finished_at = "crashed", now()
+                row.summary = {**row.summary, "error": (
+                    f"the process running it (pid {pid} on {host}) ended without finishing the run: it was "
+                    "killed (SIGKILL, out of memory) or the machine stopped. Metrics logged until then are kept.")}
+                log_event(session, "run.crashed", f"run/{row.id}", {"owner": row.owner})
+                settled[row.id] = run_record(row)
+        return [settled.get(r.id, r) for r in records]
 
     def metric_history(self, run_id: int) -> dict[str, list[tuple[int, float]]]:
         """Each metric's (step, value) points in step order; NaN where a NaN was logged."""
