@@ -211,3 +211,38 @@ def test_a_rebuilt_keras_model_loads_its_checkpoint(tmp_path):
     assert again.load_weights(tmp_path / "k01.safetensors") == 1
     for saved, loaded in zip(first.weights, again.model.weights, strict=True):
         np.testing.assert_allclose(np.asarray(loaded.value.detach()), np.asarray(saved.value.detach()))
+
+
+def test_a_resumed_fit_continues_the_optimizer_where_it_stopped(tmp_path):
+    """Checkpoints held weights only: a resumed Adam restarted its moments (and its bias correction), so the
+    resumed fit took other steps than the fit that was not stopped. Now it takes the same ones."""
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal((96, 6)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+
+    def build():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+
+    def trainer(model):
+        return Trainer(model, optimizer="adam", lr=0.01, seed=0, track=False)
+
+    whole = build()
+    trainer(whole).fit(x, y, epochs=4, batch_size=32, shuffle=False, verbose=False,
+                       callbacks=[ModelCheckpoint(tmp_path / "{epoch}.safetensors")])
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == [f"{e}.safetensors" for e in (1, 2, 3, 4)]
+    resumed = trainer(build())
+    epoch = resumed.load_weights(tmp_path / "2.safetensors")
+    resumed.fit(x, y, epochs=4, initial_epoch=epoch, batch_size=32, shuffle=False, verbose=False)
+    for name, tensor in whole.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], tensor)
+
+    (tmp_path / "2.safetensors.optimizer").unlink()  # weights only: Adam starts afresh, other steps
+    fresh = trainer(build())
+    fresh.fit(x, y, epochs=4, initial_epoch=fresh.load_weights(tmp_path / "2.safetensors"), batch_size=32,
+              shuffle=False, verbose=False)
+    assert not torch.equal(fresh.model[0].weight, whole[0].weight)
+    sgd = Trainer(build(), optimizer="sgd", track=False)
+    with pytest.warns(RuntimeWarning, match="of class Adam, and this Trainer uses SGD"):
+        sgd.load_weights(tmp_path / "3.safetensors")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -95,3 +96,43 @@ def input_count(model: nn.Module) -> int | None:
                 and parameter.default is inspect.Parameter.empty:
             count += 1
     return count or None
+
+
+# An optimizer's state (Adam's moments and step counts, each group's learning rate) beside a checkpoint, as
+# safetensors: tensors by "state.<param index>.<key>", everything else as JSON in the metadata.
+OPTIMIZER_SUFFIX = ".optimizer"
+_OPTIMIZER_KEY = "kaon_optimizer"
+
+
+def optimizer_file(weights_file: Path) -> Path:
+    """Where the optimizer state of `weights_file` is kept: "03.safetensors" -> "03.safetensors.optimizer", so
+    that a glob for "*.safetensors" still finds only weights."""
+    return weights_file.with_name(weights_file.name + OPTIMIZER_SUFFIX)
+
+
+def optimizer_to_safetensors(optimizer: torch.optim.Optimizer) -> bytes:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    values: dict[str, dict[str, object]] = {}
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{key}"] = value
+            else:
+                values.setdefault(str(index), {})[key] = value
+    described = {"class": type(optimizer).__name__, "param_groups": state["param_groups"], "values": values}
+    return to_safetensors(tensors, {_OPTIMIZER_KEY: json.dumps(described)})
+
+
+def optimizer_from_safetensors(path: Path) -> tuple[str, dict[str, object]]:
+    """(the optimizer's class name, its state_dict) from `optimizer_to_safetensors`'s file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        described = json.loads((handle.metadata() or {})[_OPTIMIZER_KEY])
+        state: dict[int, dict[str, object]] = {
+            int(index): dict(entries) for index, entries in described["values"].items()}
+        for name in handle.keys():  # noqa: SIM118
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = handle.get_tensor(name)
+    return described["class"], {"state": state, "param_groups": described["param_groups"]}

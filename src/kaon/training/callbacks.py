@@ -132,20 +132,29 @@ class ModelCheckpoint(_Monitor):
     """Write the weights as safetensors after each epoch, or only when `monitor` improves.
 
     `path` may hold fields filled from the epoch and the logs: "ckpt/{epoch:02d}-{val_loss:.3f}.safetensors".
-    The file is written to a temp file and renamed, so it is never half-written.
+    The file is written to a temp file and renamed, so it is never half-written. With `save_optimizer` (the
+    default) the optimizer's state goes beside it ("02.safetensors.optimizer"), for `Trainer.load_weights` to
+    resume a fit where it stopped; the weights file alone loads anywhere, as before.
     """
 
     def __init__(self, path: str | Path, monitor: str = "val_loss", *, save_best_only: bool = False,
-                 mode: Mode = "auto") -> None:
+                 mode: Mode = "auto", save_optimizer: bool = True) -> None:
         super().__init__(monitor, mode, 0.0)
         self.path = str(path)
         self.save_best_only = save_best_only
+        self.save_optimizer = save_optimizer
         self.last_path: Path | None = None
         self.best_path: Path | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         from kaon._internal.files import atomic_write_bytes
-        from kaon.training._weights import keras_order, snapshot, to_safetensors
+        from kaon.training._weights import (
+            keras_order,
+            optimizer_file,
+            optimizer_to_safetensors,
+            snapshot,
+            to_safetensors,
+        )
 
         assert self.trainer is not None
         value = self.current(logs) if (self.save_best_only or self.monitor in logs) else math.nan
@@ -157,6 +166,10 @@ class ModelCheckpoint(_Monitor):
         target = Path(self.path.format(epoch=epoch + 1, **logs))
         metadata = {"epoch": str(epoch + 1), **{k: repr(float(v)) for k, v in logs.items()},
                     **keras_order(self.trainer.model)}
+        if self.save_optimizer:  # first: a weights file is never newer than the state beside it
+            optimizer = self.trainer.optimizer_
+            optimizer = getattr(optimizer, "original_optimizer", optimizer)  # a private fit's Opacus wrapper
+            atomic_write_bytes(optimizer_file(target), optimizer_to_safetensors(optimizer))
         atomic_write_bytes(target, to_safetensors(snapshot(self.trainer.model), metadata))
         self.last_path = target
         if is_best:

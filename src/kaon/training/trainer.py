@@ -402,11 +402,11 @@ class Trainer:
 
     def load_weights(self, path: str | Path) -> int:
         """Load weights saved by ModelCheckpoint (safetensors) into the model; return the epoch they were saved
-        after (0 if the file does not say), for fit(..., initial_epoch=...). The optimizer's state (Adam's moments)
-        is not in the file: a resumed fit starts it afresh."""
+        after (0 if the file does not say), for fit(..., initial_epoch=...). The optimizer's state (Adam's moments,
+        the learning rate) comes from the `.optimizer` file ModelCheckpoint wrote beside it, when there is one."""
         from safetensors import SafetensorError, safe_open
 
-        from kaon.training._weights import restore
+        from kaon.training._weights import optimizer_file, restore
 
         source = Path(path)
         if not source.is_file():
@@ -424,8 +424,33 @@ class Trainer:
             raise ConfigError(f"the weights in {str(source)!r} do not fit {type(self.model).__name__}: "
                               f"{str(exc).splitlines()[0][:300]}. Build the model as it was when they were saved."
                               ) from exc
+        if optimizer_file(source).is_file():
+            self._load_optimizer(optimizer_file(source))
         epoch = metadata.get("epoch", "0")
         return int(epoch) if epoch.isdigit() else 0
+
+    def _load_optimizer(self, path: Path) -> None:
+        from safetensors import SafetensorError
+
+        from kaon.training._weights import optimizer_from_safetensors
+
+        self._build()
+        try:
+            saved, state = optimizer_from_safetensors(path)
+        except (SafetensorError, OSError, KeyError, ValueError) as exc:
+            raise InvalidInputError(f"{str(path)!r} is not an optimizer state ModelCheckpoint wrote ({exc}). "
+                                    "Delete it to resume with a fresh optimizer.") from exc
+        optimizer = self.optimizer_
+        if saved != type(optimizer).__name__:
+            warnings.warn(f"{str(path)!r} holds the state of an optimizer of class {saved}, and this Trainer uses "
+                          f"{type(optimizer).__name__}: the optimizer starts afresh.", RuntimeWarning, stacklevel=3)
+            return
+        try:
+            optimizer.load_state_dict(state)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise ConfigError(f"the optimizer state in {str(path)!r} does not fit this model's parameters "
+                              f"({exc}). Build the model as it was when it was saved, or delete the file to "
+                              "resume with a fresh optimizer.") from exc
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self._autocast_dtype is None:
