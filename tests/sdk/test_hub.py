@@ -49,6 +49,38 @@ def test_one_sample_as_the_example_says_to_pass_a_batch():
         kaon.register(model, "row", input_example=np.zeros(4, np.float32))  # x[0]: 'Constraints violated (batch)'
 
 
+class _ValueBranch:  # built lazily: torch is imported by the test
+    @staticmethod
+    def make():
+        import torch
+
+        class ValueBranch(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = torch.nn.Linear(4, 2)
+
+            def forward(self, x):
+                if x.sum() > 0:  # control flow on values: torch.export cannot trace it
+                    return self.linear(x)
+                return -self.linear(x)
+
+        return ValueBranch()
+
+
+def test_an_untraceable_forward_names_its_line_without_the_exporter_dump(capfd):
+    """torch.export printed its partial graph to stderr (dozens of lines) before kaon's error; the error had
+    torch's advice on guard_or_false and a link, not the user's line."""
+    from kaon.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError) as info:
+        kaon.register(_ValueBranch.make(), "branchy", input_example=np.zeros((2, 4), np.float32))
+    message = str(info.value)
+    assert "data-dependent" in message and "in forward" in message and "torch.where or torch.cond" in message
+    assert "guard_or_false" not in message and "docs.google" not in message
+    out, err = capfd.readouterr()
+    assert "def forward" not in out + err and "symbolic_shapes" not in out + err, out + err
+
+
 def test_unknown_reference_lists_what_exists():
     kaon.register(_torch_model(), "lin", input_example=np.zeros((2, 1, 8, 8), np.float32))
     with pytest.raises(NotFoundError) as info:

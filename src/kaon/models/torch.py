@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from kaon._internal.exporters import quiet, summarize
 from kaon.errors import ConfigError, InvalidInputError, ModelLoadError, require
 from kaon.models._cuda_graphs import GraphRunner
 from kaon.models.model import Model
@@ -197,14 +198,18 @@ def export_program(module: Any, input_example: np.ndarray | dict[str, np.ndarray
     if moved:
         module.to("cpu")  # a program that loads on any machine (kaon serve places it); moved back below
     try:
-        program = torch.export.export(module, tensors, dynamic_shapes=tuple({0: dim} for _ in tensors))
+        with quiet():
+            program = torch.export.export(module, tensors, dynamic_shapes=tuple({0: dim} for _ in tensors))
         with torch.inference_mode():
             out = module(*tensors)
     except Exception as exc:
-        reason, hint = str(exc), ""
+        reason, hint = summarize(exc), ""
         if "Constraints violated (batch)" in reason:  # axis 0 is not a batch: x[0] passed instead of x[:2]
             reason = "the example's axis 0 is not a batch axis the model can vary"
             hint = " Pass a batch, e.g. input_example=x[:2], not one sample x[0]."
+        elif "data-dependent" in reason:
+            hint = (" Control flow on the input's values (an `if` on a tensor) cannot be traced: use torch.where "
+                    "or torch.cond, or move the decision out of forward.")
         raise ModelLoadError(
             f"torch.export could not trace {type(module).__name__}: {reason}.{hint} "
             f"Expected a module whose forward works for any batch size with inputs like "

@@ -13,18 +13,15 @@ Keras 3 (torch backend): Keras's own `model.export(format="onnx")`. When every e
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import re
 import tempfile
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kaon._internal.exporters import ANSI, quiet, summarize
 from kaon._internal.scores import probabilities
 from kaon.errors import InvalidInputError, UnexportableModelError, require
 
@@ -32,7 +29,6 @@ from kaon.errors import InvalidInputError, UnexportableModelError, require
 _EXTERNAL_DATA_BYTES = 1_500_000_000
 _PARITY_MAX_ABS_DIFF = 1e-3
 _PARITY_MIN_AGREEMENT = 0.99
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass(frozen=True)
@@ -141,7 +137,7 @@ def _export_torch(model: Any, example: dict[str, np.ndarray], axes: dict[str, li
         program = None
     if program is not None:
         try:
-            with _quiet():
+            with quiet():
                 onnx_program = torch.onnx.export(program, dynamo=True, verbose=False, optimize=True)
             return onnx_program.model_proto, "dynamo", []
         except Exception as exc:  # noqa: BLE001 - the exporter raises many types; its reason is reported
@@ -172,7 +168,7 @@ def _program_and_module(model: Any, args: tuple[Any, ...], axes: dict[str, list[
     with contextlib.suppress(Exception):
         model.eval()
     try:
-        with _quiet():
+        with quiet():
             return torch.export.export(model, args, dynamic_shapes=shapes), (model, "")
     except Exception as exc:  # noqa: BLE001
         return None, (model, summarize(exc))
@@ -182,7 +178,7 @@ def _export_torchscript(module: Any, args: tuple[Any, ...], input_names: list[st
                         output_names: list[str]) -> Any:
     torch = require("torch", "torch", "Exporting a PyTorch model to ONNX")
     onnx = require("onnx", "onnx", "Exporting to ONNX")
-    with tempfile.TemporaryDirectory(prefix="kaon-export-") as folder, _quiet():
+    with tempfile.TemporaryDirectory(prefix="kaon-export-") as folder, quiet():
         target = Path(folder) / "model.onnx"
         torch.onnx.export(module, args, str(target), dynamo=False, input_names=input_names,
                           output_names=output_names, opset_version=17,
@@ -192,7 +188,7 @@ def _export_torchscript(module: Any, args: tuple[Any, ...], input_names: list[st
 
 def _culprit(exc: BaseException, program: Any) -> str:
     """' (in module 'odd' (Odd), node %wobble)' from the node the exporter names, if it names one."""
-    text = _ANSI.sub("", str(exc))
+    text = ANSI.sub("", str(exc))
     match = re.search(r"translating node %(\w+)", text)
     if match is None:
         return ""
@@ -207,36 +203,6 @@ def _culprit(exc: BaseException, program: Any) -> str:
     return ""
 
 
-def summarize(exc: BaseException) -> str:
-    """The exporter's reason in one line, without colour codes, boilerplate or a stack trace."""
-    text = _ANSI.sub("", str(exc))
-    if "## Exception summary" in text:
-        text = text.split("## Exception summary", 1)[1].split("(Refer to the full stack trace", 1)[0]
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and ln.strip() != "⬆️"]
-        text = " <- ".join(re.sub(r"^<class '[\w.]+\.(\w+)'>:", r"\1:", ln) for ln in lines)
-    text = " ".join(text.split())
-    return text[:600] + ("..." if len(text) > 600 else "") if text else type(exc).__name__
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The exporters print progress and warn about optional packages; a user needs none of that here."""
-    # "" is the root logger: onnxruntime's quantizer warns through it ("consider pre-processing").
-    names = ["", "torch.onnx", "torch.export", "torch._export", "onnxscript", "onnxruntime",
-             "torch.fx.experimental.symbolic_shapes"]
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
 # ---- keras -----------------------------------------------------------------------------------------
 
 
@@ -248,7 +214,7 @@ def _export_keras(model: Any, example: dict[str, np.ndarray]) -> Any:
     onnx = require("onnx", "onnx", "Exporting to ONNX")
     args = list(example.values())
     model(args[0] if len(args) == 1 else args, training=False)  # Keras exports only a model that has run
-    with tempfile.TemporaryDirectory(prefix="kaon-export-") as folder, _quiet():
+    with tempfile.TemporaryDirectory(prefix="kaon-export-") as folder, quiet():
         target = Path(folder) / "model.onnx"
         try:
             model.export(str(target), format="onnx", verbose=False)

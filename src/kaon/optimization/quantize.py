@@ -23,8 +23,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from kaon._internal.exporters import quiet
 from kaon.errors import require
-from kaon.optimization.export import _quiet, clean_metadata, save_onnx
+from kaon.optimization.export import clean_metadata, save_onnx
 
 Scheme = Literal["dynamic", "static"]
 # Operators each onnxruntime quantizer turns into int8 kernels that carry weights.
@@ -58,11 +59,11 @@ def prepare(source: Path, target: Path, *, optimize_graph: bool = False) -> tupl
     note = ""
     source, target = source.resolve(), target.resolve()
     try:
-        with _quiet(), _scratch_cwd():
+        with quiet(), _scratch_cwd():
             pre.quant_pre_process(str(source), str(target), skip_optimization=not optimize_graph)
     except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs (capped dims)
         try:
-            with _quiet(), _scratch_cwd():
+            with quiet(), _scratch_cwd():
                 pre.quant_pre_process(str(source), str(target), skip_symbolic_shape=True,
                                       skip_optimization=not optimize_graph)
         except Exception as exc:  # noqa: BLE001 - then quantize the graph as exported
@@ -152,7 +153,7 @@ def quantize_blockwise(source: Path, target: Path, *, groups: Sequence[OpGroup],
     config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4, bits=bits,
                                           op_types_to_quantize=("MatMul",))
     nodes = [n for g in groups if g.op_type == "MatMul" for n in g.nodes]
-    with _quiet():
+    with quiet():
         quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), nodes_to_include=nodes, algo_config=config)
         quantizer.process()
     proto = quantizer.model.model
@@ -277,7 +278,7 @@ def quantize_model(source: Path, target: Path, *, scheme: Scheme, groups: Sequen
         op_types.add("MatMul")
     big = source.stat().st_size > 1_500_000_000
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet():
+    with quiet():
         if scheme == "dynamic":
             quantization.quantize_dynamic(
                 str(source), str(target), op_types_to_quantize=sorted(op_types), nodes_to_quantize=nodes,
