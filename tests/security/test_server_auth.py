@@ -178,3 +178,32 @@ def test_no_token_reaches_any_log(served) -> None:
 
 def _lines(path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
+
+
+def test_revoking_the_last_token_does_not_open_the_server(model_file: Path, tmp_path: Path) -> None:
+    """Revoking a leaked token (the only one) made a server started without --require-auth answer everyone
+    within seconds: the token table was empty, so auth was off. Once on, it stays on."""
+    home = tmp_path / "home"
+    home.mkdir()
+    token = make(home, "only", ("predict",))
+    server = Server(["serve", str(model_file), "--name", "digits"], env={"KAON_HOME": str(home)}).wait_ready()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.post("/predict", json=BODY).status_code == 401
+            revoked = kaon_cli(["token", "revoke", token], home)  # the pasted token itself: revoked by its id
+            assert revoked.returncode == 0, revoked.stderr
+            assert token not in revoked.stdout + revoked.stderr
+            assert "keep refusing requests without one" in " ".join(revoked.stderr.split())
+            headers = {"authorization": f"Bearer {token}"}
+            deadline = time.monotonic() + 8
+            while client.post("/predict", json=BODY, headers=headers).status_code == 200:
+                assert time.monotonic() < deadline, "the revoked token still worked after 8 s"
+                time.sleep(0.2)
+            time.sleep(1.5)  # past another refresh of the (now empty) token table
+            assert client.post("/predict", json=BODY).status_code == 401
+            assert client.get("/metrics").status_code == 401
+        missing = kaon_cli(["token", "revoke", token], home)
+        assert missing.returncode != 0 and token not in missing.stdout + missing.stderr
+    finally:
+        server.stop()
+    assert "no active API tokens remain" in server.output()

@@ -104,16 +104,18 @@ def list_tokens(
 def revoke(
     name: Annotated[str, typer.Argument(help="The token's name or id.")],
 ) -> None:
-    """Revoke a token. Running servers refuse it within about 5 seconds."""
+    """Revoke a token (by name, id, or the token itself). Running servers refuse it within about 5 seconds."""
     from kaon.registry import Registry
+    from kaon.security.tokens import token_id_of
 
     with reporting_errors(), Registry() as registry:
-        record = registry.tokens.revoke(name)
+        record = registry.tokens.revoke(token_id_of(name) or name)  # a pasted token: its public id
         remaining = len(registry.tokens.active())
     console.print(f"revoked token '{escape(record.name)}' (id {record.token_id}); servers refuse it within ~5 s.")
     if not remaining:
-        err_console.print("[yellow]warning[/]: no active tokens remain, so servers without --require-auth now "
-                          "answer everyone. Create a token, or serve with --require-auth.", highlight=False)
+        err_console.print("[yellow]warning[/]: no active tokens remain. Running servers that required a token "
+                          "keep refusing requests without one; a server started now without --require-auth "
+                          "answers everyone. Create a token, or serve with --require-auth.", highlight=False)
 
 
 @token_app.command("audit")

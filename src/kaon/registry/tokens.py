@@ -125,8 +125,9 @@ class TokenStore:
             ).all()
             if not rows:
                 known = [r.name for r in session.scalars(select(TokenRow).where(TokenRow.revoked_at.is_(None)))]
+                shown = name_or_id if not name_or_id.startswith("kaon_") else name_or_id[:17] + "..."  # no secret
                 raise NotFoundError(
-                    f"no token named (or with id) {name_or_id!r} that is not already revoked. "
+                    f"no token named (or with id) {shown!r} that is not already revoked. "
                     f"Tokens: {', '.join(sorted(known)) or 'none'}. List them with: kaon token list."
                 )
             revoked = now()

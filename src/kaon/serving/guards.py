@@ -191,7 +191,12 @@ class AuthGuard(Checks):
                 Principal(record.token_id, record.name, frozenset(record.scopes)), record.secret_hash,
                 record.expires_at.timestamp() if record.expires_at is not None else None, rate,
                 record.max_concurrent or self.max_concurrent_per_token)
-        return _Table(by_id, self.require_auth or bool(by_id), now_s)
+        # Once on, auth stays on: revoking (or outliving) the last token must not open the server to everyone
+        was_on = self._table is not None and self._table.auth_on
+        if was_on and not by_id and not self.require_auth:
+            log.warning("no active API tokens remain; this server keeps refusing requests without one, as it "
+                        "did while they existed. Create one with: kaon token create --name NAME")
+        return _Table(by_id, self.require_auth or bool(by_id) or was_on, now_s)
 
     async def start(self) -> None:
         """Load the token table before the server says it is ready, so the first request does not wait for
@@ -362,7 +367,7 @@ class AuthGuard(Checks):
         else:
             ok = await pending
         if not ok:
-            self._failures.take(self._failure_limit, now_s)
+            self._failures.take(self._failure_limit, self.clock())  # now: the check took a while
             if len(self._rejected) < _MAX_CACHED:
                 self._rejected[token] = now_s
             raise unauthorized(f"the API token (id {token_id}) is not valid.")
