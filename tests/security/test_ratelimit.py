@@ -40,7 +40,21 @@ def test_a_clock_stepping_back_adds_nothing() -> None:
     bucket = Bucket(limit, 10.0)
     assert bucket.take(limit, 10.0) == 0.0
     assert bucket.take(limit, 5.0) > 0
-    assert bucket.take(limit, 5.5) > 0  # refills from 5.0, the latest time seen: 0.5 token
+    assert bucket.take(limit, 5.5) > 0
+    assert bucket.take(limit, 10.5) > 0  # half a second after 10.0, the latest time seen: half a token
+
+
+def test_stale_times_do_not_refill_twice() -> None:
+    """A time read before an await arrives after a later one: the bucket refilled from the stale time again,
+    letting through about twice the rate (6 takes in 0.5 s at 1/s, burst 1)."""
+    limit = RateLimit(rate_per_s=1.0, burst=1)
+    bucket = Bucket(limit, 0.0)
+    allowed = 0
+    for step in range(50):  # 5 s; every other call carries a time 0.5 s old
+        now_s = step * 0.1
+        allowed += bucket.take(limit, now_s) == 0.0
+        allowed += bucket.take(limit, max(0.0, now_s - 0.5)) == 0.0
+    assert allowed <= 1 + 5  # the burst, plus 5 s at 1/s
 
 
 def test_a_new_limit_applies_to_a_bucket_at_once() -> None:

@@ -56,7 +56,7 @@ class Bucket:
             tokens += (now_s - self.updated_s) * limit.rate_per_s
             if tokens > limit.burst:
                 tokens = float(limit.burst)
-        self.updated_s = now_s
+            self.updated_s = now_s  # an older now_s (read before an await) must not move it back: refilled twice
         if tokens >= cost:
             self.tokens = tokens - cost
             return 0.0
