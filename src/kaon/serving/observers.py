@@ -210,8 +210,15 @@ class Observers:
             if decoder is None:
                 continue
             try:
-                inputs.append(monitor.check_input(decoder(req)))
-            except (KaonError, ValueError, pydantic.ValidationError) as exc:
+                x = decoder(req)
+            except (KaonError, ValueError, pydantic.ValidationError) as exc:  # this request only
+                log.debug("drift monitoring skipped request %s: %s", req.request_id, getattr(exc, "message", exc))
+                continue
+            if len(x) == 0:  # {"inputs": []}: nothing to watch
+                continue
+            try:
+                inputs.append(monitor.check_input(x))
+            except (KaonError, ValueError) as exc:  # the route's inputs are not what the reference describes
                 self._disabled_paths.add(req.path)
                 log.warning("drift monitoring is off for %s: its inputs do not match the reference (%s)",
                             req.path, getattr(exc, "message", exc))
@@ -294,7 +301,7 @@ def model_decoders(app: Any, model: Any) -> dict[str, Decoder]:
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 pass
             items = getattr(adapter.validate_json(request.body), param)  # base64 images, (H, W) items, ...
-            return np.stack([as_array(item) for item in items])
+            return np.stack([as_array(item) for item in items]) if items else np.empty((0, *shape), dtype)
 
         decoders[spec.path] = decode
     input_name = model.signature.inputs[0].name
