@@ -57,6 +57,13 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 NAME_EXPECTED = "1 to 128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
 
 
+def _is_http_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """How one server runs. Each field is also a `kaon serve` flag and a KAON_<NAME> variable."""
@@ -104,6 +111,9 @@ class ServeConfig:
             ("precision", self.precision in ("fp32", "bf16", "fp16"), "one of fp32, bf16, fp16"),
             ("top_k", self.top_k >= 0, "an integer >= 0 (0: every class's score)"),
             ("workers", self.workers >= 1, "an integer >= 1"),
+            ("drift_window", self.drift_window >= 20, "an integer >= 20 (inputs per drift test)"),
+            ("alert_webhook", self.alert_webhook is None or _is_http_url(self.alert_webhook),
+             "an http(s) URL with a host, e.g. http://alerts.internal:9000/kaon"),
             ("log_level", str(self.log_level).lower() in _LOG_LEVELS, f"one of {', '.join(_LOG_LEVELS)}"),
             ("name", self.name is None or NAME_PATTERN.fullmatch(self.name) is not None,
              f"{NAME_EXPECTED} (it is part of the V2 routes' paths)"),

@@ -255,3 +255,18 @@ def test_missing_service_class_names_the_ones_found(service_file):
 def test_unknown_registry_reference_is_a_clear_error():
     message = _serve_fails(["digits@production"])
     assert "digits" in message
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--drift-window", "5"], "drift_window must be an integer >= 20"),
+    (["--alert-webhook", "ftp://alerts/hook"], "alert_webhook must be an http(s) URL"),
+    (["--request-log", "/proc/kaon-nope/requests.jsonl"], "cannot be written"),
+    (["--drift-reference", "missing-reference.npz"], "is not a file"),
+])
+def test_monitoring_flags_that_cannot_work_fail_before_the_banner(service_file, flags, expected):
+    """They printed the banner and 'Press Ctrl-C', then failed ~10 s later as a model setup failure, or (a
+    window of 5) served on without drift monitoring after a traceback."""
+    proc = subprocess.run([sys.executable, "-m", "kaon.cli", "serve", f"{service_file}:Toy", "--port", "0", *flags],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and expected in proc.stderr, proc.stdout + proc.stderr
+    assert "Press Ctrl-C" not in proc.stdout and "Traceback" not in proc.stderr

@@ -263,6 +263,25 @@ def _exchange(request: Any, response: Any, elapsed_s: float, at_s: float) -> Exc
 
 # building them for an app ------------------------------------------------------------------------
 
+def check_observer_settings(config: Any) -> None:
+    """Files the monitoring flags name must be usable before the server starts: they failed after its banner,
+    as a failed model setup."""
+    if config.request_log:
+        path = Path(config.request_log)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"the request log {str(path)!r} cannot be written: {exc.strerror or exc}. "
+                              "Pick a writable path for --request-log.") from exc
+    if config.drift_reference and not Path(config.drift_reference).is_file():
+        raise ConfigError(f"--drift-reference {config.drift_reference!r} is not a file. Pass a reference.npz "
+                          "written by kaon.monitoring.fit_reference (or kaon.register(..., reference_data=x)).")
+    if config.alert_webhook and not config.monitor:
+        log.warning("--alert-webhook is ignored: --no-monitor turns drift alerts off")
+
+
 def find_reference(service: Any) -> Path | None:
     """`reference.npz` registered with the served model's version, materialized and hash-checked."""
     for model in (getattr(service, "models", None) or {}).values():

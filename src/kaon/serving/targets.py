@@ -57,6 +57,9 @@ def resolve_target(target: Any, *, name: str | None = None, trust_pickle: bool =
 def serve_target(target: Any, config: ServeConfig, *, name: str | None = None, trust_pickle: bool = False) -> None:
     """What `kaon serve TARGET` and `kaon.serve(target)` run: `config.workers` processes, or one server here
     with the model placed as `config` says (device, precision, top-k)."""
+    from kaon.serving.observers import check_observer_settings
+
+    check_observer_settings(config)
     if config.workers > 1:
         from kaon.serving.workers import serve_workers
 
