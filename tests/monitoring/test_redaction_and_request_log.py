@@ -103,6 +103,7 @@ def test_records_are_redacted_json_lines_without_credentials(tmp_path: Path) -> 
     assert json.loads(lines[1])["request"]["json"] is False
     text = (tmp_path / "log.jsonl").read_text()
     assert "kaon_secret" not in text and "session=1" not in text and "a@b.example" not in text
+    assert (tmp_path / "log.jsonl").stat().st_mode & 0o777 == 0o600  # request bodies: the owner's only
 
 
 def test_the_log_rotates_and_never_exceeds_its_cap(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -138,9 +139,11 @@ class Receiver(BaseHTTPRequestHandler):
 
     failures = 0
     received: list[bytes] = []
+    authorizations: list[str | None] = []
 
     def do_POST(self) -> None:  # noqa: N802
         body = self.rfile.read(int(self.headers["content-length"]))
+        Receiver.authorizations.append(self.headers.get("authorization"))
         if Receiver.failures > 0:
             Receiver.failures -= 1
             self.send_response(503)
@@ -153,7 +156,7 @@ class Receiver(BaseHTTPRequestHandler):
         pass
 
 
-def test_webhook_retries_then_delivers_and_gives_up_when_bounded() -> None:
+def test_webhook_retries_then_delivers_and_gives_up_when_bounded(caplog) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/hooks/secret-path"
@@ -173,7 +176,37 @@ def test_webhook_retries_then_delivers_and_gives_up_when_bounded() -> None:
     finally:
         server.shutdown()
     dead = WebhookSink("http://127.0.0.1:9/never", max_attempts=2, backoff_s=0.01, timeout_s=0.5, max_pending=2)
+    with caplog.at_level(logging.WARNING, logger="kaon.monitoring"):
+        dead(alert)
+        dead.close(timeout_s=10)
+    assert "Connection refused" in caplog.text  # the reason, not only "URLError"
+    dead = WebhookSink("http://127.0.0.1:9/never", max_attempts=2, backoff_s=0.01, timeout_s=0.5, max_pending=2)
     for _ in range(5):
         dead(alert)
     dead.close(timeout_s=10)
     assert dead.failed + dead.dropped == 5 and dead.dropped >= 1
+
+
+def test_webhook_credentials_in_the_url_are_sent_as_basic_auth() -> None:
+    """urllib sends nothing for http://user:pass@host/: every delivery failed (401 at the receiver)."""
+    import base64
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        Receiver.failures, Receiver.received, Receiver.authorizations = 0, [], []
+        sink = WebhookSink(f"http://alice:s3cr%40t@127.0.0.1:{server.server_address[1]}/hook", backoff_s=0.01)
+        sink(Alert("embedding_mmd", "firing", 0.02, 0.01, "digits", 400, 200, 0.0))
+        sink.close()
+    finally:
+        server.shutdown()
+    assert sink.sent == 1 and "alice" not in sink.url
+    assert Receiver.authorizations == ["Basic " + base64.b64encode(b"alice:s3cr@t").decode()]
+
+
+def test_a_resolved_alert_is_logged_at_the_default_level(caplog) -> None:
+    from kaon.monitoring.alerts import log_sink
+
+    with caplog.at_level(logging.WARNING, logger="kaon.monitoring"):
+        log_sink(Alert("embedding_mmd", "resolved", 0.001, 0.01, "digits", 600, 200, 0.0))
+    assert "resolved" in caplog.text.lower()

@@ -7,6 +7,7 @@ slows serving. The log names the webhook by scheme and host only: webhook URLs o
 
 from __future__ import annotations
 
+import base64
 import collections
 import logging
 import threading
@@ -47,8 +48,9 @@ class Alert:
 
 
 def log_sink(alert: Alert) -> None:
-    """One log line per alert: WARNING when it fires, INFO when it resolves."""
-    log.log(logging.WARNING if alert.state == "firing" else logging.INFO, alert.message)
+    """One WARNING line per alert, when it fires and when it resolves: a log that showed only the firing (the
+    resolution was INFO, below the default level) read as drift that never ended."""
+    log.warning("%s", alert.message)
 
 
 def describe_url(url: str) -> str:
@@ -65,11 +67,19 @@ class WebhookSink:
             from kaon.errors import ConfigError
 
             raise ConfigError(f"the alert webhook must be an http(s) URL. Received: {describe_url(url)!r}")
+        parts = urllib.parse.urlsplit(url)
+        credentials = {}
+        if parts.username is not None:  # http://user:pass@host/...: urllib sends no credentials from a URL
+            pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+            credentials = {"authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
+            host = parts.hostname or ""
+            url = urllib.parse.urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
         self.url = url
         self.max_attempts = max_attempts
         self.timeout_s = timeout_s
         self.backoff_s = backoff_s
-        self.headers = {"content-type": "application/json", "user-agent": "kaon-alerts", **(headers or {})}
+        self.headers = {"content-type": "application/json", "user-agent": "kaon-alerts", **credentials,
+                        **(headers or {})}
         self.sent = 0
         self.failed = 0
         self.dropped = 0
@@ -118,7 +128,8 @@ class WebhookSink:
                 if 400 <= exc.code < 500 and exc.code not in (408, 429):
                     break  # the receiver refuses this alert: retrying will not help
             except (urllib.error.URLError, OSError, TimeoutError) as exc:
-                reason = type(exc).__name__
+                cause = getattr(exc, "reason", None) or exc  # URLError wraps the socket's error
+                reason = f"{type(exc).__name__}: {getattr(cause, 'strerror', None) or cause}"
             if attempt < self.max_attempts and not self._stopping:
                 time.sleep(delay_s)
                 delay_s *= 2

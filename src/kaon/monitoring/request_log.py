@@ -70,7 +70,9 @@ class RequestLog:
                               f"Pick a writable path for --request-log.") from exc
 
     def _open(self) -> None:
-        self._file = open(self.path, "ab")  # noqa: SIM115 - kept open; closed by close()/rotation
+        # owner-only (0600): the log holds request bodies. os.open's mode applies to a file it creates
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._file = open(fd, "ab")  # noqa: SIM115 - kept open; closed by close()/rotation
         self._size = self._file.tell()
 
     def record(self, exchange: Exchange) -> dict[str, Any]:
