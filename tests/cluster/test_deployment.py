@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kaon.cluster.deployment import Deployment
+from kaon.cluster.deployment import Deployment, from_stored, stored_spec
 from kaon.errors import ConfigError
 from kaon.serving import Service
 
@@ -74,6 +74,12 @@ def test_kaon_scale_pins_a_fixed_count_and_overrides_apply():
     assert (config.policy, config.replicas, config.max_replicas) == ("fixed", 5, 5)
     assert deployment.initial_replicas() == 5
     assert deployment.autoscaling.policy == "predictive"
+
+
+def test_the_stored_spec_keeps_the_resolved_version_beside_the_fields():
+    spec = Deployment(name="digits", target="digits@production")
+    assert from_stored(stored_spec(spec, "digits@1"), source="d") == (spec, "digits@1")
+    assert from_stored(stored_spec(spec, None), source="d") == (spec, None)  # a file, or stored before 'resolved'
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -11,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kaon.cluster.backends.local import LocalDeployment
+from kaon.cluster.deployment import Deployment
 from kaon.cluster.placement import InsufficientResourcesError
 from kaon.errors import ConfigError
 from kaon.registry import Registry
@@ -220,3 +224,71 @@ def test_deploy_from_python_waits_for_the_replicas(plane, digits_onnx):
                                  resources={"cpus": 0.5, "memory_mb": 256})
     assert status["name"] == "digits" and status["ready"] == 1
     assert httpx.post(status["url"] + "/predict", json={"inputs": IMAGE}).status_code == 200
+
+
+def test_a_restarted_control_plane_serves_the_version_resolved_at_deploy(plane, digits_onnx):
+    from tests.cluster.conftest import PlaneProcess
+
+    with Registry() as registry:
+        registry.register_version("digits", {"model.onnx": digits_onnx}, framework="onnx")
+        registry.set_alias("digits", "production", 1)
+    declared = spec("pinned", "digits@production", replicas=1, autoscaling={"policy": "fixed"})
+    plane.client.deploy(declared)
+    assert ready(plane.client, "pinned", 1)["serving"] == "digits@1"
+    with Registry() as registry:  # the alias moves without a deploy...
+        registry.register_version("digits", {"model.onnx": digits_onnx}, framework="onnx")
+        registry.set_alias("digits", "production", 2)
+    plane.proc.kill()  # ...and the control plane dies hard
+    plane.proc.wait()
+    second = PlaneProcess()
+    try:
+        again = ready(second.client, "pinned", 1)
+        assert (again["serving"], again["target"]) == ("digits@1", "digits@production")
+        assert second.client.deploy(declared)["serving"] == "digits@2"  # deploying again resolves again
+    finally:
+        second.stop()
+
+
+def test_a_deployment_that_does_not_fit_is_named_not_the_one_running_beside_it(kaon_home, digits_onnx):
+    from tests.cluster.conftest import PlaneProcess
+
+    small = PlaneProcess(cpus=2)
+    try:
+        small.client.deploy(spec("slowa", digits_onnx, resources={"cpus": 0.25, "memory_mb": 256}))
+        with pytest.raises(InsufficientResourcesError) as info:
+            small.client.deploy(spec("big", digits_onnx, min_replicas=2, resources={"cpus": 1, "memory_mb": 256}))
+    finally:
+        small.stop()
+    message = info.value.message
+    assert "replica 2 of 2 of 'big' (each needs 1 cpus, 256 MiB) fits on no node" in message
+    assert "'local' has 0.75 of 2 cpus" in message and "Short on 'local' by 0.25 cpus" in message
+    assert "'slowa': 1 x 0.25 cpus, 256 MiB" in message
+
+
+def test_the_router_waits_at_least_the_deployments_serve_timeout(tmp_path, digits_onnx):
+    slow = LocalDeployment(Deployment.parse(spec("slow", digits_onnx, serve={"timeout_s": 120})), log_dir=tmp_path)
+    assert slow.router.request_timeout_s > 120  # the replica's own 504 comes first, with its message
+    default = LocalDeployment(Deployment.parse(spec("default", digits_onnx)), log_dir=tmp_path)
+    assert default.router.request_timeout_s > 30  # kaon serve's default timeout_s
+
+
+def test_shutting_down_with_connections_open_logs_no_traceback(plane, digits_onnx):
+    client = plane.client
+    status = client.deploy(spec("idle", digits_onnx, min_replicas=0))
+    router_port = int(status["url"].rsplit(":", 1)[1])
+
+    def request() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # cut by the shutdown
+            httpx.post(status["url"] + "/predict", json={"inputs": IMAGE}, timeout=30)
+
+    waiting = threading.Thread(target=request, daemon=True)
+    # a request waiting for a cold start, an idle keep-alive connection on the router and on the API
+    # (the client's own), as `kaon down` finds them
+    with socket.create_connection(("127.0.0.1", router_port)):
+        waiting.start()
+        time.sleep(0.3)
+        client.health()
+        client.shutdown()
+        plane.proc.wait(timeout=30)
+    output = plane.stop()
+    assert "Traceback" not in output and "CancelledError" not in output, output[-3000:]

@@ -240,6 +240,9 @@ async def test_garbage_is_a_400():
     writer.write(b"NOT HTTP\r\n\r\n")
     data = await reader.read(1000)
     assert data.startswith(b"HTTP/1.1 400")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower()
+    assert json.loads(body)["error"]["code"] == "malformed_request"
     writer.close()
     await router.close()
 
@@ -261,4 +264,18 @@ async def test_a_request_whose_only_replica_died_waits_for_its_restart():
         response = await client.post("/die", json={})  # kills the connection on the only replica
         await restart
     assert response.status_code == 200 and response.json()["replica"] == "restarted"
+    await router.close()
+
+
+@run_async
+async def test_a_body_over_the_limit_is_a_413_with_kaons_error_envelope():
+    up = await Upstream("a").start()
+    router = await started_router(max_body_bytes=1024)
+    router.add_replica("a", up.port)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.port}") as client:
+        response = await client.post("/predict", content=b"x" * 4096)
+    assert response.status_code == 413 and response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == "payload_too_large" and "1024 bytes" in error["message"]
+    assert up.seen == []
     await router.close()

@@ -185,7 +185,7 @@ def _ray_spec(name: str | None) -> Deployment | None:
     """The stored spec of `name` when it runs on Ray, else None."""
     if name is None:
         return None
-    from kaon.cluster.deployment import Deployment
+    from kaon.cluster.deployment import from_stored
     from kaon.errors import NotFoundError
     from kaon.registry import Registry
     from kaon.registry.deployments import DeploymentStore
@@ -197,7 +197,7 @@ def _ray_spec(name: str | None) -> Deployment | None:
             return None
     if record.spec.get("backend") != "ray" or record.status != "running":
         return None
-    return Deployment.parse(record.spec, source=f"deployment '{name}'")
+    return from_stored(record.spec, source=f"deployment '{name}'")[0]
 
 
 def _wait_ready(client: ControlPlaneClient, name: str, want: int, timeout_s: float, *, quiet: bool = False) -> Any:

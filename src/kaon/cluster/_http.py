@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import httptools
 
-from kaon.errors import KaonError
+from kaon.errors import KaonError, MalformedRequestError, PayloadTooLargeError
 
 # Headers that describe one connection, not the message: never forwarded by a proxy (RFC 9110 7.6.1).
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
@@ -25,6 +25,14 @@ MAX_HEADER_BYTES = 64 * 1024
 
 class HttpError(Exception):
     """The peer sent something that is not HTTP/1.1, or more than allowed."""
+
+
+class BodyTooLargeError(HttpError):
+    """The body is longer than the reader's `max_body_bytes` (a server answers 413)."""
+
+    def __init__(self, max_body_bytes: int) -> None:
+        super().__init__(f"body larger than {max_body_bytes} bytes")
+        self.max_body_bytes = max_body_bytes
 
 
 @dataclass
@@ -67,6 +75,8 @@ class _Collector:
         self._body: list[bytes] = []
         self._size = 0
         self._completed = False
+        # what a callback raised: httptools re-raises it as a bare "`on_body` callback error"
+        self.error: HttpError | None = None
 
     def on_message_begin(self) -> None:
         self.current = HttpMessage()
@@ -78,7 +88,8 @@ class _Collector:
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_bytes += len(name) + len(value)
         if self.header_bytes > MAX_HEADER_BYTES:
-            raise HttpError("headers too large")
+            self.error = HttpError("headers too large")
+            raise self.error
         self.current.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -94,7 +105,8 @@ class _Collector:
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
         if self._size > self.max_body_bytes:
-            raise HttpError(f"body larger than {self.max_body_bytes} bytes")
+            self.error = BodyTooLargeError(self.max_body_bytes)
+            raise self.error
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -140,7 +152,7 @@ class MessageReader:
             except httptools.HttpParserUpgrade as exc:
                 raise HttpError("protocol upgrades are not supported") from exc
             except httptools.HttpParserError as exc:
-                raise HttpError(str(exc)) from exc
+                raise collector.error or HttpError(str(exc)) from exc
         message = collector.done.popleft()
         if head_only:
             self._new_parser()  # the parser still waits for the body a HEAD response never has
@@ -176,6 +188,19 @@ def render_response(status: int, headers: list[tuple[bytes, bytes]], body: bytes
         lines.append(b"connection: close\r\n")
     lines += [b"content-length: ", str(len(body)).encode(), b"\r\n\r\n", body]
     return b"".join(lines)
+
+
+def bad_request_response(exc: HttpError, *, too_large_advice: str) -> bytes:
+    """The answer to a request that could not be read, in kaon's error envelope (as a replica gives it):
+    413 for a body over the limit, else 400. The connection closes after it."""
+    error: KaonError
+    if isinstance(exc, BodyTooLargeError):
+        error = PayloadTooLargeError(f"the request body is larger than {exc.max_body_bytes} bytes, the most "
+                                     f"this server reads. {too_large_advice}")
+    else:
+        error = MalformedRequestError(f"the request is not valid HTTP/1.1: {exc}.")
+    return render_response(error.status_code, [(b"content-type", b"application/json")], error_body(error),
+                           keep_alive=False)
 
 
 def error_body(error: KaonError, request_id: str | None = None) -> bytes:

@@ -38,7 +38,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from kaon.cluster._http import HttpError, HttpMessage, MessageReader, error_body, json_response, render_response
+from kaon.cluster._http import (
+    HttpError,
+    HttpMessage,
+    MessageReader,
+    bad_request_response,
+    error_body,
+    json_response,
+    render_response,
+)
 from kaon.cluster._paths import (
     DEFAULT_PORT,
     FIRST_DEPLOYMENT_PORT,
@@ -49,7 +57,7 @@ from kaon.cluster._paths import (
 )
 from kaon.cluster.autoscaler import Decision
 from kaon.cluster.backends.local import LocalDeployment
-from kaon.cluster.deployment import Deployment
+from kaon.cluster.deployment import Deployment, from_stored, stored_spec
 from kaon.cluster.placement import Demand, Node, max_fitting, place
 from kaon.errors import (
     ConfigError,
@@ -137,7 +145,8 @@ class ControlPlane:
         os.replace(tmp, file)
         for record in await self._db(self._store.list_deployments, "running"):
             try:
-                await self.deploy(Deployment.parse(record.spec, source=f"deployment '{record.name}'"), restore=True)
+                spec, resolved = from_stored(record.spec, source=f"deployment '{record.name}'")
+                await self.deploy(spec, restore=True, resolved_target=resolved)
             except KaonError as exc:
                 log.error("could not restore deployment '%s': %s", record.name, exc.message)
         log.info("control plane at %s", self.url)
@@ -191,7 +200,11 @@ class ControlPlane:
 
     # ---- operations (the API calls these; so can Python code in the same process) ------------
 
-    async def deploy(self, spec: Deployment, *, restore: bool = False) -> dict[str, Any]:
+    async def deploy(self, spec: Deployment, *, restore: bool = False,
+                     resolved_target: str | None = None) -> dict[str, Any]:
+        """Start `spec`, or update the running deployment of that name (its registry reference resolved now).
+        `restore` starts one the registry holds; it serves `resolved_target`, the version resolved when it
+        was deployed, when the registry kept one."""
         if spec.backend != "local":
             raise ConfigError(f"this control plane runs the local backend; deployment '{spec.name}' asks for "
                               f"backend '{spec.backend}'. Use kaon deploy --backend ray --address HOST:PORT, "
@@ -199,10 +212,10 @@ class ControlPlane:
         async with self._lock:
             running = self.deployments.get(spec.name)
             self._check_fits(spec)
-            resolved = await self._db(self._resolve, spec.target)
+            resolved = resolved_target or await self._db(self._resolve, spec.target)
             if running is not None:
                 await running.update(spec, resolved)
-                await self._db(self._store.save_deployment, spec.name, running.spec.model_dump(mode="json"))
+                await self._save(running)
                 return running.status()
             if spec.port is None:
                 spec = spec.with_overrides(port=self._free_deployment_port())
@@ -216,7 +229,7 @@ class ControlPlane:
             await deployment.start()
             self.deployments[spec.name] = deployment
             if not restore:
-                await self._db(self._store.save_deployment, spec.name, deployment.spec.model_dump(mode="json"))
+                await self._save(deployment)
             return deployment.status()
 
     async def scale(self, name: str, replicas: int | None) -> dict[str, Any]:
@@ -229,7 +242,7 @@ class ControlPlane:
             if room < replicas:
                 raise InsufficientResourcesError(f"cannot scale '{name}' to {replicas}: {why}")
         deployment.scale(replicas)
-        await self._db(self._store.save_deployment, name, deployment.spec.model_dump(mode="json"))
+        await self._save(deployment)
         return deployment.status()
 
     async def stop(self, name: str) -> dict[str, Any]:
@@ -283,7 +296,7 @@ class ControlPlane:
 
     def _check_fits(self, spec: Deployment) -> None:
         """Refuse a deployment whose starting replicas cannot be placed beside the others."""
-        place([*self._others(spec.name), self._demand(spec, spec.initial_replicas())], [self.node])
+        self._place_beside_others(self._demand(spec, spec.initial_replicas()))
 
     def _room(self, name: str, count: int) -> tuple[int, str]:
         """How many replicas of `name` fit (at most `count`), and why not more."""
@@ -292,15 +305,34 @@ class ControlPlane:
         if room >= count:
             return count, ""
         try:
-            place([*self._others(name), self._demand(spec, count)], [self.node])
+            self._place_beside_others(self._demand(spec, count))
         except InsufficientResourcesError as exc:
             return room, exc.message
         return room, "placement"
+
+    def _place_beside_others(self, demand: Demand) -> None:
+        """Place `demand` in the room the other deployments' replicas leave (they run already: placed
+        together, the largest would go first and the error could name a running deployment instead)."""
+        others = self._others(demand.deployment)
+        placed = {other.deployment: [self.node.name] * other.count for other in others}
+        try:
+            place([demand], [self.node], placed=placed, requests={other.deployment: other for other in others})
+        except InsufficientResourcesError as exc:
+            beside = "; ".join(f"'{o.deployment}': {o.count} x {o.cpus:g} cpus, {o.memory_mb} MiB"
+                               + (f", {o.gpus} gpus" if o.gpus else "") for o in others if o.count)
+            if not beside:
+                raise
+            raise InsufficientResourcesError(f"{exc.message} Running beside it: {beside}.",
+                                             fields=exc.fields) from None
 
     # ---- persistence -------------------------------------------------------------------------
 
     async def _db(self, func: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._io, func, *args)
+
+    async def _save(self, deployment: LocalDeployment) -> None:
+        await self._db(self._store.save_deployment, deployment.spec.name,
+                       stored_spec(deployment.spec, deployment.resolved_target))
 
     def _persist_soon(self, name: str) -> None:
         if name in self._persist_pending:
@@ -366,8 +398,7 @@ class ControlPlane:
                 try:
                     request = await messages.next()
                 except HttpError as exc:
-                    writer.write(json_response(400, {"error": {"code": "malformed_request", "message": str(exc),
-                                                                "fields": [], "request_id": None}}, keep_alive=False))
+                    writer.write(bad_request_response(exc, too_large_advice="A deployment spec is far smaller."))
                     break
                 if request is None:
                     break
@@ -376,6 +407,10 @@ class ControlPlane:
                 if not request.keep_alive:
                     break
         except ConnectionError:
+            pass
+        except asyncio.CancelledError:
+            # The loop is closing (kaon down). Nothing awaits this task, and Python 3.11's asyncio logs a
+            # cancelled connection handler as an error with its traceback: the connection just ends here.
             pass
         finally:
             writer.close()

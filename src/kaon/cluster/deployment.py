@@ -218,6 +218,26 @@ class Deployment(_Strict):
         return self.name
 
 
+# The registry keeps a deployment's spec as JSON. The version its registry reference pointed to when deployed
+# ('digits@production' -> 'digits@1') is kept beside the spec's fields under this key, so that a control
+# plane started again serves that version, not the one the alias points to by then.
+RESOLVED_TARGET_KEY = "resolved_target"
+
+
+def stored_spec(spec: Deployment, resolved_target: str | None) -> dict[str, Any]:
+    """What the registry keeps for `spec`: its fields, and the version it serves when that was resolved."""
+    data = spec.model_dump(mode="json")
+    return {**data, RESOLVED_TARGET_KEY: resolved_target} if resolved_target else data
+
+
+def from_stored(data: dict[str, Any], source: str) -> tuple[Deployment, str | None]:
+    """The Deployment and the resolved version (None: not a registry reference, or stored before kaon kept it)
+    from what `stored_spec` wrote."""
+    fields = dict(data)
+    resolved = fields.pop(RESOLVED_TARGET_KEY, None)
+    return Deployment.parse(fields, source=source), resolved
+
+
 def default_name(target: Any) -> str:
     """A deployment name from a target: digits@production -> digits, out/model.onnx -> model,
     service.py:Digits (or the class) -> digits."""

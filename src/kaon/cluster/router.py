@@ -27,7 +27,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kaon.cluster._http import HttpError, HttpMessage, MessageReader, error_body, render_request, render_response
+from kaon.cluster._http import (
+    HttpError,
+    HttpMessage,
+    MessageReader,
+    bad_request_response,
+    error_body,
+    render_request,
+    render_response,
+)
 from kaon.errors import EndpointTimeoutError, KaonError, OverloadedError
 
 log = logging.getLogger("kaon.cluster.router")
@@ -182,8 +190,9 @@ class Router:
                 try:
                     request = await messages.next()
                 except HttpError as exc:
-                    writer.write(render_response(400, [(b"content-type", b"text/plain")],
-                                                 f"bad request: {exc}".encode(), keep_alive=False))
+                    writer.write(bad_request_response(exc, too_large_advice=(
+                        "Send fewer or smaller inputs per request, or compress images as PNG/JPEG; the limit is "
+                        "the deployment's serve.max_body_bytes (a little more at the router).")))
                     break
                 if request is None:
                     break
@@ -195,6 +204,10 @@ class Router:
                 if not request.keep_alive:
                     break
         except (ConnectionError, asyncio.IncompleteReadError, RuntimeError):  # uvloop: a closed transport
+            pass
+        except asyncio.CancelledError:
+            # The loop is closing (kaon down). Nothing awaits this task, and Python 3.11's asyncio logs a
+            # cancelled connection handler as an error with its traceback: the connection just ends here.
             pass
         finally:
             self._clients.discard(writer)

@@ -17,12 +17,17 @@ from kaon.cluster.autoscaler import Autoscaler, Decision
 from kaon.cluster.deployment import Deployment
 from kaon.cluster.router import Router
 from kaon.cluster.supervisor import Supervisor
+from kaon.config import ServeConfig
 from kaon.errors import ConfigError
 
 log = logging.getLogger("kaon.cluster.local")
 
 # Changing one of these needs new replica processes; anything else is applied in place.
 _PROCESS_FIELDS = ("target", "serve", "env", "trust_pickle", "resources")
+# The router waits for a replica's answer at least this long, and longer than the replica's own timeout_s
+# (by the margin): a slow endpoint then gets the replica's 504, which names the endpoint and the fix.
+_MIN_REQUEST_TIMEOUT_S = 60.0
+_REQUEST_TIMEOUT_MARGIN_S = 5.0
 
 
 class LocalDeployment:
@@ -39,6 +44,7 @@ class LocalDeployment:
         self.node = node
         self.log_dir = log_dir
         self.router = Router(spec.name, spec.host, spec.port or 0, on_demand=self._on_demand,
+                             request_timeout_s=_request_timeout_s(spec),
                              max_body_bytes=int(spec.serve.get("max_body_bytes", 16 * 1024 * 1024)) + 65536)
         self.supervisor = Supervisor(self._replica_spec(spec), self.router, log_dir=log_dir, on_change=on_change)
         self.autoscaler = Autoscaler(spec, self.router, self.supervisor, fits=fits, on_decision=on_decision)
@@ -73,6 +79,7 @@ class LocalDeployment:
         needs_processes = resolved_target != self.resolved_target or any(
             getattr(spec, name) != getattr(self.spec, name) for name in _PROCESS_FIELDS)
         self.spec, self.resolved_target = spec, resolved_target
+        self.router.request_timeout_s = _request_timeout_s(spec)
         if needs_processes:
             self.supervisor.roll(self._replica_spec(spec))
         else:
@@ -113,3 +120,8 @@ class LocalDeployment:
     def _on_demand(self) -> None:
         # Called from the router's task: decide in the loop, soon, not inside the request's stack.
         asyncio.get_running_loop().call_soon(self.autoscaler.wake)
+
+
+def _request_timeout_s(spec: Deployment) -> float:
+    timeout_s = float(spec.serve.get("timeout_s", ServeConfig.timeout_s))
+    return max(_MIN_REQUEST_TIMEOUT_S, timeout_s + _REQUEST_TIMEOUT_MARGIN_S)
