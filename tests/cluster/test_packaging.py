@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -12,16 +13,17 @@ from pathlib import Path
 
 import httpx
 import kubernetes_validate
+import numpy as np
 import pytest
 import yaml
 
 from kaon.cluster.deployment import Deployment
 from kaon.cluster.k8s import export_k8s, manifests
-from kaon.cluster.packaging import build_context
+from kaon.cluster.packaging import CONTAINER_PORT, build_context
 from kaon.registry import Registry
 from kaon.registry.deployments import DeploymentStore
 from tests.cluster.helpers import kaon
-from tests.servers import free_port
+from tests.servers import Server, free_port
 
 K8S_VERSION = "1.30"
 # The KServe v1beta1 predictor fields kaon writes, from the InferenceService CRD (ComponentExtensionSpec
@@ -99,6 +101,28 @@ def test_a_registered_model_is_built_from_the_registry_store(tmp_path, digits_on
     assert '"serve", "model/model.onnx"' in context.dockerfile.read_text()
 
 
+def test_a_version_registered_with_reference_data_is_built_to_monitor_drift(tmp_path, digits_onnx, kaon_home):
+    from kaon.models import load_file
+    from kaon.monitoring import fit_reference
+
+    reference = tmp_path / "reference.npz"
+    fit_reference(load_file(digits_onnx), np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32)).save(
+        reference)
+    with Registry() as registry:
+        registry.register_version("digits", {"model.onnx": digits_onnx, "reference.npz": reference},
+                                  framework="onnx")
+    context = build_context(Deployment(name="digits", target="digits@1"), tmp_path / "ctx")
+    command = json.loads(context.dockerfile.read_text().rsplit("\nCMD ", 1)[1])
+    assert "--drift-reference" in command
+    # run the image's CMD from the context, as test_the_context_serves_... does, and read its banner
+    subprocess.run(["sh", "prepare.sh"], cwd=context.folder, check=True)
+    args = [arg if arg != "0.0.0.0" else "127.0.0.1" for arg in command[3:]]  # after python -m kaon.cli
+    server = Server(args, env={"PYTHONPATH": str(context.folder), "KAON_HOME": str(tmp_path / "image-home")},
+                    cwd=context.folder).wait_ready()
+    assert server.stop() == 0
+    assert "drift: inputs checked against model/reference.npz" in server.output()
+
+
 def test_k8s_manifests_pass_strict_offline_validation(tmp_path):
     spec = Deployment(name="digits", target="digits@production", min_replicas=0, max_replicas=5,
                       resources={"cpus": 0.5, "memory_mb": 768, "gpus": 1}, serve={"max_batch_size": 32},
@@ -157,3 +181,34 @@ def test_kaon_build_and_export_from_a_stored_deployment(tmp_path, digits_onnx, k
     assert "kserve.yaml" in exported.stdout and (tmp_path / "k8s" / "hpa.yaml").exists()
     missing = kaon("build", "nope", check=False)
     assert missing.returncode == 1 and "no deployment named 'nope'" in missing.stderr
+
+
+def test_k8s_hpa_scales_on_cpu_unless_asked_for_the_in_flight_metric(tmp_path):
+    spec = Deployment(name="digits", target="digits@1", max_replicas=5)
+    export_k8s(spec, tmp_path / "k8s", "kaon-digits:1")
+    hpa_text = (tmp_path / "k8s" / "hpa.yaml").read_text()
+    # without a metrics adapter an HPA with a Pods metric would never scale down (kubernetes#99514)
+    assert [m["type"] for m in yaml.safe_load(hpa_text)["spec"]["metrics"]] == ["Resource"]
+    assert "--in-flight-metric" in hpa_text and "99514" in hpa_text
+    custom = manifests(spec, "kaon-digits:1", in_flight_metric=True)["hpa.yaml"]["spec"]["metrics"]
+    assert [m["type"] for m in custom] == ["Pods", "Resource"]
+    assert custom[0]["pods"]["metric"]["name"] == "kaon_in_flight_requests"
+
+
+def test_k8s_deployment_leaves_the_replica_count_to_its_hpa_and_yaml_has_no_anchors(tmp_path):
+    spec = Deployment(name="digits", target="digits@1", min_replicas=2, max_replicas=5)
+    files = export_k8s(spec, tmp_path / "k8s", "kaon-digits:1")
+    for file in files:
+        text = file.read_text()
+        assert "&id" not in text and "*id" not in text, file.name
+    deployment = yaml.safe_load((tmp_path / "k8s" / "deployment.yaml").read_text())
+    assert "replicas" not in deployment["spec"]  # the HPA owns it: a re-apply must not snap it back
+    assert yaml.safe_load((tmp_path / "k8s" / "hpa.yaml").read_text())["spec"]["minReplicas"] == 2
+
+
+def test_kserve_container_port_is_named_for_knative_and_probes_use_it():
+    kserve = manifests(Deployment(name="digits", target="digits@1"), "kaon-digits:1")["kserve.yaml"]
+    container = kserve["spec"]["predictor"]["containers"][0]
+    assert container["ports"] == [{"name": "http1", "containerPort": CONTAINER_PORT, "protocol": "TCP"}]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == CONTAINER_PORT, probe

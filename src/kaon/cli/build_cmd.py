@@ -45,20 +45,25 @@ def export_k8s(
     image: str = typer.Option(None, help="The image kaon build made. [default: kaon-NAME:latest]"),
     output: Path = typer.Option(None, help="Where to write the manifests. [default: build/NAME/k8s]"),
     namespace: str = typer.Option(None, help="metadata.namespace for every object."),
+    in_flight_metric: bool = typer.Option(
+        False, "--in-flight-metric",
+        help="The HPA also scales on requests in flight per pod (kaon_in_flight_requests); needs a metrics "
+             "adapter such as prometheus-adapter, without which the HPA would never scale down."),
 ) -> None:
     """Write Deployment, Service and HorizontalPodAutoscaler manifests, and a KServe InferenceService."""
     from kaon.cluster.k8s import export_k8s as write
 
     spec = _load(name)
     folder = output or Path("build") / spec.name / "k8s"
-    written = write(spec, folder, image or f"kaon-{spec.name}:latest", namespace=namespace)
+    written = write(spec, folder, image or f"kaon-{spec.name}:latest", namespace=namespace,
+                    in_flight_metric=in_flight_metric)
     console.print(f"wrote {', '.join(p.name for p in written)} to {folder}; "
                   f"apply with: kubectl apply -f {folder / 'deployment.yaml'} -f {folder / 'service.yaml'} "
                   f"-f {folder / 'hpa.yaml'}  (or kserve.yaml on KServe)")
 
 
 def _load(name: str) -> Deployment:
-    from kaon.cluster.deployment import Deployment
+    from kaon.cluster.deployment import Deployment, from_stored
 
     path = Path(name)
     if path.suffix in (".yaml", ".yml", ".json") and path.exists():
@@ -68,4 +73,4 @@ def _load(name: str) -> Deployment:
 
     with Registry() as registry:
         record = DeploymentStore(registry).get_deployment(name)
-    return Deployment.parse(record.spec, source=f"deployment '{name}'")
+    return from_stored(record.spec, source=f"deployment '{name}'")[0]

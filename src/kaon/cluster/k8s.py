@@ -2,8 +2,8 @@
 
     deployment.yaml   apps/v1 Deployment: the image, resources, probes (/readyz, /healthz), non-root, read-only root
     service.yaml      v1 Service: port 80 -> the container's 8000
-    hpa.yaml          autoscaling/v2 HorizontalPodAutoscaler: min/max replicas, CPU and in-flight targets,
-                      the up/down delays as stabilization windows
+    hpa.yaml          autoscaling/v2 HorizontalPodAutoscaler: min/max replicas, the CPU target (and the
+                      in-flight target with in_flight_metric), the up/down delays as stabilization windows
     kserve.yaml       serving.kserve.io/v1beta1 InferenceService: the same container on KServe (Knative),
                       which can scale to zero (min_replicas 0) on concurrency = target_in_flight
 
@@ -24,8 +24,14 @@ from kaon.errors import require
 KAON_HOME_IN_POD = "/home/kaon/.kaon"
 
 
-def manifests(spec: Deployment, image: str, *, namespace: str | None = None) -> dict[str, dict[str, Any]]:
-    """The four manifests as plain data, keyed by file name."""
+def manifests(spec: Deployment, image: str, *, namespace: str | None = None,
+              in_flight_metric: bool = False) -> dict[str, dict[str, Any]]:
+    """The four manifests as plain data, keyed by file name.
+
+    The HPA scales on CPU. `in_flight_metric` adds kaon's in-flight target per pod, which needs a metrics
+    adapter serving kaon_in_flight_requests: an HPA that cannot fetch one of its metrics does not scale
+    down at all (kubernetes/kubernetes#99514), so it is not there unless asked for.
+    """
     labels = {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/managed-by": "kaon"}
     meta: dict[str, Any] = {"name": spec.name, "labels": labels}
     if namespace:
@@ -40,8 +46,7 @@ def manifests(spec: Deployment, image: str, *, namespace: str | None = None) -> 
     }
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
-        "spec": {
-            "replicas": max(1, spec.initial_replicas()),
+        "spec": {  # no replicas: the HPA owns the count, and every re-apply would set it back
             "selector": {"matchLabels": {"app.kubernetes.io/name": spec.name}},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {"metadata": {"labels": labels, "annotations": {
@@ -62,9 +67,10 @@ def manifests(spec: Deployment, image: str, *, namespace: str | None = None) -> 
             "minReplicas": max(1, spec.min_replicas),  # the HPA cannot go to zero; KServe below can
             "maxReplicas": spec.max_replicas,
             "metrics": [
-                {"type": "Pods", "pods": {"metric": {"name": "kaon_in_flight_requests"},
-                                          "target": {"type": "AverageValue",
-                                                     "averageValue": _quantity(auto.target_in_flight)}}},
+                *([{"type": "Pods", "pods": {"metric": {"name": "kaon_in_flight_requests"},
+                                             "target": {"type": "AverageValue",
+                                                        "averageValue": _quantity(auto.target_in_flight)}}}]
+                  if in_flight_metric else []),
                 {"type": "Resource", "resource": {"name": "cpu",
                                                   "target": {"type": "Utilization", "averageUtilization": 70}}},
             ],
@@ -81,7 +87,7 @@ def manifests(spec: Deployment, image: str, *, namespace: str | None = None) -> 
         "scaleMetric": "concurrency", "scaleTarget": max(1, int(round(auto.target_in_flight))),
         "containerConcurrency": 0, "timeout": int(math.ceil(float(spec.serve.get("timeout_s", 30)))) + 5,
         "securityContext": pod_spec["securityContext"], "volumes": pod_spec["volumes"],
-        "containers": [{**container, "name": "kserve-container"}],
+        "containers": [_knative_container(container)],
     }
     kserve = {
         "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
@@ -92,18 +98,26 @@ def manifests(spec: Deployment, image: str, *, namespace: str | None = None) -> 
     return {"deployment.yaml": deployment, "service.yaml": service, "hpa.yaml": hpa, "kserve.yaml": kserve}
 
 
-def export_k8s(spec: Deployment, output: Path, image: str, *, namespace: str | None = None) -> list[Path]:
+def export_k8s(spec: Deployment, output: Path, image: str, *, namespace: str | None = None,
+               in_flight_metric: bool = False) -> list[Path]:
     """Write the manifests into `output`; returns the files written."""
     yaml = require("yaml", "cluster", "Writing Kubernetes manifests")
+
+    class PlainDumper(yaml.SafeDumper):  # type: ignore[name-defined,misc]  # yaml is imported lazily
+        """Repeated mappings written out again, not as &id001 anchors and *id001 aliases."""
+
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
     output.mkdir(parents=True, exist_ok=True)
-    notes = {"hpa.yaml": _hpa_notes(spec),
+    notes = {"hpa.yaml": _hpa_notes(spec, in_flight_metric),
              "kserve.yaml": "# KServe (Knative) scales this to zero when minReplicas is 0.\n"
                             "# Validate against your cluster's CRD: kubectl apply --dry-run=server -f kserve.yaml\n"}
     written = []
-    for name, manifest in manifests(spec, image, namespace=namespace).items():
+    for name, manifest in manifests(spec, image, namespace=namespace, in_flight_metric=in_flight_metric).items():
         path = output / name
         header = f"# Written by `kaon export k8s {spec.name}` for image {image}.\n" + notes.get(name, "")
-        path.write_text(header + yaml.safe_dump(manifest, sort_keys=False))
+        path.write_text(header + yaml.dump(manifest, Dumper=PlainDumper, sort_keys=False))
         written.append(path)
     return written
 
@@ -135,10 +149,30 @@ def _container(spec: Deployment, image: str) -> dict[str, Any]:
     }
 
 
-def _hpa_notes(spec: Deployment) -> str:
+def _knative_container(container: dict[str, Any]) -> dict[str, Any]:
+    """The container as KServe's serverless mode (Knative) takes it: the port named 'http1' (Knative
+    accepts only 'http1' or 'h2c'), and probes on that port's number (a probe may name only it)."""
+    ports = [{**port, "name": "http1"} for port in container["ports"]]
+    probes = {key: {**probe, "httpGet": {**probe["httpGet"], "port": CONTAINER_PORT}}
+              for key, probe in container.items() if key.endswith("Probe")}
+    return {**container, "name": "kserve-container", "ports": ports, **probes}
+
+
+def _hpa_notes(spec: Deployment, in_flight_metric: bool) -> str:
     auto = spec.autoscaling
-    lines = ["# kaon_in_flight_requests comes from each pod's /metrics through a metrics adapter "
-             "(e.g. prometheus-adapter);", "# without one, the CPU target alone scales the pods."]
+    if in_flight_metric:
+        lines = ["# kaon_in_flight_requests comes from each pod's /metrics through a metrics adapter "
+                 "(e.g. prometheus-adapter).",
+                 "# Without one this HPA never scales down: it does not while any metric cannot be fetched",
+                 "# (kubernetes/kubernetes#99514). Export without --in-flight-metric to scale on CPU alone."]
+    else:
+        lines = [f"# Scales on CPU. kaon scales on requests in flight per pod (target {auto.target_in_flight:g}); "
+                 "to do that here,",
+                 "# serve kaon_in_flight_requests from each pod's /metrics through a metrics adapter "
+                 "(e.g. prometheus-adapter)",
+                 "# and export with --in-flight-metric. Not by default: without the adapter an HPA with that "
+                 "metric",
+                 "# never scales down (it does not while any metric cannot be fetched, kubernetes/kubernetes#99514)."]
     if auto.policy == "predictive":
         lines.append("# Policy 'predictive' (scaling ahead of a forecast) has no HPA equivalent: run kaon's control "
                      "plane, or accept reactive scaling here.")

@@ -9,9 +9,10 @@
       deployment.yaml     the deployment, for the record and for `kaon export k8s`
 
 The image serves `kaon serve model/<file>` on 0.0.0.0:8000, with the deployment's serve options as
-KAON_* variables. There is no container engine on the machine this was written on, so the tests
-check the context instead: pins, user, health check, hashes, and that the context serves when its
-steps run without Docker (see tests/cluster/test_packaging.py).
+KAON_* variables, and watches drift against model/reference.npz when the version was registered with
+one. There is no container engine on the machine this was written on, so the tests check the context
+instead: pins, user, health check, hashes, and that the context serves when its steps run without
+Docker (see tests/cluster/test_packaging.py).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class BuildContext:
 
 def build_context(spec: Deployment, output: Path, *, image: str | None = None) -> BuildContext:
     """Write the Dockerfile and build context for `spec` into `output` (replacing what is there)."""
+    from kaon.monitoring.reference import FILENAME as REFERENCE_FILENAME  # numpy: imported only to build
+
     if output.exists():
         if not (output / "Dockerfile").exists() and any(output.iterdir()):
             raise ConfigError(f"{output} exists and is not a kaon build context; pick an empty folder (--output).")
@@ -70,17 +73,22 @@ def build_context(spec: Deployment, output: Path, *, image: str | None = None) -
     (output / ".dockerignore").write_text("**/__pycache__\n**/*.pyc\n")
     tag = image or f"kaon-{spec.name}:latest"
     dockerfile = output / "Dockerfile"
-    dockerfile.write_text(render_dockerfile(spec, command_target, model_name, tag))
+    # `kaon serve name@version` finds the version's reference.npz in the registry; the image serves a file,
+    # so it is told where the packaged copy is: drift is monitored as when the version is served locally.
+    drift_reference = f"model/{REFERENCE_FILENAME}" if REFERENCE_FILENAME in files else None
+    dockerfile.write_text(render_dockerfile(spec, command_target, model_name, tag, drift_reference=drift_reference))
     return BuildContext(output, dockerfile, tag, files, requirements)
 
 
-def render_dockerfile(spec: Deployment, target: str, model_name: str, image: str) -> str:
+def render_dockerfile(spec: Deployment, target: str, model_name: str, image: str, *,
+                      drift_reference: str | None = None) -> str:
     env = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "PIP_NO_CACHE_DIR": "1",
            "PYTHONPATH": "/app", "KAON_HOME": "/home/kaon/.kaon", "KERAS_BACKEND": "torch",
            **spec.replica_env()}
     env_lines = " \\\n    ".join(f"{key}={_quote(value)}" for key, value in env.items())
     command = ["python", "-m", "kaon.cli", "serve", target, "--host", "0.0.0.0", "--port", str(CONTAINER_PORT),
-               "--name", model_name, *(["--trust-pickle"] if spec.trust_pickle else [])]
+               "--name", model_name, *(["--trust-pickle"] if spec.trust_pickle else []),
+               *(["--drift-reference", drift_reference] if drift_reference else [])]
     health = ("import sys, urllib.request; "
               f"sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:{CONTAINER_PORT}/readyz', timeout=2).status "
               "== 200 else 1)")
