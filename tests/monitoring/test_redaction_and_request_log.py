@@ -142,3 +142,33 @@ def test_a_marked_field_echoed_in_an_error_envelope_is_masked_too():
         {"name": "inputs", "message": "expected shape [8, 8]", "received": "'[1, 2]'"}]}}
     fields = Redactor(fields=["patient_id"]).redact(envelope)["error"]["fields"]
     assert "P-48213" not in str(fields) and fields[1]["received"] == "'[1, 2]'"
+
+
+def test_dotted_fields_echoes_and_numeric_cards_do_not_reach_the_log(tmp_path: Path) -> None:
+    """A new-user review found marked values in the log: `--redact-fields meta.name` matched nothing (the error
+    envelope names fields that way), a marked value the endpoint echoed under another key was logged in the
+    response, so was anything sent as text/plain, and a card number sent as 4111111111111111.0."""
+    import dataclasses
+
+    redactor = Redactor(fields=["meta.name", "patient_id"])
+    body = {"meta": {"name": "NAME-SECRET-3", "ward": "B"}, "name": "kept", "patient_id": "PAT-SECRET-1",
+            "rows": [{"meta": {"name": "NAME-SECRET-4"}}], "card": 4111111111111111.0, "weight": 71.5}
+    masked: set[str] = set()
+    assert redactor.redact(body, masked=masked) == {
+        "meta": {"name": "[REDACTED]", "ward": "B"}, "name": "kept", "patient_id": "[REDACTED]",
+        "rows": [{"meta": {"name": "[REDACTED]"}}], "card": "[CARD]", "weight": 71.5}
+    echoed = {"echo_patient": "PAT-SECRET-1", "note": "seen NAME-SECRET-3 today", "ok": True}
+    assert redactor.hide(echoed, masked) == {"echo_patient": "[REDACTED]", "note": "seen [REDACTED] today",
+                                             "ok": True}
+    envelope = {"name": "rows.0.meta.name", "message": "too long", "received": "'NAME-SECRET-4'"}
+    assert redactor.redact(envelope)["received"] == "[REDACTED]"
+
+    log = RequestLog(tmp_path / "log.jsonl", redactor=redactor)
+    for content_type in ("application/json", "text/plain", "application/vnd.api+json"):
+        log.write([dataclasses.replace(
+            exchange(1, json.dumps(body).encode()), response_body=json.dumps(echoed).encode(),
+            request_headers={"content-type": content_type})])
+    log.close()
+    text = (tmp_path / "log.jsonl").read_text()
+    assert "SECRET" not in text and "4111111111111111" not in text, text
+    assert text.count('"ward":"B"') == 3

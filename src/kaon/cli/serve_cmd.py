@@ -32,8 +32,10 @@ def serve(
     request_log_max_per_s: int = typer.Option(None, help="Most requests logged per second. [default: 100]"),
     request_log_sample: float = typer.Option(None, help="Share of requests logged, 0 to 1. [default: 1]"),
     request_log_max_bytes: int = typer.Option(None, help="Rotate the request log at this size. [default: 64 MiB]"),
-    redact_fields: str = typer.Option(None, help="Comma-separated JSON fields masked in the request log "
-                                                 "(e-mails, phone and card numbers always are)."),
+    redact_fields: str = typer.Option(None, help="Comma-separated JSON fields masked in the request log, by "
+                                                 "name (patient_id) or path (meta.name), and wherever a response "
+                                                 "echoes their values (e-mails, phone and card numbers always "
+                                                 "are)."),
     monitor: bool = typer.Option(None, "--monitor/--no-monitor",
                                  help="Drift and outlier detection against the version's reference. [default: on]"),
     monitor_max_per_s: int = typer.Option(None, help="Most requests fed to drift detection per second. [default: 100]"),

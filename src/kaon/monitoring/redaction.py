@@ -60,7 +60,10 @@ class Redactor:
 
     def __init__(self, fields: Iterable[str] = (), *, max_string_chars: int = 1000, max_list_items: int = 256,
                  max_depth: int = 32) -> None:
-        self.fields = DEFAULT_FIELDS | {f.strip().lower() for f in fields if f.strip()}
+        marked = {f.strip().lower() for f in fields if f.strip()}
+        self.fields = DEFAULT_FIELDS | {f for f in marked if "." not in f}
+        # "meta.name": the field `name` inside `meta`, at any depth (the error envelope names fields so)
+        self.paths = tuple(tuple(f.split(".")) for f in marked if "." in f)
         self.max_string_chars = max_string_chars
         self.max_list_items = max_list_items
         self.max_depth = max_depth
@@ -83,34 +86,71 @@ class Redactor:
         text = _CARD.sub(_card, text)
         return _PHONE.sub("[PHONE]", text)
 
-    def redact(self, value: Any, _depth: int = 0) -> Any:
+    def redact(self, value: Any, _depth: int = 0, *, masked: set[str] | None = None,
+               _path: tuple[str, ...] = ()) -> Any:
+        """`value` with personal data and marked fields masked; the masked fields' values are added to
+        `masked` (for `hide`, to mask them where a response echoes them under another name)."""
         if isinstance(value, str):
             return self.redact_text(value)
-        if isinstance(value, bool) or value is None or isinstance(value, float):
+        if isinstance(value, bool) or value is None:
             return value
-        if isinstance(value, int):
-            # A card number sent as a JSON number.
-            return "[CARD]" if 10**12 <= abs(value) < 10**19 and luhn_valid(str(abs(value))) else value
+        if isinstance(value, (int, float)):  # a card number sent as a JSON number (4111111111111111 or .0)
+            if abs(value) < 10**12 or (isinstance(value, float) and not value.is_integer()):
+                return value
+            return "[CARD]" if abs(value) < 10**19 and luhn_valid(str(abs(int(value)))) else value
         if _depth >= self.max_depth:
             return "[TOO DEEP]"
         if isinstance(value, dict):
             # an error envelope's field entry ({"name": "meta.patient_id", "received": ...}) echoes the value
-            named = "received" in value and str(value.get("name", "")).rsplit(".", 1)[-1].lower() in self.fields
-            return {key: (MASK if str(key).lower() in self.fields or (named and key == "received")
-                          else self.redact(item, _depth + 1))
-                    for key, item in value.items()}
+            named = "received" in value and self._marked(_key_path(str(value.get("name", ""))))
+            out = {}
+            for key, item in value.items():
+                path = (*_path, str(key).lower())
+                if self._marked(path) or (named and key == "received"):
+                    out[key] = MASK
+                    if masked is not None:
+                        _collect(item, masked)
+                else:
+                    out[key] = self.redact(item, _depth + 1, masked=masked, _path=path)
+            return out
         if isinstance(value, (list, tuple)):
             if isinstance(value, list) and value and isinstance(value[0], list) and self._plain_numbers(value, _depth):
                 return value  # a tensor of numbers: nothing to redact, and most of a body
             head = value[: self.max_list_items]
-            if all(type(item) is float for item in head):  # tensors: nothing to redact, and most of a body
-                items = list(head)
+            if all(type(item) is float for item in head) and (not head or max(map(abs, head)) < 10**12):
+                items = list(head)  # tensors: nothing to redact, and most of a body
             else:
-                items = [self.redact(item, _depth + 1) for item in head]
+                items = [self.redact(item, _depth + 1, masked=masked, _path=_path) for item in head]
             if len(value) > self.max_list_items:
                 items.append(f"...[{len(value) - self.max_list_items} more items]")
             return items
         return self.redact_text(str(value))
+
+    def hide(self, value: Any, masked: set[str]) -> Any:
+        """`value` (already redacted) with the `masked` values masked wherever they appear: an endpoint that
+        echoes a marked field under another name, or inside a sentence, must not put it in the log."""
+        if not masked:
+            return value
+        if isinstance(value, str):
+            for secret in masked:
+                if secret in value:
+                    value = value.replace(secret, MASK)
+            return value
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, (int, float)):
+            return MASK if str(value) in masked else value
+        if isinstance(value, dict):
+            return {key: self.hide(item, masked) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.hide(item, masked) for item in value]
+        return value
+
+    def _marked(self, path: tuple[str, ...]) -> bool:
+        """Whether the value at `path` (keys from the root, lowercased) is a marked field."""
+        if not path:
+            return False
+        return path[-1] in self.fields or any(path[-len(p):] == p for p in self.paths)
 
     def _plain_numbers(self, value: list[Any], depth: int) -> bool:
         """True when `value` is nested lists of numbers that redact() would return unchanged: no strings, no
@@ -124,3 +164,26 @@ class Redactor:
         if array.size == 0 or max(array.shape) > self.max_list_items:
             return False
         return array.dtype.kind == "b" or bool(array.min() > -(10**12) and array.max() < 10**12)
+
+
+def _key_path(name: str) -> tuple[str, ...]:
+    """An error envelope's field name ("inputs.0.meta.name") as keys: list indexes left out."""
+    return tuple(part.lower() for part in name.split(".") if part and not part.isdigit())
+
+
+# Values shorter than this are not hunted for in responses: "1" or "ok" would mask half a response.
+_MIN_ECHO_CHARS = 4
+
+
+def _collect(value: Any, masked: set[str]) -> None:
+    """The values inside a masked field, as the text a response could echo them as."""
+    if isinstance(value, dict):
+        for item in value.values():
+            _collect(item, masked)
+    elif isinstance(value, (list, tuple)):
+        for item in value[:256]:
+            _collect(item, masked)
+    elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        text = value if isinstance(value, str) else str(value)
+        if len(text) >= _MIN_ECHO_CHARS:
+            masked.add(text)

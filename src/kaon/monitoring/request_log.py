@@ -77,6 +77,7 @@ class RequestLog:
 
     def record(self, exchange: Exchange) -> dict[str, Any]:
         """The redacted JSON-ready record of one exchange."""
+        masked: set[str] = set()  # the request's marked values, masked in the response too
         return {
             "time": _iso(exchange.time_s or time.time()),
             "request_id": exchange.request_id,
@@ -88,21 +89,25 @@ class RequestLog:
             "token": exchange.token_name,
             "headers": {k: self.redactor.redact_text(v) for k, v in exchange.request_headers.items()
                         if k in KEPT_HEADERS},
-            "request": self._body(exchange.request_body, exchange.request_headers.get("content-type", "")),
-            "response": self._body(exchange.response_body, exchange.response_content_type),
+            "request": self._body(exchange.request_body, exchange.request_headers.get("content-type", ""), masked),
+            "response": self.redactor.hide(self._body(exchange.response_body, exchange.response_content_type),
+                                           masked),
         }
 
-    def _body(self, body: bytes, content_type: str) -> Any:
+    def _body(self, body: bytes, content_type: str, masked: set[str] | None = None) -> Any:
+        """The body as redacted JSON; a byte count for what is not JSON (images, tensors) or too large.
+        JSON sent as text/plain or application/*+json is read too: an endpoint may parse it anyway."""
         if not body:
             return None
         kind = content_type.split(";", 1)[0].strip().lower()
-        if kind not in ("application/json", "") or len(body) > self.max_body_bytes:
+        json_like = kind in ("application/json", "", "text/plain") or kind.endswith("+json")
+        if not json_like or len(body) > self.max_body_bytes:
             return {"bytes": len(body), "content_type": kind or None}
         try:
             value = orjson.loads(body)
         except orjson.JSONDecodeError:
             return {"bytes": len(body), "content_type": kind or None, "json": False}
-        return self.redactor.redact(value)
+        return self.redactor.redact(value, masked=masked)
 
     def write(self, exchanges: list[Exchange]) -> None:
         """Append one line per exchange (one write and flush for the whole list)."""
