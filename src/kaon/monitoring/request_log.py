@@ -23,6 +23,11 @@ import orjson
 from kaon.errors import ConfigError
 from kaon.monitoring.redaction import Redactor
 
+try:
+    import fcntl
+except ImportError:  # Windows: one process per log
+    fcntl = None  # type: ignore[assignment]
+
 #: Headers worth keeping in a record (everything else, credentials included, is dropped).
 KEPT_HEADERS = ("content-type", "user-agent", "content-length")
 
@@ -113,6 +118,9 @@ class RequestLog:
         """Append one line per exchange (one write and flush for the whole list)."""
         lines = [self._line(self.record(e)) for e in exchanges]
         with self._lock:
+            if self._file is None:
+                return
+            self._follow()
             for line in lines:
                 if self._file is None:
                     return
@@ -130,17 +138,37 @@ class RequestLog:
             line = orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
         return line
 
+    def _follow(self) -> None:
+        """Several processes (`kaon serve --workers N`) append to one log: write to the file at `path` now
+        (another may have rotated it away), and count what all of them wrote towards `max_bytes`."""
+        assert self._file is not None
+        try:
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            current = None
+        if current is None or current.st_ino != os.fstat(self._file.fileno()).st_ino:
+            self._file.close()
+            self._open()
+        else:
+            self._size = current.st_size
+
     def _rotate(self) -> None:
         assert self._file is not None
-        self._file.close()
-        if self.num_backups == 0:
-            os.remove(self.path)
-        else:
-            for index in range(self.num_backups - 1, 0, -1):
-                older = self.path.with_name(f"{self.path.name}.{index}")
-                if older.exists():
-                    os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        if fcntl is not None:  # one process rotates at a time; the others wait, then follow (not rotate again)
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+        try:
+            rotated = os.path.exists(self.path) and os.stat(self.path).st_ino != os.fstat(self._file.fileno()).st_ino
+            if not rotated:
+                if self.num_backups == 0:
+                    os.remove(self.path)
+                else:
+                    for index in range(self.num_backups - 1, 0, -1):
+                        older = self.path.with_name(f"{self.path.name}.{index}")
+                        if older.exists():
+                            os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+                    os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        finally:
+            self._file.close()  # and its lock
         self._open()
 
     def files(self) -> list[Path]:
