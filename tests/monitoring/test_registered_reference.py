@@ -128,3 +128,40 @@ def test_optimized_version_of_a_parent_without_reference_gets_none(kaon_home):
     report = optimize(parent.ref, target="size", methods="int8-dynamic", num_rounds=1, max_accuracy_drop=5.0)
     with Registry() as registry:
         assert REFERENCE_FILENAME not in registry.get_version(report.registered).files
+
+
+def test_with_workers_each_alert_is_raised_once_and_every_worker_scores_outliers(kaon_home):
+    """Each of `--workers 2` ran its own drift monitor on its half of the traffic: every drift episode raised
+    each alert twice (two log lines, two webhooks) and /metrics counted 2."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    net, (x_train, _, x_test, _) = trained_digits(epochs=1)
+    version = kaon.register(net, "digits", input_example=x_test[:2], reference_data=x_train)
+    server = Server(["serve", version.ref, "--workers", "2", "--drift-window", "40"],
+                    env={"KAON_HOME": str(kaon_home)}).wait_ready(timeout_s=120)
+    inverted = (1.0 - x_test).tolist()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            def alerts() -> dict[str, float]:
+                return {s.labels["detector"]: s.value for f in text_string_to_metric_families(
+                    client.get("/metrics").text) for s in f.samples if s.name == "kaon_alerts_total"}
+
+            deadline = time.monotonic() + 90
+            sent = 0
+            while not any(alerts().values()):
+                assert time.monotonic() < deadline, f"no alert after {sent} inverted inputs"
+                for _ in range(10):  # new connections: the kernel spreads them over both workers
+                    httpx.post(server.url + "/predict", json={"inputs": inverted[sent % 300:sent % 300 + 8]})
+                    sent += 8
+                time.sleep(0.3)
+            for _ in range(40):  # more of the same drift: still one alert per detector, not one per worker
+                httpx.post(server.url + "/predict", json={"inputs": inverted[:8]})
+            time.sleep(2.0)
+            assert max(alerts().values()) == 1, alerts()
+            for _ in range(20):  # on new connections: both workers answer some, and both score them
+                answer = httpx.post(server.url + "/predict", json={"inputs": inverted[:2]},
+                                    headers={"x-kaon-outlier": "1"})
+                assert len(answer.headers["x-kaon-outlier-score"].split(",")) == 2
+    finally:
+        assert server.stop() == 0, server.output()
+    assert server.output().count("firing") <= 3, server.output()  # at most one line per detector

@@ -19,6 +19,7 @@ import asyncio
 import collections
 import gc
 import logging
+import os
 import random
 import threading
 import time
@@ -46,6 +47,7 @@ from kaon.monitoring import (
 from kaon.serving.guards import principal_of
 from kaon.serving.images import as_array
 from kaon.serving.tensors import is_image_type
+from kaon.serving.workers import WORKER_INDEX_ENV
 
 log = logging.getLogger("kaon.serving")
 
@@ -363,11 +365,15 @@ def build_observers(app: Any, config: Any) -> Observers | None:
     factory = None
     closers: list[Callable[[], None]] = []
     decoders: dict[str, Decoder] = {}
+    # With `kaon serve --workers N`, worker 0 watches drift on its share of the requests (about 1/N of them,
+    # spread by the kernel: a sample), so that each alert is raised, logged and sent once. The other workers
+    # keep a monitor only to score the requests that ask for it (X-Kaon-Outlier).
+    watches = os.environ.get(WORKER_INDEX_ENV, "0") == "0"
     if reference_path is not None and model is not None:
         reference = Reference.load(reference_path)  # fails the startup early on a broken file
         sinks: list[Any] = [log_sink]
         webhook = getattr(config, "alert_webhook", None)
-        if webhook:
+        if webhook and watches:
             sink = WebhookSink(webhook)
             sinks.append(sink)
             closers.append(sink.close)
@@ -377,10 +383,12 @@ def build_observers(app: Any, config: Any) -> Observers | None:
 
         def factory() -> Monitor:
             return Monitor(reference, feature_extractor(model), window=window, stride=stride, alpha=alpha,
-                           metrics=metrics, sinks=sinks, model_name=getattr(model, "name", "model"))
+                           metrics=metrics if watches else None, sinks=sinks if watches else [],
+                           model_name=getattr(model, "name", "model"))
 
         decoders = model_decoders(app, model)
     return Observers(request_log=request_log, log_sample_rate=float(getattr(config, "request_log_sample", 1.0)),
                      max_logged_per_s=int(getattr(config, "request_log_max_per_s", 100)),
-                     monitor_factory=factory, max_monitored_per_s=int(getattr(config, "monitor_max_per_s", 100)),
+                     monitor_factory=factory,
+                     max_monitored_per_s=int(getattr(config, "monitor_max_per_s", 100)) if watches else 0,
                      decoders=decoders, metrics=metrics, closers=closers)
