@@ -12,7 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+import kaon
 from kaon.registry import Registry
+from kaon.sdk import ServerUnreachableError
 from tests.security.conftest import DIGIT, kaon_cli
 from tests.security.test_routes_headers_tls import make_self_signed
 from tests.servers import free_port
@@ -42,6 +44,15 @@ def test_https_with_a_self_signed_certificate(model_file: Path, tmp_path: Path) 
         assert answer.headers["strict-transport-security"].startswith("max-age=")
         with pytest.raises(httpx.ConnectError):  # an unknown certificate is refused by a verifying client
             httpx.get(url + "/healthz", timeout=5)
+        # kaon.Client: verify= takes the certificate; without it, one clear error (it retried 5 times, then
+        # said "could not reach ... Is it running")
+        with kaon.Client(url, verify=str(cert)) as client:
+            assert 0 <= client.predict([DIGIT])[0]["label"] < 10
+        started = time.monotonic()
+        with kaon.Client(url, backoff_s=1.0) as client, pytest.raises(ServerUnreachableError) as refused:
+            client.predict([DIGIT])
+        assert "does not trust" in str(refused.value) and "verify='cert.pem'" in str(refused.value)
+        assert time.monotonic() - started < 1.0  # not retried
         with pytest.raises(httpx.TransportError):  # plain HTTP on the TLS port gets no answer
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
     finally:

@@ -13,6 +13,7 @@ Request building and response parsing are shared; the two classes differ only in
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from typing import Any
 
@@ -48,7 +49,17 @@ class ServerUnreachableError(KaonError):
     """No answer from the server: the connection refused after every retry, reset, or timed out."""
 
 
+def _untrusted(exc: httpx.TransportError) -> bool:
+    """A TLS certificate the client does not trust: trying again cannot help."""
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate verify failed" in str(exc)
+
+
 def _unreachable(url: str, exc: httpx.TransportError, attempts: int) -> ServerUnreachableError:
+    if _untrusted(exc):
+        return ServerUnreachableError(
+            f"the kaon server at {url} answered with a TLS certificate this client does not trust ({exc}). "
+            f"For a self-signed certificate pass its file: kaon.Client(url, verify='cert.pem') (or set "
+            f"SSL_CERT_FILE); verify=False turns the check off (tests only).")
     if isinstance(exc, httpx.TimeoutException):
         return ServerUnreachableError(
             f"the kaon server at {url} did not answer in time ({type(exc).__name__}). Raise the client's "
@@ -125,8 +136,12 @@ def _result(response: httpx.Response) -> Any:
 
 class _Base:
     def __init__(self, url: str, token: str | None = None, *, timeout_s: float = 30.0,
-                 max_retries: int = 4, backoff_s: float = 0.05) -> None:
+                 max_retries: int = 4, backoff_s: float = 0.05, verify: bool | str = True) -> None:
+        """`verify`: check the server's TLS certificate against the system's CAs (True), a CA or certificate
+        file (a path, e.g. the self-signed cert.pem the server uses), or not at all (False)."""
         self.url = url.rstrip("/")
+        self.verify: bool | ssl.SSLContext = verify if isinstance(verify, bool) else ssl.create_default_context(
+            cafile=str(verify))
         self.headers = {"authorization": f"Bearer {token}"} if token else {}
         self.timeout_s = timeout_s
         self.max_retries = max_retries
@@ -153,7 +168,7 @@ class Client(_Base):
                  **options: Any) -> None:
         super().__init__(url, token, **options)
         self._http = httpx.Client(base_url=self.url, headers=self.headers, timeout=self.timeout_s,
-                                  transport=transport)
+                                  transport=transport, verify=self.verify)
 
     def __enter__(self) -> Client:
         return self
@@ -171,7 +186,7 @@ class Client(_Base):
             try:
                 response = self._http.request(method, path, content=content, headers=headers)
             except httpx.ConnectError as exc:  # nothing was sent: safe to try again (a server still starting)
-                if attempt == self.max_retries:
+                if attempt == self.max_retries or _untrusted(exc):
                     raise _unreachable(self.url, exc, attempt + 1) from exc
                 time.sleep(self.backoff_s * 2 ** attempt)
                 continue
@@ -220,7 +235,7 @@ class AsyncClient(_Base):
                  transport: httpx.AsyncBaseTransport | None = None, **options: Any) -> None:
         super().__init__(url, token, **options)
         self._http = httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=self.timeout_s,
-                                       transport=transport)
+                                       transport=transport, verify=self.verify)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -238,7 +253,7 @@ class AsyncClient(_Base):
             try:
                 response = await self._http.request(method, path, content=content, headers=headers)
             except httpx.ConnectError as exc:  # nothing was sent: safe to try again (a server still starting)
-                if attempt == self.max_retries:
+                if attempt == self.max_retries or _untrusted(exc):
                     raise _unreachable(self.url, exc, attempt + 1) from exc
                 await asyncio.sleep(self.backoff_s * 2 ** attempt)
                 continue
