@@ -28,6 +28,7 @@ class Server:
             [sys.executable, "-m", "kaon.cli", *args, "--port", str(self.port)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=cwd, text=True,
         )
+        self._output: str | None = None
 
     def wait_ready(self, timeout_s: float = 60.0) -> Server:
         deadline = time.monotonic() + timeout_s
@@ -44,9 +45,12 @@ class Server:
         raise RuntimeError(f"server not ready after {timeout_s} s:\n{self.output()}")
 
     def output(self) -> str:
+        """What the server printed, once it has exited (the same text on every call)."""
         if self.proc.poll() is None:
             return "(still running)"
-        return self.proc.stdout.read() if self.proc.stdout else ""
+        if self._output is None:
+            self._output = self.proc.stdout.read() if self.proc.stdout else ""
+        return self._output
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
         if self.proc.poll() is None:

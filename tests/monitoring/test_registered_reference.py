@@ -27,7 +27,8 @@ def trained_digits(epochs: int = 2):
 def test_kaon_serve_monitors_drift_of_a_version_registered_with_reference_data(kaon_home):
     net, (x_train, _, x_test, _) = trained_digits(epochs=1)
     version = kaon.register(net, "digits", input_example=x_test[:2], reference_data=x_train)
-    server = Server(["serve", version.ref], env={"KAON_HOME": str(kaon_home)}).wait_ready()
+    server = Server(["serve", version.ref, "--alert-webhook", "http://127.0.0.1:9/hooks/secret"],
+                    env={"KAON_HOME": str(kaon_home)}).wait_ready()
     try:
         deadline = time.monotonic() + 60
         while "kaon_drift_threshold{" not in (scrape := httpx.get(server.url + "/metrics").text):
@@ -40,6 +41,7 @@ def test_kaon_serve_monitors_drift_of_a_version_registered_with_reference_data(k
         assert server.stop() == 0, server.output()
     banner = server.output()
     assert f"drift: inputs checked against {version.ref}'s reference.npz (window 200)" in banner
+    assert "POSTed to http://127.0.0.1:9/..." in banner and "secret" not in banner  # the URL's path may be a key
     assert f"curl -s -X POST {server.url}/predict " in banner  # the example is the model's main route
 
 
@@ -64,6 +66,8 @@ def test_no_monitor_turns_detection_off_and_redact_fields_masks_the_fields_named
     text = log.read_text()
     assert "P-48213" not in text and "W-7" not in text and '"note":"kept"' in text.replace(" ", "")
     assert "drift: off (--no-monitor)" in server.output()
+    assert f"request log: requests (at most 100/s) to {log}, e-mails, phone and card numbers masked, and " \
+           "patient_id, ward" in server.output()
 
 
 def test_a_bad_alert_webhook_fails_before_the_server_starts(kaon_home):

@@ -46,6 +46,8 @@ def test_without_tokens_everything_is_open_and_with_require_auth_nothing_but_pro
         await closed(request("GET", "/v2/health/ready"))
         with pytest.raises(UnauthorizedError, match=r"needs an API token; none was sent.*kaon token create"):
             await closed(request("POST", "/predict"))
+        with pytest.raises(UnauthorizedError, match=r"header of scheme 'Basic' was sent.*Bearer <token>"):
+            await closed(request("POST", "/predict", authorization="Basic YWRhOmx1"))
 
     run(scenario())
 

@@ -296,7 +296,9 @@ class AuthGuard(Checks):
         if verified is None:  # verified once per token; the table (re-read every TTL) says if it still holds
             token = bearer_token(header)
             if token is None:
-                raise unauthorized(f"{request.method} {request.path} needs an API token; none was sent.", scope)
+                sent = (header or "").strip().partition(" ")[0]
+                got = f"an Authorization header of scheme '{sent[:20]}' was sent" if sent else "none was sent"
+                raise unauthorized(f"{request.method} {request.path} needs an API token; {got}.", scope)
             verified = await self._verify(token, table, now_s)
             if len(self._verified) >= _MAX_CACHED:
                 self._verified.clear()

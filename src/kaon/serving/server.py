@@ -36,8 +36,8 @@ def banner(app: KaonApp, config: ServeConfig) -> str:
     for name in models:
         lines.append(f"  POST {base}/v2/models/{name}/infer   (Open Inference Protocol V2)")
     lines += [f"  docs {base}/docs   metrics {base}/metrics   health {base}/healthz {base}/readyz"]
-    monitoring = _monitoring_line(app, config)
-    lines += [monitoring, ""] if monitoring else [""]
+    monitoring = [line for line in (_monitoring_line(app, config), _request_log_line(config)) if line]
+    lines += [*monitoring, ""]
     # the example: /predict when there is one (a model's main route), else the first endpoint
     first = next((spec for spec in app.specs if spec.path == "/predict"), app.specs[0] if app.specs else None)
     value = _example_value(first) if first is not None else None
@@ -160,6 +160,7 @@ def leave_stuck_calls(grace_s: float = STUCK_CALL_GRACE_S) -> None:
 
 def _monitoring_line(app: KaonApp, config: ServeConfig) -> str:
     from kaon.monitoring import REFERENCE_FILENAME
+    from kaon.monitoring.alerts import describe_url
 
     models = getattr(app.service, "models", None) or {}
     if not models:
@@ -167,14 +168,25 @@ def _monitoring_line(app: KaonApp, config: ServeConfig) -> str:
     if not config.monitor:
         return "  drift: off (--no-monitor)"
     if config.drift_reference:
-        return f"  drift: inputs checked against {config.drift_reference} (window {config.drift_window})"
+        webhook = f"; alerts POSTed to {describe_url(config.alert_webhook)}" if config.alert_webhook else ""
+        return f"  drift: inputs checked against {config.drift_reference} (window {config.drift_window}){webhook}"
     for model in models.values():
         record = getattr(model, "version", None)
         if record is not None and REFERENCE_FILENAME in (getattr(record, "files", None) or {}):
+            webhook = f", and POSTed to {describe_url(config.alert_webhook)}" if config.alert_webhook else ""
             return (f"  drift: inputs checked against {record.ref}'s {REFERENCE_FILENAME} (window "
-                    f"{config.drift_window}); alerts in the log and on /metrics (kaon_drift_alert)")
+                    f"{config.drift_window}); alerts in the log and on /metrics (kaon_drift_alert){webhook}")
     return ("  drift: off (no reference statistics: register with kaon.register(..., reference_data=x_train) "
             "or pass --drift-reference)")
+
+
+def _request_log_line(config: ServeConfig) -> str:
+    if not config.request_log:
+        return ""
+    sample = f"{config.request_log_sample:.0%} of requests" if config.request_log_sample < 1 else "requests"
+    marked = f", and {config.redact_fields}" if config.redact_fields.strip() else ""
+    return (f"  request log: {sample} (at most {config.request_log_max_per_s}/s) to {config.request_log}, "
+            f"e-mails, phone and card numbers masked{marked}")
 
 
 def _http_protocol(app: KaonApp) -> Any:
