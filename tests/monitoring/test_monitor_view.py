@@ -42,6 +42,15 @@ def test_two_reads_give_rate_errors_latency_and_drift() -> None:
     assert view.drift == [("embedding_mmd", 0.03, 0.01, True, 1.0)]
     since_start = summarize(None, first)
     assert since_start.error_share == 0.0 and not math.isnan(since_start.p50_ms)
+    # a quiet interval after drifted traffic: not "outliers 0.0%" (kaon monitor --once showed that while
+    # the outlier_rate detector fired), but none recent and the share since the server started
+    quiet = summarize(second, parse_metrics(generate_latest(server.registry).decode(), time_s=13.0))
+    assert quiet.outlier_share is None and quiet.outlier_share_total == pytest.approx(0.1)
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(render(quiet, "http://127.0.0.1:8000"))
+    assert "no inputs monitored since the last read; 10.0% of the 50 inputs" in console.export_text()
 
 
 def test_render_says_when_drift_is_off() -> None:

@@ -51,7 +51,8 @@ class View:
     p99_ms: float
     in_flight: float
     queue_depth: float
-    outlier_share: float
+    outlier_share: float | None  # among the inputs monitored in the interval; None: none were
+    outlier_share_total: float  # since the server started
     monitored: float
     dropped: float
     drift: list[tuple[str, float, float, bool, float]]  # detector, statistic, threshold, firing, alerts fired
@@ -69,7 +70,7 @@ def parse_metrics(text: str, time_s: float) -> Sample:
             elif s.name == "kaon_request_latency_seconds_bucket":
                 sample.latency.setdefault(labels.get("route", ""), []).append((float(labels["le"]), value))
             elif s.name == "kaon_in_flight_requests":
-                sample.in_flight = value
+                sample.in_flight += value  # per worker with --workers N
             elif s.name == "kaon_queue_depth":
                 sample.queue_depth += value
             elif s.name == "kaon_drift_statistic":
@@ -126,8 +127,9 @@ def summarize(previous: Sample | None, current: Sample) -> View:
     return View(
         requests_per_s=total / seconds, error_share=errors / total if total else 0.0,
         p50_ms=_quantile(points, 0.5) * 1000, p99_ms=_quantile(points, 0.99) * 1000,
-        in_flight=current.in_flight, queue_depth=current.queue_depth,
-        outlier_share=(current.outliers - base.outliers) / monitored if monitored > 0 else 0.0,
+        in_flight=max(0.0, current.in_flight - 1), queue_depth=current.queue_depth,  # less this read of /metrics
+        outlier_share=(current.outliers - base.outliers) / monitored if monitored > 0 else None,
+        outlier_share_total=current.outliers / current.monitored if current.monitored > 0 else 0.0,
         monitored=current.monitored, dropped=current.dropped,
         drift=[(d, current.drift_statistic.get(d, math.nan), current.drift_threshold.get(d, math.nan),
                 current.drift_alert.get(d, 0.0) >= 1.0, current.alerts.get(d, 0.0)) for d in detectors],
@@ -148,8 +150,11 @@ def render(view: View, url: str) -> Any:
     for name, statistic, threshold, firing, fired in view.drift:
         state = "[bold red]ALERT[/]" if firing else "[green]ok[/]"
         drift.add_row(name, f"{statistic:.4g}", f"{threshold:.4g}", state, f"{fired:g}")
-    summary = (f"outliers {view.outlier_share:.1%} of recent inputs; {view.monitored:,.0f} inputs monitored"
-               + (f"; {view.dropped:,.0f} requests not monitored (observer queue full)" if view.dropped else ""))
+    recent = (f"outliers {view.outlier_share:.1%} of recent inputs" if view.outlier_share is not None
+              else "no inputs monitored since the last read")
+    summary = (f"{recent}; {view.outlier_share_total:.1%} of the {view.monitored:,.0f} inputs monitored since the "
+               f"server started" + (f"; {view.dropped:,.0f} requests not monitored (observer queue full)"
+                                    if view.dropped else ""))
     return Group(traffic, drift, summary)
 
 
