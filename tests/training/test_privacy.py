@@ -113,3 +113,20 @@ def test_a_second_private_fit_on_the_same_model_reports_the_total_spent(small):
     assert first.epsilon is not None and second.epsilon is not None
     assert first.epsilon <= 2.0 < second.epsilon
     assert second.history["epsilon"][0] > first.epsilon  # counted from what the first fit spent
+
+
+def test_a_private_fit_resumed_from_a_checkpoint_counts_what_was_spent_before(small, tmp_path):
+    """A checkpoint kept weights (and the optimizer) but not the privacy spent: a private fit resumed from it in
+    a new process started a fresh budget and reported only its own epsilon."""
+    from kaon.training import ModelCheckpoint
+
+    x_train, y_train, _, _ = small
+    first = Trainer(make_model(), seed=0, privacy=DifferentialPrivacy(2.0), track=False).fit(
+        x_train, y_train, epochs=2, batch_size=50, verbose=False,
+        callbacks=[ModelCheckpoint(tmp_path / "{epoch}.safetensors")])
+    resumed = Trainer(make_model(seed=1), seed=0, privacy=DifferentialPrivacy(2.0), track=False)
+    epoch = resumed.load_weights(tmp_path / "2.safetensors")
+    with pytest.warns(RuntimeWarning, match="already spent epsilon="):
+        history = resumed.fit(x_train, y_train, epochs=3, initial_epoch=epoch, batch_size=50, verbose=False)
+    assert first.epsilon is not None and history.epsilon is not None
+    assert history.epsilon > first.epsilon  # the total: the first two epochs, then this one

@@ -11,6 +11,7 @@ A callback that raises stops fit with a TrainingError naming it; `close()` still
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -155,6 +156,7 @@ class ModelCheckpoint(_Monitor):
             snapshot,
             to_safetensors,
         )
+        from kaon.training.privacy import SPENT_ATTRIBUTE, SPENT_METADATA_KEY
 
         assert self.trainer is not None
         value = self.current(logs) if (self.save_best_only or self.monitor in logs) else math.nan
@@ -166,6 +168,10 @@ class ModelCheckpoint(_Monitor):
         target = Path(self.path.format(epoch=epoch + 1, **logs))
         metadata = {"epoch": str(epoch + 1), **{k: repr(float(v)) for k, v in logs.items()},
                     **keras_order(self.trainer.model)}
+        private = getattr(self.trainer, "private_", None)
+        spent = private.spent() if private is not None else getattr(self.trainer.model, SPENT_ATTRIBUTE, None)
+        if spent:  # the privacy this model has spent: a fit resumed from this file adds to it
+            metadata[SPENT_METADATA_KEY] = json.dumps([list(run) for run in spent])
         if self.save_optimizer:  # first: a weights file is never newer than the state beside it
             optimizer = self.trainer.optimizer_
             optimizer = getattr(optimizer, "original_optimizer", optimizer)  # a private fit's Opacus wrapper

@@ -65,6 +65,8 @@ def quiet_opacus() -> Iterator[None]:
 # Where a model keeps the privacy its earlier private fits spent: (noise multiplier, sample rate, steps) per
 # run of steps, as Opacus's accountant records them. Privacy loss adds up over fits on the same model.
 SPENT_ATTRIBUTE = "_kaon_privacy_spent"
+# ...and where a checkpoint keeps it (JSON in the safetensors metadata), so a fit resumed from it counts it
+SPENT_METADATA_KEY = "kaon_privacy_spent"
 
 
 class PrivateTraining:
@@ -141,10 +143,14 @@ class PrivateTraining:
             epsilon, _ = analysis.get_privacy_spent(orders=alphas, rdp=total, delta=self.config.target_delta)
         return float(epsilon)
 
+    def spent(self) -> list[tuple[float, float, int]]:
+        """What this model has spent, earlier fits and this one so far: (noise, sample rate, steps) runs."""
+        return [*self.prior, *self.engine.accountant.history]
+
     def close(self) -> None:
         """Detach Opacus's hooks so the model predicts and trains as a plain module again; the model keeps what
         this fit spent, for the next private fit's epsilon."""
-        setattr(self.model, SPENT_ATTRIBUTE, [*self.prior, *self.engine.accountant.history])
+        setattr(self.model, SPENT_ATTRIBUTE, self.spent())
         cleanup = getattr(self.hooks, "cleanup", None) or getattr(self.hooks, "remove_hooks", None)
         if cleanup is not None:
             cleanup()

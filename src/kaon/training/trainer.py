@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -41,7 +42,14 @@ from kaon.training.distributed import Backend, WorkerSync, check_backend, fit_di
 from kaon.training.history import History
 from kaon.training.losses import ClassWeighted, Loss, check_class_weight
 from kaon.training.metrics import Metric
-from kaon.training.privacy import DifferentialPrivacy, PrivateTraining, make_private, quiet_opacus
+from kaon.training.privacy import (
+    SPENT_ATTRIBUTE,
+    SPENT_METADATA_KEY,
+    DifferentialPrivacy,
+    PrivateTraining,
+    make_private,
+    quiet_opacus,
+)
 
 Precision = Literal["fp32", "bf16", "fp16"]
 _CHECK_LOSS_EVERY = 64  # steps between NaN checks; each check waits for the device once
@@ -109,6 +117,7 @@ class Trainer:
         self.address = address
         self.stop_training = False  # a callback sets it to end fit after the current epoch
         self._built = False
+        self.private_: PrivateTraining | None = None  # the Opacus objects while a private fit runs
         self._class_weight: dict[int, float] | None = None  # fit(class_weight=...), for this fit's training loss
         self._weighted_loss: ClassWeighted | None = None
 
@@ -217,6 +226,7 @@ class Trainer:
                                           loss_fn=self.loss_fn_, train=train, batch_size=batch_size,
                                           epochs=epochs - initial_epoch)
             self.optimizer_ = private.optimizer  # clips and noises; the plain one is back when fit ends
+        self.private_ = private  # for callbacks (a checkpoint keeps the privacy spent so far)
         history = History()
         history.params = run_params(self, epochs=epochs, batch_size=batch_size, num_samples=train.num_samples)
         progress = make_progress(verbose, epochs=epochs, steps=_steps(train))
@@ -237,6 +247,7 @@ class Trainer:
             raise
         finally:
             problems = chain.close()
+            self.private_ = None
             if private is not None:
                 private.close()
                 self.optimizer_ = private.original_optimizer
@@ -426,6 +437,9 @@ class Trainer:
                               ) from exc
         if optimizer_file(source).is_file():
             self._load_optimizer(optimizer_file(source))
+        if SPENT_METADATA_KEY in metadata:  # a private fit resumed from here counts what was spent before
+            spent = [(float(n), float(q), int(k)) for n, q, k in json.loads(metadata[SPENT_METADATA_KEY])]
+            setattr(self.model, SPENT_ATTRIBUTE, spent)
         epoch = metadata.get("epoch", "0")
         return int(epoch) if epoch.isdigit() else 0
 
