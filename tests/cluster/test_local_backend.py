@@ -292,3 +292,19 @@ def test_shutting_down_with_connections_open_logs_no_traceback(plane, digits_onn
         plane.proc.wait(timeout=30)
     output = plane.stop()
     assert "Traceback" not in output and "CancelledError" not in output, output[-3000:]
+
+
+def test_a_deployment_whose_replicas_crash_at_start_answers_503_at_once(plane, tmp_path):
+    service = tmp_path / "broken_service.py"
+    service.write_text("import kaon\n\n\nclass Broken(kaon.Service):\n    def setup(self):\n"
+                       "        raise RuntimeError('no weights here')\n")
+    status = plane.client.deploy(spec("crashing", f"{service}:Broken", min_replicas=1))
+    wait_for(lambda: any(r["restarts"] >= 2 for r in plane.client.status("crashing")["replicas"]), 60,
+             "the replica restarted twice")
+    started = time.monotonic()
+    response = httpx.post(status["url"] + "/predict", json={}, timeout=10)
+    assert time.monotonic() - started < 3
+    assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
+    error = response.json()["error"]
+    assert error["code"] == "replicas_failing" and "kaon logs crashing" in error["message"]
+    assert "exited with 1 while starting" in plane.client.status("crashing")["failing"]

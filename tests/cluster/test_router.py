@@ -279,3 +279,32 @@ async def test_a_body_over_the_limit_is_a_413_with_kaons_error_envelope():
     assert error["code"] == "payload_too_large" and "1024 bytes" in error["message"]
     assert up.seen == []
     await router.close()
+
+
+@run_async
+async def test_while_replicas_fail_to_start_a_request_gets_a_503_at_once_not_a_cold_start_wait():
+    router = await started_router(cold_start_timeout_s=30)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.port}", timeout=10) as client:
+        waiting = asyncio.create_task(client.post("/predict", json={}))  # arrived before the crash loop was seen
+        await asyncio.sleep(0.2)
+        router.set_failing("replica 0 exited with 1 while starting, 2 times in a row", retry_after_s=2.0)
+        early = await asyncio.wait_for(waiting, 2)
+        started = asyncio.get_running_loop().time()
+        late = await client.post("/predict", json={})
+        assert asyncio.get_running_loop().time() - started < 1
+        for response in (early, late):
+            assert response.status_code == 503 and response.headers["retry-after"] == "2"
+            error = response.json()["error"]
+            assert error["code"] == "replicas_failing" and "kaon logs test" in error["message"]
+            assert "exited with 1 while starting" in error["message"]
+        up = await Upstream("fixed").start()
+        router.add_replica("0.3", up.port)  # a replica is ready again: requests are served
+        assert (await client.post("/predict", json={})).status_code == 200
+        router.set_failing(None)
+        router.remove_replica("0.3")
+        pending = asyncio.create_task(client.post("/predict", json={}))  # cold start: it waits again
+        await asyncio.sleep(0.3)
+        assert not pending.done()
+        router.add_replica("0.4", up.port)
+        assert (await pending).status_code == 200
+    await router.close()

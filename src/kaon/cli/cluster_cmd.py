@@ -1,4 +1,4 @@
-"""`kaon up|deploy|status|scale|logs|stop|down`: deployments on the local backend (or Ray), from the CLI.
+"""`kaon up|deploy|start|status|scale|logs|stop|down`: deployments on the local backend (or Ray), from the CLI.
 
 `kaon scale simulate --trace FILE` replays a request-rate trace against the autoscaling policies.
 The cluster package is imported inside the commands, so `kaon --help` does not pay for it.
@@ -21,7 +21,8 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from kaon.cli.app import app, handles_errors
-from kaon.errors import ConfigError
+from kaon.cluster._text import plural
+from kaon.errors import ConfigError, NotFoundError
 
 if TYPE_CHECKING:
     from kaon.cluster.client import ControlPlaneClient
@@ -59,13 +60,19 @@ def up(
     node = local_node(cpus, memory_mb)
     if detach:
         extra = [*(["--cpus", str(cpus)] if cpus else []), *(["--memory-mb", str(memory_mb)] if memory_mb else [])]
-        start_detached(port=port, extra_args=extra)
-        client = ControlPlaneClient.connect(start=False) if _wait_for_plane(30.0) else None
+        pid = start_detached(port=port, extra_args=extra)
+        client, ours = _wait_for_plane(pid, 30.0)
         if client is None:
             raise ConfigError(f"the control plane did not start; see {cluster_dir() / 'controlplane.log'}")
-        console.print(f"control plane running at {client.url} (node: {node.cpus:g} cpus, {node.memory_mb} MiB); "
-                      f"log: {cluster_dir() / 'controlplane.log'}")
-        client.close()
+        with client:
+            if not ours:  # another `kaon up` (or `kaon deploy`) started one first: only one runs per KAON_HOME
+                unused = f"; --port {port} was not used" if port is not None and not client.url.endswith(f":{port}") \
+                    else ""
+                console.print(f"the control plane is already running at {client.url} (another kaon up or kaon "
+                              f"deploy started it first{unused}; kaon down stops it)", highlight=False)
+                return
+            console.print(f"control plane running at {client.url} (node: {node.cpus:g} cpus, {node.memory_mb} MiB); "
+                          f"log: {cluster_dir() / 'controlplane.log'}")
         return
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -77,17 +84,29 @@ def up(
     run_control_plane(host, port, node=node, ready=ready)
 
 
-def _wait_for_plane(timeout_s: float) -> bool:
+def _wait_for_plane(pid: int, timeout_s: float) -> tuple[ControlPlaneClient | None, bool]:
+    """Wait for the control plane this command started (process `pid`) to answer: (its client, True). When
+    that process exits first, another control plane holds KAON_HOME's lock: (the one that runs, False).
+    (None, ...): none answered within `timeout_s`."""
+    import os
+
     from kaon.cluster.client import ControlPlaneClient
 
     deadline = time.monotonic() + timeout_s
+    exited = False
     while time.monotonic() < deadline:
         client = ControlPlaneClient._find()
+        if client is not None and (exited or client.health().get("pid") == pid):
+            return client, not exited
         if client is not None:
             client.close()
-            return True
+        if not exited:
+            try:
+                exited = os.waitpid(pid, os.WNOHANG)[0] == pid
+            except ChildProcessError:
+                exited = True
         time.sleep(0.1)
-    return False
+    return None, not exited
 
 
 @app.command()
@@ -136,23 +155,56 @@ def deploy(
         if json_out:
             _print_json(status)
         else:
-            console.print(f"'{spec.name}' is serving on Ray at {status['url']} with {status['ready']} replica(s)")
+            console.print(f"'{spec.name}' is serving on Ray at {status['url']} with "
+                          f"{plural(status['ready'], 'replica')}")
         return
     with ControlPlaneClient.connect(start=True) as client:
         status = client.deploy(spec)
+        replaced = status.get("replaced")
         if wait:
             status = _wait_ready(client, spec.name, spec.initial_replicas(), timeout_s, quiet=json_out)
     if json_out:
-        _print_json(status)
+        _print_json({**status, "replaced": replaced} if replaced else status)
         return
-    url = status["url"]
-    if status["desired"] == 0:
+    if replaced:
+        console.print(_replaced_message(spec.name, replaced), style="yellow", highlight=False)
+    console.print(_deployed_message(status, waited=wait), highlight=False)
+
+
+def _deployed_message(status: dict[str, Any], *, waited: bool) -> str:
+    """What `kaon deploy` and `kaon start` say once the control plane took the deployment (and, when
+    `waited`, its replicas are ready)."""
+    name, url, ready, desired = status["name"], status["url"], status["ready"], status["desired"]
+    if desired == 0 and ready == 0:
         cold = status.get("cold_start_s")
-        console.print(f"'{spec.name}' is deployed at {url}, scaled to zero: the first request starts a replica "
-                      f"(cold start{f' ~{cold:.1f} s' if cold else ''}).")
-    else:
-        console.print(f"'{spec.name}' is serving at {url} with {status['ready']} replica(s), policy "
-                      f"{status['policy']}. kaon status {spec.name} | kaon logs {spec.name} | kaon stop {spec.name}")
+        return (f"'{name}' is deployed at {url}, scaled to zero: the first request starts a replica "
+                f"(cold start{f' ~{cold:.1f} s' if cold else ''}).")
+    if ready == 0:
+        return (f"'{name}' is deployed at {url}; {plural(desired, 'replica')} starting (kaon status {name} shows "
+                f"how far). kaon logs {name} | kaon stop {name}")
+    message = f"'{name}' is serving at {url} with {plural(ready, 'replica')}, policy {status['policy']}"
+    if ready < desired and not waited:
+        message += f" ({desired - ready} more starting)"
+    message += "."
+    if status["min_replicas"] == 0:
+        idle_s = float(status.get("spec", {}).get("idle_timeout_s", 0))
+        message += (f" It scales to zero after {idle_s:g} s without requests (at once if it has had none yet); "
+                    "the next request then starts a replica.")
+    return f"{message} kaon status {name} | kaon logs {name} | kaon stop {name}"
+
+
+def _replaced_message(name: str, replaced: dict[str, Any]) -> str:
+    """`kaon deploy` replaced the spec of a deployment that was stored but not running: say what it replaced."""
+    changes = ", ".join(f"{c['field']} {_shown(c['stored'])} -> {_shown(c['now'])}" for c in replaced["changes"])
+    return (f"note: this replaced the stored spec of '{name}' ({replaced['status']})"
+            + (f": {changes}" if changes else "")
+            + f". To run a stopped deployment as it was stored, use kaon start {name} rather than kaon deploy.")
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _spec_from(source: str, **overrides: Any) -> Deployment:
@@ -219,8 +271,8 @@ def _wait_ready(client: ControlPlaneClient, name: str, want: int, timeout_s: flo
                     "Their last log lines:\n" + "\n".join(lines[-15:])
                     + f"\nFix it and deploy again; kaon stop {name}.")
             if time.monotonic() > deadline:
-                raise ConfigError(f"'{name}' has {status['ready']} of {want} replicas ready after {timeout_s:g} s; "
-                                  f"see kaon status {name} and kaon logs {name}.")
+                raise ConfigError(f"'{name}' has {status['ready']} of {plural(want, 'replica')} ready after "
+                                  f"{timeout_s:g} s; see kaon status {name} and kaon logs {name}.")
             if not quiet:
                 live.update(_progress_table(status, want))
             time.sleep(0.2)
@@ -251,7 +303,7 @@ def status(
     name: str = typer.Argument(None, help="A deployment. [default: all]"),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Deployments: replicas (pid, state, node, in-flight), the autoscaler's last decision and why."""
+    """Deployments: replicas (pid, state, node, in-flight), the autoscaler's last decision and why; stopped ones too."""
     from kaon.cluster.client import ControlPlaneClient
 
     on_ray = _ray_spec(name)
@@ -275,38 +327,86 @@ def status(
             return
         console.print("[yellow]no control plane is running[/] (kaon up starts it; running deployments come back)")
         for item in stored:
-            decision = item["decision"] or {}
-            console.print(f"  {item['name']}: {item['status']}, target {item['target']}"
-                          + (f", last decision {decision.get('replicas')} ({escape(str(decision.get('reason')))})"
-                             if decision else ""))
+            _print_stored(item)
         return
     with client:
-        result = client.status(name)
+        try:
+            found = client.status(name)
+        except NotFoundError:
+            if name is None or not (stored := _stored_status(name, missing_ok=True)):
+                raise
+            found = stored[0]  # stopped, or on Ray
+    items: list[dict[str, Any]] = [found] if name else list(found)
+    # The control plane runs what is running; what `kaon down` or `kaon stop` kept is in the registry only.
+    names = {item["name"] for item in items}
+    kept = [] if name else [item for item in _stored_status(None) if item["name"] not in names]
     if json_out:
-        _print_json(result)
+        _print_json(found if name else [*items, *kept])
         return
-    for item in [result] if name else result:
-        _print_status(item)
-    if not name and not result:
+    for item in items:
+        if item.get("status", "running") == "running" and "replicas" in item and "policy" in item:
+            _print_status(item)
+        else:
+            _print_stored(item)
+    if not name and not items:
         console.print("no deployments running. kaon deploy FILE|TARGET starts one.")
+    for item in kept:
+        _print_stored(item)
 
 
-def _stored_status(name: str | None) -> list[dict[str, Any]]:
+def _stored_status(name: str | None, *, missing_ok: bool = False) -> list[dict[str, Any]]:
+    """Deployments as the registry keeps them (what `kaon status` shows of those the control plane does not run)."""
     from kaon.registry import Registry
     from kaon.registry.deployments import DeploymentStore
 
     with Registry() as registry:
         store = DeploymentStore(registry)
-        records = [store.get_deployment(name)] if name else store.list_deployments()
-        return [{"name": r.name, "status": r.status, "target": r.spec.get("target"), "decision": r.decision,
-                 "spec": r.spec} for r in records]
+        try:
+            records = [store.get_deployment(name)] if name else store.list_deployments()
+        except NotFoundError:
+            if missing_ok:
+                return []
+            raise
+    items = []
+    for r in records:
+        spec = r.spec
+        port = spec.get("port")
+        items.append({
+            "name": r.name, "status": r.status, "backend": spec.get("backend", "local"), "target": spec.get("target"),
+            "serving": spec.get("resolved_target") or spec.get("target"),
+            "url": f"http://{spec.get('host', '127.0.0.1')}:{port}" if port else None,
+            "min_replicas": spec.get("min_replicas"), "max_replicas": spec.get("max_replicas"),
+            "replicas": [], "decision": r.decision, "spec": spec,
+        })
+    return items
+
+
+def _print_stored(item: dict[str, Any]) -> None:
+    """One deployment the control plane does not run: its status, what it would serve, how to start it."""
+    serving = item.get("serving")
+    line = (f"  {item['name']}: {item['status']}, target {escape(str(item['target']))}"
+            + (f", serving {escape(str(serving))}" if serving and serving != item["target"] else "")
+            + (f", at {item['url']}" if item.get("url") else "")
+            + (f", min {item['min_replicas']}, max {item['max_replicas']}" if item.get("max_replicas") else ""))
+    decision = item.get("decision") or {}
+    if decision:
+        line += f", last decision {decision.get('replicas')} ({escape(str(decision.get('reason')))})"
+    if item["status"] == "stopped":
+        line += f". kaon start {item['name']} runs it as stored"
+    console.print(line, highlight=False)
 
 
 def _print_status(item: dict[str, Any]) -> None:
-    console.print(f"[bold]{item['name']}[/] {item['url']}  target {escape(item['target'])}  policy {item['policy']}  "
-                  f"replicas {item['ready']} ready / {item['desired']} desired "
+    serving = item.get("serving")
+    console.print(f"[bold]{item['name']}[/] {item['url']}  target {escape(item['target'])}"
+                  + (f", serving {escape(serving)}" if serving and serving != item["target"] else "")
+                  + f"  policy {item['policy']}  replicas {item['ready']} ready / {item['desired']} desired "
                   f"(min {item['min_replicas']}, max {item['max_replicas']})"
-                  + (f"  cold start {item['cold_start_s']:.2f} s" if item.get("cold_start_s") else ""))
+                  + (f"  cold start {item['cold_start_s']:.2f} s" if item.get("cold_start_s") else ""),
+                  highlight=False)
+    if item.get("failing"):
+        console.print(f"  [red]its replicas fail to start:[/] {escape(item['failing'])}; see kaon logs {item['name']}",
+                      highlight=False)
     if item["replicas"]:
         table = Table(box=None, pad_edge=False)
         for column in ("replica", "pid", "state", "node", "port", "in flight", "served", "restarts", "cold start"):
@@ -319,7 +419,8 @@ def _print_status(item: dict[str, Any]) -> None:
     decision = item.get("decision")
     if decision:
         load = decision.get("load", {})
-        console.print(f"  autoscaler: {decision['replicas']} replicas - {escape(decision['reason'])}")
+        console.print(f"  autoscaler: {plural(decision['replicas'], 'replica')} - {escape(decision['reason'])}",
+                      highlight=False)
         console.print(f"  load: {load.get('in_flight')} in flight, {load.get('request_rate')} req/s"
                       + (f", {load['latency_ms']} ms mean" if load.get("latency_ms") is not None else ""))
 
@@ -329,33 +430,108 @@ def _print_status(item: dict[str, Any]) -> None:
 def logs(
     name: str = typer.Argument(..., help="The deployment."),
     replica: int = typer.Option(None, help="Only this replica's log."),
+    all_replicas: bool = typer.Option(False, "--all", help="The kept logs of replicas that are gone too."),
     tail: int = typer.Option(100, min=1, help="Lines per replica."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines (Ctrl-C stops)."),
 ) -> None:
-    """Print the replicas' logs (KAON_HOME/deployments/NAME/replica-*.log)."""
-    from kaon.cluster._paths import deployment_dir, read_logs
+    """Print the running replicas' logs (KAON_HOME/deployments/NAME/replica-*.log); --all: the gone ones' too."""
+    from kaon.cluster._paths import deployment_dir, read_logs, replica_logs, unknown_replica_error
 
     folder = deployment_dir(name)
     if not folder.is_dir():
         raise ConfigError(f"no logs for a deployment named '{name}' in {folder.parent}. kaon status lists them.")
-    for line in read_logs(folder, tail=tail, replica=replica):
+    logged = replica_logs(folder)
+    running = _running_replicas(name)
+    shown: set[int] | None
+    if replica is not None:
+        if replica not in logged:
+            raise unknown_replica_error(name, replica, logged, running)
+        shown = {replica}
+    elif all_replicas:
+        shown = None
+    else:
+        shown = set(running)
+        if not shown:
+            err_console.print(f"no replica of '{name}' is running. kaon logs {name} --all shows the kept logs of "
+                              f"{plural(len(logged), 'replica')} that ran.", highlight=False)
+    for line in read_logs(folder, tail=tail, replicas=shown):
         print(line)
     if not follow:
         return
-    sizes = {file: file.stat().st_size for file in folder.glob("replica-*.log")}
+    sizes = {file: file.stat().st_size for file in logged.values()}
     while True:
         time.sleep(0.5)
-        for file in sorted(folder.glob("replica-*.log")):
-            index = int(file.stem.split("-")[1])
-            if replica is not None and index != replica:
+        for index, file in replica_logs(folder).items():
+            if file not in sizes and replica is None and shown is not None:
+                shown.add(index)  # a replica started since: it runs
+            if shown is not None and index not in shown:
                 continue
-            size = file.stat().st_size
+            try:
+                size = file.stat().st_size
+            except FileNotFoundError:  # pruned
+                continue
             if size > sizes.get(file, 0):
                 with open(file, "rb") as handle:
                     handle.seek(sizes.get(file, 0))
                     for line in handle.read().decode("utf-8", errors="replace").splitlines():
                         print(f"[{index}] {line}", flush=True)
             sizes[file] = size
+
+
+def _running_replicas(name: str) -> list[int]:
+    """The numbers of `name`'s replicas the control plane runs now (none when it is not running)."""
+    from kaon.cluster.client import ControlPlaneClient
+
+    client = ControlPlaneClient._find()
+    if client is None:
+        return []
+    with client:
+        try:
+            return sorted({r["index"] for r in client.status(name)["replicas"]})
+        except NotFoundError:
+            return []
+
+
+@app.command()
+@handles_errors
+def start(
+    name: str = typer.Argument(..., help="A stopped deployment (kaon status lists them)."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Return once the replicas are ready."),
+    timeout_s: float = typer.Option(180.0, help="How long --wait waits."),
+    json_out: bool = typer.Option(False, "--json", help="Print the deployment's status as JSON."),
+) -> None:
+    """Start a stopped deployment as it was stored: its spec and the version resolved when it was deployed."""
+    from kaon.cluster.client import ControlPlaneClient
+    from kaon.cluster.deployment import from_stored
+    from kaon.registry import Registry
+    from kaon.registry.deployments import DeploymentStore
+
+    with Registry() as registry:
+        try:
+            record = DeploymentStore(registry).get_deployment(name)
+        except NotFoundError as exc:  # its message lists the deployments there are
+            raise NotFoundError(f"{exc.message} kaon deploy FILE|TARGET --name {name} creates it.") from None
+    spec = from_stored(record.spec, source=f"deployment '{name}'")[0]
+    if spec.backend == "ray":
+        from kaon.cluster.backends.ray import deploy_to_ray
+
+        status = deploy_to_ray(spec, timeout_s=timeout_s)
+        _store_spec(spec)
+        if json_out:
+            _print_json(status)
+        else:
+            console.print(f"'{name}' is serving on Ray at {status['url']} with {plural(status['ready'], 'replica')}")
+        return
+    with ControlPlaneClient.connect(start=True) as client:
+        status = client.start(name)
+        if wait and not status.get("already_running"):
+            status = _wait_ready(client, name, spec.initial_replicas(), timeout_s, quiet=json_out)
+    if json_out:
+        _print_json(status)
+    elif status.get("already_running"):
+        console.print(f"'{name}' is already running at {status['url']} (kaon status {name})", highlight=False)
+    else:
+        console.print(_deployed_message(status, waited=wait), highlight=False)
 
 
 @app.command()
@@ -431,8 +607,14 @@ def scale_set(
         result = client.scale(name, None if auto else replicas)
         if wait and replicas:
             result = _wait_ready(client, name, replicas, timeout_s)
-    what = "autoscaling with policy " + result["policy"] if auto else f"pinned at {replicas} replicas"
-    console.print(f"'{name}' {what}; {result['ready']} ready now")
+    console.print(_scaled_message(name, None if auto else replicas, result), highlight=False)
+
+
+def _scaled_message(name: str, replicas: int | None, result: dict[str, Any]) -> str:
+    """What `kaon scale NAME N` (or `--auto`: `replicas` None) says once the control plane took it."""
+    what = f"pinned at {plural(replicas, 'replica')}" if replicas is not None else \
+        f"autoscaling with policy {result['policy']}"
+    return f"'{name}' {what}; {result['ready']} ready now"
 
 
 @scale_app.command("simulate")

@@ -19,6 +19,7 @@ import httpx
 
 from kaon._internal.processes import process_alive
 from kaon.cluster._paths import cluster_dir, discovery_file
+from kaon.cluster._text import plural
 from kaon.errors import KaonError, NotFoundError, RegistryError
 
 if TYPE_CHECKING:
@@ -116,10 +117,17 @@ class ControlPlaneClient:
     def stop(self, name: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/deployments/{name}/stop", json={})
 
-    def logs(self, name: str, tail: int = 200, replica: int | None = None) -> list[str]:
+    def start(self, name: str) -> dict[str, Any]:
+        """Start the stopped deployment `name` as it was stored (`already_running` in the status: it ran)."""
+        return self._call("POST", f"/v1/deployments/{name}/start", json={})
+
+    def logs(self, name: str, tail: int = 200, replica: int | None = None, *, all_replicas: bool = False) -> list[str]:
+        """The running replicas' last `tail` log lines; `all_replicas`: the kept logs of dead ones too."""
         params: dict[str, Any] = {"tail": tail}
         if replica is not None:
             params["replica"] = replica
+        if all_replicas:
+            params["all"] = "true"
         return list(self._call("GET", f"/v1/deployments/{name}/logs", params=params)["lines"])
 
     def nodes(self) -> list[dict[str, Any]]:
@@ -193,7 +201,7 @@ def deploy(target: Any, *, name: str | None = None, wait: bool = True, timeout_s
         deadline = time.monotonic() + timeout_s
         while wait and status["ready"] < want:
             if time.monotonic() > deadline:
-                raise RegistryError(f"'{spec.name}' has {status['ready']} of {want} replicas ready after "
+                raise RegistryError(f"'{spec.name}' has {status['ready']} of {plural(want, 'replica')} ready after "
                                     f"{timeout_s:g} s; see kaon status {spec.name} and kaon logs {spec.name}.")
             time.sleep(0.1)
             status = plane.status(spec.name)

@@ -8,11 +8,13 @@ The API (JSON over HTTP on 127.0.0.1, `Authorization: Bearer <token>`):
 
     GET  /v1/health                          {"ok": true, "pid": ...}
     GET  /v1/deployments                     [status, ...]
-    POST /v1/deployments                     a Deployment spec -> its status (created, updated or rolled out)
+    POST /v1/deployments                     a Deployment spec -> its status (created, updated or rolled out;
+                                             "replaced": what changed when it replaced a stored, stopped spec)
     GET  /v1/deployments/{name}              status: replicas (pid, state, node, in flight), decision, load
     POST /v1/deployments/{name}/scale        {"replicas": N} pins the count; {"replicas": null} resumes autoscaling
     POST /v1/deployments/{name}/stop         stops its replicas and its router (the spec stays, status 'stopped')
-    GET  /v1/deployments/{name}/logs?tail=N  the replicas' log lines
+    POST /v1/deployments/{name}/start        starts a stopped deployment as stored (the version resolved at deploy)
+    GET  /v1/deployments/{name}/logs?tail=N  the running replicas' log lines (&all=true: dead ones too; &replica=I)
     GET  /v1/nodes                           declared capacity and what is placed on each node
     POST /v1/shutdown                        stop every deployment and exit (`kaon down`)
 
@@ -54,10 +56,12 @@ from kaon.cluster._paths import (
     deployment_dir,
     discovery_file,
     read_logs,
+    replica_logs,
+    unknown_replica_error,
 )
 from kaon.cluster.autoscaler import Decision
 from kaon.cluster.backends.local import LocalDeployment
-from kaon.cluster.deployment import Deployment, from_stored, stored_spec
+from kaon.cluster.deployment import Deployment, from_stored, spec_changes, stored_spec
 from kaon.cluster.placement import Demand, Node, max_fitting, place
 from kaon.errors import (
     ConfigError,
@@ -219,6 +223,7 @@ class ControlPlane:
                 return running.status()
             if spec.port is None:
                 spec = spec.with_overrides(port=self._free_deployment_port())
+            replaced = None if restore else await self._replaced(spec, resolved)
             name = spec.name
             deployment = LocalDeployment(
                 spec, log_dir=deployment_dir(name), node=self.node.name, resolved_target=resolved,
@@ -230,7 +235,45 @@ class ControlPlane:
             self.deployments[spec.name] = deployment
             if not restore:
                 await self._save(deployment)
-            return deployment.status()
+            status = deployment.status()
+            if replaced:
+                status["replaced"] = replaced
+            return status
+
+    async def start_deployment(self, name: str) -> dict[str, Any]:
+        """Start the stored deployment `name` as it was stored: its spec, serving the version resolved when it
+        was deployed (as a restarted control plane does). One already running is left as it is."""
+        running = self.deployments.get(name)
+        if running is not None:
+            return {**running.status(), "already_running": True}
+        try:
+            record = await self._db(self._store.get_deployment, name)
+        except NotFoundError as exc:  # its message lists the deployments there are
+            raise NotFoundError(f"{exc.message} kaon deploy FILE|TARGET --name {name} creates it.") from None
+        spec, resolved = from_stored(record.spec, source=f"deployment '{name}'")
+        return await self.deploy(spec, resolved_target=resolved)
+
+    async def _replaced(self, spec: Deployment, resolved: str | None) -> dict[str, Any] | None:
+        """What deploying `spec` replaces of a stored deployment of that name that is not running here (stopped,
+        say), so that the caller can tell the user; None when nothing is stored or nothing changes."""
+        record = await self._db(self._stored, spec.name)
+        if record is None:
+            return None
+        try:
+            old, old_resolved = from_stored(record.spec, source=f"deployment '{spec.name}'")
+        except KaonError:  # stored by an older kaon, say: it is replaced, what changed is unknown
+            return {"status": record.status, "changes": []}
+        changes = [{"field": key, "stored": before, "now": after} for key, before, after in spec_changes(old, spec)]
+        if old_resolved is not None and resolved is not None and old_resolved != resolved:
+            changes.append({"field": "serving", "stored": old_resolved, "now": resolved})
+        return {"status": record.status, "changes": changes} if changes else None
+
+    def _stored(self, name: str) -> Any:
+        """The registry's record of deployment `name`, or None."""
+        try:
+            return self._store.get_deployment(name)
+        except NotFoundError:
+            return None
 
     async def scale(self, name: str, replicas: int | None) -> dict[str, Any]:
         deployment = self._require(name)
@@ -258,11 +301,23 @@ class ControlPlane:
             return self._require(name).status()
         return [deployment.status() for deployment in self.deployments.values()]
 
-    def logs(self, name: str, tail: int = 200, replica: int | None = None) -> dict[str, Any]:
+    def logs(self, name: str, tail: int = 200, replica: int | None = None, *,
+             all_replicas: bool = False) -> dict[str, Any]:
+        """The last `tail` lines of the running replicas' logs (of a stopped deployment: of every replica's kept
+        log), of every kept log with `all_replicas`, or of `replica`'s."""
         folder = deployment_dir(name)
-        if name not in self.deployments and not folder.is_dir():
+        deployment = self.deployments.get(name)
+        if deployment is None and not folder.is_dir():
             self._require(name)
-        return {"name": name, "lines": read_logs(folder, tail=tail, replica=replica)}
+        logged = replica_logs(folder)
+        running = sorted({r.index for r in deployment.supervisor.replicas}) if deployment else []
+        if replica is not None:
+            if replica not in logged:
+                raise unknown_replica_error(name, replica, logged, running)
+            chosen: list[int] | None = [replica]
+        else:
+            chosen = None if all_replicas or deployment is None else running
+        return {"name": name, "lines": read_logs(folder, tail=tail, replicas=chosen)}
 
     def nodes(self) -> list[dict[str, Any]]:
         placed = {name: len(d.placed()) for name, d in self.deployments.items()}
@@ -369,9 +424,9 @@ class ControlPlane:
     def _require(self, name: str) -> LocalDeployment:
         deployment = self.deployments.get(name)
         if deployment is None:
-            known = ", ".join(sorted(self.deployments)) or "none running"
-            raise NotFoundError(f"no running deployment named '{name}'. Running: {known}. "
-                                "Start it with kaon deploy FILE|TARGET --name NAME.")
+            known = ", ".join(sorted(self.deployments)) or "none"
+            raise NotFoundError(f"no running deployment named '{name}'. Running: {known}. A stopped one starts "
+                                f"with kaon start {name}; a new one with kaon deploy FILE|TARGET --name {name}.")
         return deployment
 
     def _free_deployment_port(self) -> int:
@@ -448,6 +503,7 @@ class ControlPlane:
         }
         actions: dict[tuple[str, str], Callable[..., Awaitable[Any]]] = {
             ("POST", "scale"): self._api_scale, ("POST", "stop"): self._api_stop, ("GET", "logs"): self._api_logs,
+            ("POST", "start"): self._api_start,
         }
         if len(parts) == 2 and parts[0] == "v1" and (method, parts[1]) in collection:
             return collection[method, parts[1]], ()
@@ -478,6 +534,9 @@ class ControlPlane:
     async def _api_stop(self, request: HttpMessage, name: str) -> Any:
         return await self.stop(name)
 
+    async def _api_start(self, request: HttpMessage, name: str) -> Any:
+        return await self.start_deployment(name)
+
     async def _api_logs(self, request: HttpMessage, name: str) -> Any:
         query = parse_qs(request.query)
         try:
@@ -485,7 +544,8 @@ class ControlPlane:
             replica = int(query["replica"][0]) if "replica" in query else None
         except ValueError as exc:
             raise InvalidInputError(f"tail and replica must be integers. Received: {request.query!r}") from exc
-        return self.logs(name, tail=tail, replica=replica)
+        everything = query.get("all", ["false"])[0].lower() in ("1", "true", "yes")
+        return self.logs(name, tail=tail, replica=replica, all_replicas=everything)
 
     async def _api_nodes(self, request: HttpMessage) -> Any:
         return self.nodes()

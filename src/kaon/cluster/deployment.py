@@ -238,6 +238,27 @@ def from_stored(data: dict[str, Any], source: str) -> tuple[Deployment, str | No
     return Deployment.parse(fields, source=source), resolved
 
 
+def spec_changes(old: Deployment, new: Deployment) -> list[tuple[str, Any, Any]]:
+    """(field, old value, new value) for each field that differs, nested ones dotted (`resources.cpus`).
+
+    >>> spec_changes(Deployment(name="d", target="m.onnx"), Deployment(name="d", target="m.onnx", max_replicas=3))
+    [('max_replicas', 4, 3)]
+    """
+    before, after = _flat(old.model_dump(mode="json")), _flat(new.model_dump(mode="json"))
+    return [(key, before.get(key), after.get(key)) for key in dict.fromkeys([*before, *after])
+            if before.get(key) != after.get(key)]
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):  # an empty one adds nothing: {} -> {a: 1} reads as 'serve.a None -> 1'
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def default_name(target: Any) -> str:
     """A deployment name from a target: digits@production -> digits, out/model.onnx -> model,
     service.py:Digits (or the class) -> digits."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from kaon.cluster._text import plural
 from kaon.errors import InsufficientResourcesError
 
 _EPS = 1e-9
@@ -155,7 +156,8 @@ def _short(demand: Demand, placed_so_far: int, nodes: Sequence[Node], free: Mapp
         rooms.append(f"'{node.name}' has {max(room.cpus, 0):g} of {node.cpus:g} cpus, "
                      f"{max(room.memory_mb, 0):g} of {node.memory_mb} MiB"
                      + (f", {max(room.gpus, 0):g} of {node.gpus} gpus" if node.gpus or demand.gpus else "")
-                     + (f" (already {demand.max_per_node} replicas, max_replicas_per_node)" if capped else ""))
+                     + (f" (already {plural(demand.max_per_node or 0, 'replica')}, max_replicas_per_node)"
+                        if capped else ""))
         shortfalls[node.name] = missing
     short = "; ".join(
         f"'{name}' by " + (", ".join(f"{v:g} {'MiB' if k == 'memory_mb' else k}" for k, v in missing.items())

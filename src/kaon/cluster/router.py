@@ -9,6 +9,8 @@
   slowly is never retried (504): the request may still be running there.
 - Cold start: with no replica ready (scaled to zero, or all restarting) a request waits, up to
   `cold_start_timeout_s`, and `on_demand` tells the autoscaler at once instead of at its next tick.
+  Unless the replicas keep failing at start-up (the supervisor calls `set_failing`): then, while none is
+  ready, a request gets a 503 `replicas_failing` at once, with Retry-After, instead of waiting in vain.
 - Load: in-flight requests integrated over time, arrivals and latencies, read and reset by the
   autoscaler with `take_load()` every step.
 
@@ -44,6 +46,12 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRAC
 # An idle pooled connection older than this is dropped: uvicorn closes idle keep-alives after 5 s.
 _POOL_IDLE_S = 4.0
 _MAX_POOLED = 64
+
+
+class ReplicasFailingError(OverloadedError):
+    """No replica is ready and they keep failing at start-up: a 503 at once (a cold start would not come)."""
+
+    code = "replicas_failing"
 
 
 class _UpstreamFailed(Exception):
@@ -102,6 +110,8 @@ class Router:
         self._server: asyncio.Server | None = None
         self._changed: asyncio.Condition | None = None
         self._clients: set[asyncio.StreamWriter] = set()
+        self.failing: str | None = None  # why the replicas fail to start, while they do (set_failing)
+        self._failing_retry_after_s = 5.0
         # load accounting
         self._in_flight = 0
         self._waiting = 0
@@ -152,6 +162,24 @@ class Router:
         if replica is not None:
             replica.routable = False
             _close_pool(replica)
+
+    def set_failing(self, reason: str | None, *, retry_after_s: float = 5.0) -> None:
+        """The replicas keep failing at start-up (`reason`, e.g. 'replica 0 exited with 1 while starting, 2 times
+        in a row'), or no longer (None). While failing and no replica is routable, requests are answered 503 at
+        once, those waiting for a replica included."""
+        self.failing = reason
+        self._failing_retry_after_s = retry_after_s
+        if reason is not None:
+            self._notify()
+
+    def _failing_fast(self) -> bool:
+        return self.failing is not None and not any(r.routable for r in self._replicas.values())
+
+    def _failing_error(self) -> ReplicasFailingError:
+        return ReplicasFailingError(
+            f"no replica of '{self.name}' is ready and they fail to start ({self.failing}). See why with "
+            f"`kaon logs {self.name}`; fix the target and deploy again, or kaon stop {self.name}.",
+            retry_after_s=self._failing_retry_after_s)
 
     def outstanding(self, key: str) -> int:
         replica = self._replicas.get(key)
@@ -234,6 +262,8 @@ class Router:
                     # No replica, or every one failed this request: wait for one that has not (a cold
                     # start, or the restart of a replica that died) - briefly when some are up.
                     tried_all = any(r.routable for r in self._replicas.values())
+                    if self._failing_fast():
+                        return self._fail(request, self._failing_error(), request_id)
                     wait_started = self._clock()
                     replica = await self._wait_for_replica(
                         tried, timeout_s=min(self.cold_start_timeout_s, self.restart_wait_s) if tried_all else None)
@@ -243,6 +273,8 @@ class Router:
                             f"every replica of '{self.name}' failed this request "
                             f"({len(tried)} tried); retry it, and check `kaon logs {self.name}`.",
                             retry_after_s=1.0), request_id)
+                    if replica is None and self._failing_fast():
+                        return self._fail(request, self._failing_error(), request_id)
                     if replica is None:
                         return self._fail(request, OverloadedError(
                             f"no replica of '{self.name}' became ready within {self.cold_start_timeout_s:g} s "
@@ -302,6 +334,8 @@ class Router:
                     if replica is not None:
                         return replica
                     remaining = deadline - self._clock()
+                    if self._failing_fast():
+                        return None
                     if remaining <= 0:
                         return None
                     with contextlib.suppress(asyncio.TimeoutError):

@@ -11,6 +11,8 @@ logging to KAON_HOME/deployments/NAME/replica-I.log. Its life:
 get there. A rollout (`roll(spec)`) starts replicas of the new spec and drains the old ones only as
 the new ones become ready, so a deployment never has fewer ready replicas than it asked for.
 On Linux each replica gets SIGTERM if the control plane dies (PR_SET_PDEATHSIG): no orphans.
+Replicas that keep failing at start-up make the router answer 503 at once until one is ready (`set_failing`);
+a new replica number prunes the logs of gone replicas beyond the most recent MAX_DEAD_REPLICA_LOGS.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from kaon.cluster._http import HttpMessage, MessageReader, render_request
+from kaon.cluster._paths import prune_replica_logs
 from kaon.cluster.deployment import Deployment
 from kaon.cluster.router import Router
 
@@ -38,6 +41,9 @@ log = logging.getLogger("kaon.cluster.supervisor")
 
 _PR_SET_PDEATHSIG = 1
 _COLD_START_SMOOTHING = 0.3
+# A replica that fails at start-up this many times in a row (never ready in between) is crash-looping: until
+# one is ready again the router answers 503 at once instead of holding requests for a cold start.
+_FAILED_STARTS_BEFORE_FAILING_FAST = 2
 
 
 @dataclass
@@ -112,6 +118,8 @@ class Supervisor:
         if target != self.target:
             log.info("%s: scale %d -> %d", self.deployment.name, self.target, target)
         self.target = max(0, target)
+        if self.target == 0:  # nothing left to fail: the next request may try a cold start again
+            self.router.set_failing(None)
         self._wake.set()
 
     def roll(self, deployment: Deployment) -> None:
@@ -119,6 +127,7 @@ class Supervisor:
         self.generation += 1
         self._specs[self.generation] = deployment
         self.deployment = deployment
+        self.router.set_failing(None)  # the new spec may start: requests wait for it again
         self._wake.set()
 
     def update_spec(self, deployment: Deployment) -> None:
@@ -213,6 +222,10 @@ class Supervisor:
                 incarnation: int = 0) -> ReplicaProcess:
         if index is None:
             index, self._next_index = self._next_index, self._next_index + 1
+            try:
+                prune_replica_logs(self.log_dir, {r.index for r in self.replicas} | {index})
+            except OSError as exc:
+                log.warning("%s: could not prune old replica logs in %s: %s", self.deployment.name, self.log_dir, exc)
         replica = ReplicaProcess(index=index, port=free_port(), generation=self.generation,
                                  log_path=self.log_dir / f"replica-{index}.log", warm=warm, restarts=restarts,
                                  incarnation=incarnation, started_at=self._clock())
@@ -274,6 +287,7 @@ class Supervisor:
         if replica.state == "starting":
             replica.state = "warm" if replica.warm else "ready"
         self.router.add_replica(replica.key, replica.port, routable=replica.state == "ready")
+        self.router.set_failing(None)
         log.info("%s: replica %s ready on port %d in %.2f s", spec.name, replica.key, replica.port, measured)
         self._changed()
         failures = 0
@@ -314,6 +328,9 @@ class Supervisor:
         streak = 1 if served_a_while else replica.crash_streak + 1
         backoff_s = 0.0 if streak == 1 else min(0.25 * 2 ** (streak - 2), 10.0)
         log.warning("%s: replica %s %s; restarting in %.2f s", self.deployment.name, replica.key, why, backoff_s)
+        if replica.ready_at is None and streak >= _FAILED_STARTS_BEFORE_FAILING_FAST:
+            self.router.set_failing(f"replica {replica.index} {why}, {streak} times in a row",
+                                    retry_after_s=max(1.0, min(0.25 * 2 ** (streak - 1), 10.0)))
         await asyncio.sleep(backoff_s)
         with contextlib.suppress(ValueError):
             self.replicas.remove(replica)

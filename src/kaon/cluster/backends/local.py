@@ -107,13 +107,14 @@ class LocalDeployment:
             replica["served"] = stats.get(replica["replica"], {}).get("served", 0)
         last = self.autoscaler.last
         return {
-            "name": self.spec.name, "backend": "local", "url": self.url, "target": self.spec.target,
-            "serving": self.resolved_target or self.spec.target, "generation": self.supervisor.generation,
+            "name": self.spec.name, "backend": "local", "status": "running", "url": self.url,
+            "target": self.spec.target, "serving": self.resolved_target or self.spec.target,
+            "generation": self.supervisor.generation,
             "policy": self.spec.scaling_config().policy, "min_replicas": self.spec.min_replicas,
             "max_replicas": self.spec.max_replicas, "desired": self.supervisor.target,
             "ready": sum(r["state"] == "ready" for r in replicas), "waiting": self.router.waiting,
             "cold_start_s": None if self.supervisor.cold_start_s is None else round(self.supervisor.cold_start_s, 3),
-            "replicas": replicas, "decision": last.to_dict() if last else None,
+            "replicas": replicas, "failing": self.router.failing, "decision": last.to_dict() if last else None,
             "history": self.autoscaler.history[-600:], "spec": self.spec.model_dump(mode="json"),
         }
 
