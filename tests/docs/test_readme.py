@@ -46,11 +46,17 @@ def test_readme_service_snippet_defines_a_working_service():
             async with httpx.AsyncClient(transport=transport, base_url="http://kaon") as client:
                 response = await client.post("/predict", json={"images": [x[i, 0].tolist() for i in range(3)]})
                 schema = (await client.get("/openapi.json")).json()
+            # "Call it": client.predict(images) sends {"inputs": images}, which every batched endpoint takes
+            # (it was a 422 "images: Field required" for this very Service)
+            async with kaon.AsyncClient("http://kaon", transport=transport) as sdk:
+                predicted = await sdk.predict(x[:2, 0])
         finally:
             await app.shutdown()
-        return response, schema
+        return response, schema, predicted
 
-    response, schema = asyncio.run(scenario())
+    response, schema, predicted = asyncio.run(scenario())
+    assert [set(p) for p in predicted] == [{"label", "confidence"}] * 2
+    assert schema["components"]["schemas"]["DigitsPredictRequest"]["required"] == ["images"]
     assert response.status_code == 200 and len(response.json()) == 3
     assert set(response.json()[0]) == {"label", "confidence"}
     assert {"DigitsPredictRequest", "DigitsPredictResponse"} <= set(schema["components"]["schemas"])

@@ -27,6 +27,9 @@ import pydantic
 
 from kaon.errors import ConfigError
 
+# The name every batched endpoint also takes its list under: {"inputs": [...]}, as a served model's does
+BATCH_ALIAS = "inputs"
+
 
 def endpoint(
     func: Callable[..., Any] | None = None,
@@ -155,9 +158,16 @@ def _endpoint_spec(cls: type, attr: str, func: Callable[..., Any], options: dict
     max_wait_ms = options["max_wait_ms"] if options["max_wait_ms"] is not None else default_max_wait_ms
 
     prefix = _camel(service_name(cls)) + _camel(attr)
+    fields: dict[str, Any] = dict(params)
+    if batch_param is not None and batch_param != BATCH_ALIAS:
+        # {"inputs": [...]} works on every batched endpoint, as on a served model's (and kaon.Client.predict(x)
+        # sends it); the schema names the parameter itself
+        ptype, default = params[batch_param]
+        fields[batch_param] = (ptype, pydantic.Field(default, validation_alias=pydantic.AliasChoices(
+            batch_param, BATCH_ALIAS)))
     request_model = pydantic.create_model(  # type: ignore[call-overload]
         f"{prefix}Request", __config__=pydantic.ConfigDict(arbitrary_types_allowed=True, extra="forbid"),
-        **params,
+        **fields,
     )
     try:
         response_model = pydantic.create_model(

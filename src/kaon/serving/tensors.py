@@ -197,6 +197,8 @@ def batch_fast_path(param: str, info: TensorInfo) -> Callable[[bytes], list[np.n
         if type(data) is not dict or len(data) != 1:
             return None
         items = data.get(param)
+        if items is None:
+            items = data.get("inputs")  # every batched endpoint takes {"inputs": [...]} too (service.BATCH_ALIAS)
         if type(items) is not list or not items:
             return None
         try:
