@@ -48,6 +48,10 @@ def test_without_tokens_everything_is_open_and_with_require_auth_nothing_but_pro
             await closed(request("POST", "/predict"))
         with pytest.raises(UnauthorizedError, match=r"header of scheme 'Basic' was sent.*Bearer <token>"):
             await closed(request("POST", "/predict", authorization="Basic YWRhOmx1"))
+        token = "kaon_0123456789ab_" + "s" * 43  # pasted without "Bearer ": said so, and never echoed
+        with pytest.raises(UnauthorizedError, match=r"holds a kaon token without the 'Bearer '") as info:
+            await closed(request("POST", "/predict", authorization=token))
+        assert "kaon_0123" not in str(info.value)
 
     run(scenario())
 

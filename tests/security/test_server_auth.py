@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import kaon
 from kaon.registry import Registry
 from kaon.security import generate_token
 from tests.security.conftest import DIGIT, kaon_cli
@@ -180,7 +181,8 @@ def _lines(path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def test_revoking_the_last_token_does_not_open_the_server(model_file: Path, tmp_path: Path) -> None:
+def test_revoking_the_last_token_does_not_open_the_server(model_file: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Revoking a leaked token (the only one) made a server started without --require-auth answer everyone
     within seconds: the token table was empty, so auth was off. Once on, it stays on."""
     home = tmp_path / "home"
@@ -188,6 +190,9 @@ def test_revoking_the_last_token_does_not_open_the_server(model_file: Path, tmp_
     token = make(home, "only", ("predict",))
     server = Server(["serve", str(model_file), "--name", "digits"], env={"KAON_HOME": str(home)}).wait_ready()
     try:
+        monkeypatch.setenv("KAON_TOKEN", token)  # what the banner says to export: kaon.Client reads it
+        with kaon.Client(server.url) as sdk:
+            assert 0 <= sdk.predict(BODY["inputs"])[0]["label"] < 10
         with httpx.Client(base_url=server.url, timeout=10) as client:
             assert client.post("/predict", json=BODY).status_code == 401
             revoked = kaon_cli(["token", "revoke", token], home)  # the pasted token itself: revoked by its id

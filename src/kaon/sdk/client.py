@@ -13,6 +13,7 @@ Request building and response parsing are shared; the two classes differ only in
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import time
 from typing import Any
@@ -137,8 +138,10 @@ def _result(response: httpx.Response) -> Any:
 class _Base:
     def __init__(self, url: str, token: str | None = None, *, timeout_s: float = 30.0,
                  max_retries: int = 4, backoff_s: float = 0.05, verify: bool | str = True) -> None:
-        """`verify`: check the server's TLS certificate against the system's CAs (True), a CA or certificate
+        """`token`: an API token; None takes $KAON_TOKEN when it is set (as `kaon monitor` does).
+        `verify`: check the server's TLS certificate against the system's CAs (True), a CA or certificate
         file (a path, e.g. the self-signed cert.pem the server uses), or not at all (False)."""
+        token = token if token is not None else os.environ.get("KAON_TOKEN") or None
         self.url = url.rstrip("/")
         self.verify: bool | ssl.SSLContext = verify if isinstance(verify, bool) else ssl.create_default_context(
             cafile=str(verify))

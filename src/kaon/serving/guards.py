@@ -52,6 +52,7 @@ from kaon.security import (
     token_id_of,
     verify_secret,
 )
+from kaon.security.tokens import PREFIX
 
 log = logging.getLogger("kaon.serving")
 
@@ -120,6 +121,19 @@ def release_request(request: Any) -> None:
 def principal_of(request: Any) -> Principal | None:
     """The token a request was admitted with, or None (auth off, or a public route)."""
     return request.__dict__.get(_PRINCIPAL)
+
+
+def _what_was_sent(header: str | None) -> str:
+    """The Authorization header without a usable bearer token, described without echoing a secret."""
+    value = (header or "").strip()
+    if not value:
+        return "none was sent"
+    if value.startswith(PREFIX):
+        return "the Authorization header holds a kaon token without the 'Bearer ' in front of it"
+    scheme = value.partition(" ")[0]
+    if scheme.isalpha() and len(scheme) <= 12:  # Basic, Digest, Token...: a scheme's name is no secret
+        return f"an Authorization header of scheme '{scheme}' was sent"
+    return "the Authorization header is not 'Bearer <token>'"
 
 
 def unauthorized(message: str, scope: str = "predict") -> UnauthorizedError:
@@ -296,9 +310,8 @@ class AuthGuard(Checks):
         if verified is None:  # verified once per token; the table (re-read every TTL) says if it still holds
             token = bearer_token(header)
             if token is None:
-                sent = (header or "").strip().partition(" ")[0]
-                got = f"an Authorization header of scheme '{sent[:20]}' was sent" if sent else "none was sent"
-                raise unauthorized(f"{request.method} {request.path} needs an API token; {got}.", scope)
+                raise unauthorized(f"{request.method} {request.path} needs an API token; {_what_was_sent(header)}.",
+                                   scope)
             verified = await self._verify(token, table, now_s)
             if len(self._verified) >= _MAX_CACHED:
                 self._verified.clear()
