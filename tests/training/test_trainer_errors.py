@@ -126,3 +126,15 @@ def test_evaluate_without_targets_says_to_pass_y(small):
     _, _, x_test, _ = small
     with pytest.raises(InvalidInputError, match=r"need targets.*with y=None\. Pass y="):
         Trainer(make_model(), track=False).evaluate(x_test)
+
+
+def test_a_metric_that_does_not_fit_the_outputs_is_named_not_the_input(small):
+    """metrics=['mae'] on a classifier was reported as 'the model could not run on the input ... start the model
+    with nn.Flatten()' for a model that starts with nn.Flatten: the metric failed, not the forward pass."""
+    x_train, y_train, _, _ = small
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with pytest.raises(TrainingError) as info:
+        Trainer(model, metrics=["mae"], track=False).fit(x_train, y_train, epochs=1, verbose=False)
+    message = str(info.value)
+    assert "metric 'mae' could not compare predictions of shape (32, 10) with targets of shape (32,)" in message
+    assert "metrics=['accuracy']" in message and "could not run on the input" not in message

@@ -42,6 +42,17 @@ def expected_input(model: nn.Module) -> str | None:
     return None
 
 
+def metric_error(name: str, y_pred: torch.Tensor, y: torch.Tensor, exc: BaseException) -> TrainingError:
+    """A metric that cannot compare these predictions with these targets (the fit's forward pass worked)."""
+    got = f"predictions of shape {tuple(y_pred.shape)} with targets of shape {tuple(y.shape)}"
+    if name in ("mae", "mse") and y_pred.ndim == 2 and y_pred.shape[1] > 1 and y.ndim == 1:
+        hint = (f"'{name}' scores regression, one value per target; these look like class scores and class "
+                "labels: use metrics=['accuracy'] (or 'precision', 'recall', 'auc').")
+    else:
+        hint = "Pick metrics that fit the model's outputs and the targets, or pass your own fn(y_pred, y)."
+    return TrainingError(f"metric '{name}' could not compare {got} ({_first_line(exc)}). {hint}")
+
+
 def forward_error(exc: BaseException, model: nn.Module, x: Any, *, where: str) -> BaseException:
     """A TrainingError for a forward pass that failed on the input's shape; else `exc` unchanged."""
     message = _first_line(exc)

@@ -165,7 +165,10 @@ class Trainer:
         self._loss_mean.update(loss.detach(), int(y_pred.shape[0]))
         y_pred = y_pred.detach()
         for metric in self.metrics_:
-            metric.update(y_pred, y)
+            try:
+                metric.update(y_pred, y)
+            except RuntimeError as exc:  # not the model's input: the metric does not fit these outputs
+                raise _diagnose.metric_error(metric.name, y_pred, y, exc) from exc
         return self.logs_
 
     # ---- public entry points -------------------------------------------------------------------
