@@ -30,6 +30,19 @@ def test_explain_a_program_on_a_npy_batch_writes_arrays_heatmaps_and_trust(model
     assert "Top features" in result.output and "randomization check passed" in result.output
 
 
+def test_one_sample_and_one_plain_image_are_explained_as_a_batch_of_one(model_files, probe, tmp_path):
+    """An (8, 8) digit, as a server takes it, was 'expected shape (N, 1, 8, 8). Received: shape=(8, 8)'."""
+    x, _ = probe
+    for name, sample in (("image.npy", x[0, 0]), ("sample.npy", x[0])):
+        np.save(tmp_path / name, sample)
+        out = tmp_path / name.replace(".npy", "")
+        result = runner.invoke(app, ["explain", str(model_files["pt2"]), "--input", str(tmp_path / name),
+                                     "--method", "saliency", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert np.load(out / "attributions.npy").shape == (1, 1, 8, 8)
+        assert "explained as a batch of 1" in result.output
+
+
 def test_explain_a_png_on_onnx_with_a_forward_method(model_files, probe, tmp_path):
     x, _ = probe
     Image.fromarray((x[0, 0] * 255).round().astype(np.uint8)).resize((32, 32)).save(tmp_path / "digit.png")

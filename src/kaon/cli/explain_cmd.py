@@ -135,17 +135,40 @@ def _read_array(path: Path, model: Any) -> Any:
         raise InvalidInputError(f"input file not found. Received: {str(path)!r}")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return load_arrays(path, "the input file")
+        return _as_batch(load_arrays(path, "the input file"), model)
     if suffix == ".npz":
         archive = load_arrays(path, "the input file")
         key = next((k for k in _NPZ_KEYS if k in archive), next(iter(archive), None))
         if key is None:
             raise InvalidInputError(f"'{path}' holds no arrays.")
-        return archive[key]
+        return _as_batch(archive[key], model)
     if suffix in _IMAGE_SUFFIXES:
         return _read_image(path, model)
     raise InvalidInputError(f"--input must be a .npy, .npz, .png or .jpg file (.txt for text models). "
                             f"Received: {str(path)!r}")
+
+
+def _as_batch(x: Any, model: Any) -> Any:
+    """`x` with the axes a server adds too: one sample gets the batch axis, (H, W) images the channel axis of a
+    one-channel (N, 1, H, W) model. Anything else is left for the model's own shape check to word."""
+    spec = model.signature.inputs[0] if hasattr(model, "signature") else None
+    sample = tuple(spec.shape[1:]) if spec is not None else None
+    if sample is None or not hasattr(x, "shape"):
+        return x
+
+    def fits(shape: tuple[int, ...], want: tuple[int, ...]) -> bool:
+        return len(shape) == len(want) and all(w in (-1, g) for w, g in zip(want, shape, strict=True))
+
+    if fits(x.shape, sample):
+        console.print(f"one sample of shape {x.shape}: explained as a batch of 1")
+        return x[None]
+    if len(sample) == 3 and sample[0] == 1:  # a one-channel image model
+        if fits(x.shape, sample[1:]):
+            console.print(f"one image of shape {x.shape}: explained as a batch of 1 with one channel")
+            return x[None, None]
+        if x.ndim == 3 and fits(x.shape[1:], sample[1:]):
+            return x[:, None]
+    return x
 
 
 def _read_image(path: Path, model: Any) -> Any:
