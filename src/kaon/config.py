@@ -139,7 +139,8 @@ class ServeConfig:
             try:
                 values[name] = _PARSERS[kind](raw)
             except ValueError as exc:
-                raise ConfigError(f"KAON_{name.upper()} must be a {kind}. Received: {raw!r}") from exc
+                words = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
+                raise ConfigError(f"KAON_{name.upper()} must be {words.get(kind, kind)}. Received: {raw!r}") from exc
         values.update({k: v for k, v in overrides.items() if v is not None})
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
