@@ -83,3 +83,18 @@ def test_a_non_numeric_inference_header_length_is_named():
 
     status, body = asyncio.run(send())
     assert status == 400 and b"Inference-Header-Content-Length" in body
+
+
+def test_half_precision_on_the_cpu_is_served_with_a_warning(models_dir, caplog):
+    """--precision bf16 on a CPU ran silently: slower than fp32 there, and probabilities came back rounded."""
+    import logging
+
+    from kaon.serving.targets import resolve_target
+
+    with caplog.at_level(logging.WARNING, logger="kaon.serving"):
+        resolve_target(str(models_dir / "digits.pt2"), device="cpu", precision="bf16")
+    assert "--precision bf16 on the CPU" in caplog.text and "Serve with fp32 here" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kaon.serving"):
+        resolve_target(str(models_dir / "digits.pt2"), device="cpu", precision="fp32")
+    assert "precision" not in caplog.text

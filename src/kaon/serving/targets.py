@@ -50,6 +50,10 @@ def resolve_target(target: Any, *, name: str | None = None, trust_pickle: bool =
                     "..., dynamic_axes={'input': {0: 'batch'}}) or dynamic_shapes=...) to batch requests.",
                     model.name, model.fixed_batch, model.fixed_batch)
     model.place(device, precision)
+    if precision != "fp32" and str(getattr(model, "device", "cpu")).startswith("cpu"):
+        log.warning("--precision %s on the CPU: half precision is for GPUs; on a CPU it is usually slower than "
+                    "fp32 and rounds the outputs (a probability of 0.998 reads 1.0). Serve with fp32 here.",
+                    precision)
     version = getattr(model, "version", None)
     return model_service(model, str(version.version) if version is not None else None, top_k=top_k)
 
