@@ -65,6 +65,7 @@ def test_no_monitor_turns_detection_off_and_redact_fields_masks_the_fields_named
         assert server.stop() == 0, server.output()
     text = log.read_text()
     assert "P-48213" not in text and "W-7" not in text and '"note":"kept"' in text.replace(" ", "")
+    assert log.stat().st_mode & 0o777 == 0o600  # request bodies: the owner's only (kaon serve made it 0644)
     assert "drift: off (--no-monitor)" in server.output()
     assert f"request log: requests (at most 100/s) to {log}, e-mails, phone and card numbers masked, and " \
            "patient_id, ward" in server.output()

@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -153,23 +155,42 @@ class RequestLog:
             self._size = current.st_size
 
     def _rotate(self) -> None:
+        """Move the log to .1 (the backups up one) and start a new one. With several processes on one log, one
+        rotates at a time, under a lock held across the renames and the new file's creation; a process that then
+        finds another file at `path` than the one it was writing (another rotated it) only follows it."""
         assert self._file is not None
-        if fcntl is not None:  # one process rotates at a time; the others wait, then follow (not rotate again)
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+        with self._rotation_lock():
+            mine = os.fstat(self._file.fileno()).st_ino
+            try:
+                current: int | None = os.stat(self.path).st_ino
+            except FileNotFoundError:
+                current = None
+            self._file.close()
+            self._file = None
+            try:
+                if current == mine:
+                    if self.num_backups == 0:
+                        os.remove(self.path)
+                    else:
+                        for index in range(self.num_backups - 1, 0, -1):
+                            older = self.path.with_name(f"{self.path.name}.{index}")
+                            if older.exists():
+                                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+                        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+            finally:
+                self._open()
+
+    @contextlib.contextmanager
+    def _rotation_lock(self) -> Iterator[None]:
+        if fcntl is None:  # Windows: one process per log
+            yield
+            return
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            rotated = os.path.exists(self.path) and os.stat(self.path).st_ino != os.fstat(self._file.fileno()).st_ino
-            if not rotated:
-                if self.num_backups == 0:
-                    os.remove(self.path)
-                else:
-                    for index in range(self.num_backups - 1, 0, -1):
-                        older = self.path.with_name(f"{self.path.name}.{index}")
-                        if older.exists():
-                            os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
-                    os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
         finally:
-            self._file.close()  # and its lock
-        self._open()
+            os.close(fd)  # and its lock
 
     def files(self) -> list[Path]:
         """The log and its backups that exist, newest first."""

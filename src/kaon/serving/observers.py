@@ -198,9 +198,13 @@ class Observers:
             exchanges = [_exchange(req, resp, elapsed_s, at_s) for req, resp, elapsed_s, at_s, log_it, _ in batch
                          if log_it]
             if exchanges:
-                self.request_log.write(exchanges)
-                if self.metrics is not None:
-                    self.metrics.logged.inc(len(exchanges))
+                try:
+                    self.request_log.write(exchanges)
+                except OSError:  # a full disk, say: drift monitoring goes on
+                    log.exception("writing %d records to the request log failed", len(exchanges))
+                else:
+                    if self.metrics is not None:
+                        self.metrics.logged.inc(len(exchanges))
         monitor = self.monitor
         if monitor is None:
             return
@@ -272,8 +276,7 @@ def check_observer_settings(config: Any) -> None:
         path = Path(config.request_log)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "ab"):
-                pass
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))  # request bodies: owner only
         except OSError as exc:
             raise ConfigError(f"the request log {str(path)!r} cannot be written: {exc.strerror or exc}. "
                               "Pick a writable path for --request-log.") from exc
