@@ -145,23 +145,26 @@ def test_ids_out_of_range_are_invalid_input_not_database_errors(registry: Regist
 
 def test_a_run_whose_process_ended_reads_as_crashed_once_and_for_all(registry: Registry) -> None:
     """Only the host a process ran on can tell it ended; a reused pid (another start time) has ended too."""
-    import socket
     import subprocess
     import sys
 
     from sqlalchemy import update
 
-    from kaon._internal.processes import process_start
+    from kaon._internal.processes import process_start, this_process
     from kaon.registry._schema import RunRow
 
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                            text=True, check=True)
-    host, here = socket.gethostname(), os.getpid()
+    here = os.getpid()
+    machine = this_process().rsplit(":", 2)[0]  # host/pid-namespace
+    host = machine.split("/")[0]
     owners = {
-        "ended": f"{host}:{ended.stdout.strip()}:1",
-        "pid reused": f"{host}:{here}:{int(process_start(here) or 0) + 1}",
-        "alive": f"{host}:{here}:{process_start(here)}",
-        "other host": f"{host}-elsewhere:{ended.stdout.strip()}:1",
+        "ended": f"{machine}:{ended.stdout.strip()}:1",
+        "pid reused": f"{machine}:{here}:{int(process_start(here) or 0) + 1}",
+        "alive": f"{machine}:{here}:{process_start(here)}",
+        "other host": f"{host}-elsewhere/{machine.split('/')[1]}:{ended.stdout.strip()}:1",
+        # a container sharing the host's name and KAON_HOME: its pid 1 is not this host's pid 1
+        "other pid namespace": f"{host}/1:1:1",
         "no owner": None,  # made by kaon before owners were recorded
     }
     ids = {}
@@ -169,10 +172,11 @@ def test_a_run_whose_process_ended_reads_as_crashed_once_and_for_all(registry: R
         ids[name] = registry.create_run(name).id
         with registry._writer.begin() as connection:
             connection.execute(update(RunRow).where(RunRow.id == ids[name]).values(owner=owner))
-    assert registry.create_run("mine").owner.split(":")[:2] == [host, str(here)]
+    assert registry.create_run("mine").owner.split(":")[:2] == [machine, str(here)]
     statuses = {run.name: run.status for run in registry.list_runs()}
     assert statuses == {"ended": "crashed", "pid reused": "crashed" if process_start(here) else "running",
-                        "alive": "running", "other host": "running", "no owner": "running", "mine": "running"}
+                        "alive": "running", "other host": "running", "other pid namespace": "running",
+                        "no owner": "running", "mine": "running"}
     with pytest.raises(InvalidInputError, match="already finished as 'crashed'"):
         registry.finish_run(ids["ended"])
     registry.finish_run(ids["alive"])

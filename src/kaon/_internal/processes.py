@@ -28,20 +28,35 @@ def process_start(pid: int) -> str:
 
 
 def this_process() -> str:
-    """`host:pid:start` for this process, as `owner_gone` reads it back."""
-    return f"{socket.gethostname()}:{os.getpid()}:{process_start(os.getpid())}"
+    """`host/pid-namespace:pid:start` for this process, as `owner_gone` reads it back."""
+    return f"{_machine()}:{os.getpid()}:{process_start(os.getpid())}"
 
 
 def owner_gone(owner: str | None) -> bool:
-    """True when `owner` (from `this_process`) ran on this host and has ended. Processes on other hosts, and
-    owners this cannot read, count as running: only the host a process ran on can tell that it ended."""
+    """True when `owner` (from `this_process`) ran where this process runs (the same host and PID namespace: a
+    container's pid 1 is not this host's) and has ended. Other owners, and owners this cannot read, count as
+    running: only where a process ran can it be told that it ended."""
     parts = (owner or "").rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+    if len(parts) != 3 or parts[0] != _machine() or not parts[1].isdigit():
         return False
     pid, started = int(parts[1]), parts[2]
     if not process_alive(pid):
         return True
     return bool(started) and process_start(pid) not in ("", started)  # the pid now names another process
+
+
+def owner_host(owner: str) -> str:
+    """The host an owner ran on, for messages."""
+    return owner.rsplit(":", 2)[0].split("/", 1)[0]
+
+
+def _machine() -> str:
+    """This host and PID namespace ("" where /proc does not say): where a pid means one process."""
+    try:
+        namespace = "".join(c for c in os.readlink("/proc/self/ns/pid") if c.isdigit())
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}/{namespace}"
 
 
 def _stat_fields(pid: int) -> list[str] | None:

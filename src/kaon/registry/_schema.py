@@ -60,7 +60,7 @@ class RunRow(Base):
     summary: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
-    owner: Mapped[str | None] = mapped_column(String(255))  # host:pid:start of the process running it
+    owner: Mapped[str | None] = mapped_column(String(255))  # host/pid-namespace:pid:start of the process running it
 
 
 class RunMetricRow(Base):

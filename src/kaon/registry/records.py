@@ -19,7 +19,7 @@ class RunRecord:
     summary: dict[str, Any]
     created_at: datetime  # UTC
     finished_at: datetime | None = None
-    owner: str | None = None  # host:pid:start of the process that runs it
+    owner: str | None = None  # host/pid-namespace:pid:start of the process that runs it
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from kaon._internal.processes import owner_gone, this_process
+from kaon._internal.processes import owner_gone, owner_host, this_process
 from kaon.config import artifacts_dir, database_url, kaon_home
 from kaon.errors import InvalidInputError, RegistryError
 from kaon.registry._database import (
@@ -205,7 +205,8 @@ class Registry:
         settled: dict[int, RunRecord] = {}
         with self._writing() as session:
             for row in session.scalars(select(RunRow).where(RunRow.id.in_(lost), RunRow.status == "running")):
-                host, pid, _ = (row.owner or "::").rsplit(":", 2)
+                owner = row.owner or "::"
+                host, pid = owner_host(owner), owner.rsplit(":", 2)[1]
                 row.status, row.finished_at = "crashed", now()
                 row.summary = {**row.summary, "error": (
                     f"the process running it (pid {pid} on {host}) ended without finishing the run: it was "

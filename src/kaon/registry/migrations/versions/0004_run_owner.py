@@ -1,4 +1,4 @@
-"""Runs remember the process that owns them (`host:pid:start`), so a run whose process was killed
+"""Runs remember the process that owns them (`host/pid-namespace:pid:start`), so a run whose process was killed
 (SIGKILL, out of memory) reads as 'crashed' instead of 'running' forever.
 
 Revision ID: 0004
