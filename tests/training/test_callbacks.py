@@ -246,3 +246,22 @@ def test_a_resumed_fit_continues_the_optimizer_where_it_stopped(tmp_path):
     sgd = Trainer(build(), optimizer="sgd", track=False)
     with pytest.warns(RuntimeWarning, match="of class Adam, and this Trainer uses SGD"):
         sgd.load_weights(tmp_path / "3.safetensors")
+
+    # fine-tuning at another rate keeps it (the checkpoint's lr was restored silently), moments come along
+    tuned = Trainer(build(), optimizer="adam", lr=1e-4, track=False)
+    with pytest.warns(RuntimeWarning, match=r"ran at lr=0.01 .*this Trainer's lr=0.0001 is kept"):
+        tuned.load_weights(tmp_path / "3.safetensors")
+    assert tuned.optimizer_.param_groups[0]["lr"] == 1e-4 and tuned.optimizer_.state
+
+    # a rerun without the optimizer's state: the file left by the first run is not loaded with new weights
+    trainer(build()).fit(x, y, epochs=1, batch_size=32, verbose=False,
+                         callbacks=[ModelCheckpoint(tmp_path / "again{epoch}.safetensors")])
+    (tmp_path / "again1.safetensors.optimizer").rename(tmp_path / "kept.optimizer")
+    trainer(build()).fit(x, y, epochs=1, batch_size=32, verbose=False,
+                         callbacks=[ModelCheckpoint(tmp_path / "again{epoch}.safetensors", save_optimizer=False)])
+    assert not (tmp_path / "again1.safetensors.optimizer").exists()  # removed, not left stale
+    (tmp_path / "kept.optimizer").rename(tmp_path / "again1.safetensors.optimizer")  # a stale copy put back
+    stale = trainer(build())
+    with pytest.warns(RuntimeWarning, match="was not saved with these weights"):
+        stale.load_weights(tmp_path / "again1.safetensors")
+    assert not stale.optimizer_.state

@@ -110,7 +110,12 @@ def optimizer_file(weights_file: Path) -> Path:
     return weights_file.with_name(weights_file.name + OPTIMIZER_SUFFIX)
 
 
-def optimizer_to_safetensors(optimizer: torch.optim.Optimizer) -> bytes:
+# Both files of one checkpoint carry the same random id: an optimizer file left from another save (a rerun with
+# save_optimizer=False, a copy) is not loaded with weights it does not belong to
+CHECKPOINT_ID_KEY = "kaon_checkpoint_id"
+
+
+def optimizer_to_safetensors(optimizer: torch.optim.Optimizer, checkpoint_id: str) -> bytes:
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     values: dict[str, dict[str, object]] = {}
@@ -121,18 +126,20 @@ def optimizer_to_safetensors(optimizer: torch.optim.Optimizer) -> bytes:
             else:
                 values.setdefault(str(index), {})[key] = value
     described = {"class": type(optimizer).__name__, "param_groups": state["param_groups"], "values": values}
-    return to_safetensors(tensors, {_OPTIMIZER_KEY: json.dumps(described)})
+    return to_safetensors(tensors, {_OPTIMIZER_KEY: json.dumps(described), CHECKPOINT_ID_KEY: checkpoint_id})
 
 
-def optimizer_from_safetensors(path: Path) -> tuple[str, dict[str, object]]:
-    """(the optimizer's class name, its state_dict) from `optimizer_to_safetensors`'s file."""
+def optimizer_from_safetensors(path: Path) -> tuple[str, str, dict[str, object]]:
+    """(the optimizer's class name, the checkpoint id, its state_dict) from `optimizer_to_safetensors`'s file."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
-        described = json.loads((handle.metadata() or {})[_OPTIMIZER_KEY])
+        metadata = handle.metadata() or {}
+        described = json.loads(metadata[_OPTIMIZER_KEY])
+        checkpoint_id = metadata.get(CHECKPOINT_ID_KEY, "")
         state: dict[int, dict[str, object]] = {
             int(index): dict(entries) for index, entries in described["values"].items()}
         for name in handle.keys():  # noqa: SIM118
             _, index, key = name.split(".", 2)
             state.setdefault(int(index), {})[key] = handle.get_tensor(name)
-    return described["class"], {"state": state, "param_groups": described["param_groups"]}
+    return described["class"], checkpoint_id, {"state": state, "param_groups": described["param_groups"]}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
@@ -150,6 +151,7 @@ class ModelCheckpoint(_Monitor):
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         from kaon._internal.files import atomic_write_bytes
         from kaon.training._weights import (
+            CHECKPOINT_ID_KEY,
             keras_order,
             optimizer_file,
             optimizer_to_safetensors,
@@ -172,10 +174,14 @@ class ModelCheckpoint(_Monitor):
         spent = private.spent() if private is not None else getattr(self.trainer.model, SPENT_ATTRIBUTE, None)
         if spent:  # the privacy this model has spent: a fit resumed from this file adds to it
             metadata[SPENT_METADATA_KEY] = json.dumps([list(run) for run in spent])
+        metadata[CHECKPOINT_ID_KEY] = secrets.token_hex(8)
         if self.save_optimizer:  # first: a weights file is never newer than the state beside it
             optimizer = self.trainer.optimizer_
             optimizer = getattr(optimizer, "original_optimizer", optimizer)  # a private fit's Opacus wrapper
-            atomic_write_bytes(optimizer_file(target), optimizer_to_safetensors(optimizer))
+            atomic_write_bytes(optimizer_file(target),
+                               optimizer_to_safetensors(optimizer, metadata[CHECKPOINT_ID_KEY]))
+        else:
+            optimizer_file(target).unlink(missing_ok=True)  # one left by an earlier save is not these weights'
         atomic_write_bytes(target, to_safetensors(snapshot(self.trainer.model), metadata))
         self.last_path = target
         if is_best:

@@ -420,7 +420,7 @@ class Trainer:
         the learning rate) comes from the `.optimizer` file ModelCheckpoint wrote beside it, when there is one."""
         from safetensors import SafetensorError, safe_open
 
-        from kaon.training._weights import optimizer_file, restore
+        from kaon.training._weights import CHECKPOINT_ID_KEY, optimizer_file, restore
 
         source = Path(path)
         if not source.is_file():
@@ -439,35 +439,49 @@ class Trainer:
                               f"{str(exc).splitlines()[0][:300]}. Build the model as it was when they were saved."
                               ) from exc
         if optimizer_file(source).is_file():
-            self._load_optimizer(optimizer_file(source))
+            self._load_optimizer(optimizer_file(source), metadata.get(CHECKPOINT_ID_KEY))
         if SPENT_METADATA_KEY in metadata:  # a private fit resumed from here counts what was spent before
             spent = [(float(n), float(q), int(k)) for n, q, k in json.loads(metadata[SPENT_METADATA_KEY])]
             setattr(self.model, SPENT_ATTRIBUTE, spent)
         epoch = metadata.get("epoch", "0")
         return int(epoch) if epoch.isdigit() else 0
 
-    def _load_optimizer(self, path: Path) -> None:
+    def _load_optimizer(self, path: Path, checkpoint_id: str | None) -> None:
+        """The optimizer's state (Adam's moments, step counts) from beside a checkpoint; the learning rate stays
+        this Trainer's (fine-tuning at a new one is the common reason to load weights)."""
         from safetensors import SafetensorError
 
         from kaon.training._weights import optimizer_from_safetensors
 
         self._build()
         try:
-            saved, state = optimizer_from_safetensors(path)
+            saved, saved_id, state = optimizer_from_safetensors(path)
         except (SafetensorError, OSError, KeyError, ValueError) as exc:
             raise InvalidInputError(f"{str(path)!r} is not an optimizer state ModelCheckpoint wrote ({exc}). "
                                     "Delete it to resume with a fresh optimizer.") from exc
+        if saved_id != checkpoint_id:
+            warnings.warn(f"{str(path)!r} was not saved with these weights (another save left it): the optimizer "
+                          "starts afresh.", RuntimeWarning, stacklevel=3)
+            return
         optimizer = self.optimizer_
         if saved != type(optimizer).__name__:
             warnings.warn(f"{str(path)!r} holds the state of an optimizer of class {saved}, and this Trainer uses "
                           f"{type(optimizer).__name__}: the optimizer starts afresh.", RuntimeWarning, stacklevel=3)
             return
+        rates = [group["lr"] for group in optimizer.param_groups]
         try:
             optimizer.load_state_dict(state)
         except (ValueError, KeyError, RuntimeError) as exc:
             raise ConfigError(f"the optimizer state in {str(path)!r} does not fit this model's parameters "
                               f"({exc}). Build the model as it was when it was saved, or delete the file to "
                               "resume with a fresh optimizer.") from exc
+        saved_rates = [group["lr"] for group in optimizer.param_groups]
+        for group, rate in zip(optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        if saved_rates != rates:
+            warnings.warn(f"the checkpoint's optimizer ran at lr={saved_rates[0]:g} (ReduceLROnPlateau may have "
+                          f"lowered it); this Trainer's lr={rates[0]:g} is kept. Build the Trainer with "
+                          f"lr={saved_rates[0]:g} to resume at the checkpoint's rate.", RuntimeWarning, stacklevel=3)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self._autocast_dtype is None:
