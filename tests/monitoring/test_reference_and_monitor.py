@@ -202,6 +202,7 @@ def test_webhook_credentials_in_the_url_are_sent_as_basic_auth() -> None:
         server.shutdown()
     assert sink.sent == 1 and "alice" not in sink.url
     assert Receiver.authorizations == ["Basic " + base64.b64encode(b"alice:s3cr@t").decode()]
+    assert WebhookSink("http://u:p@[::1]:9000/hook").url == "http://[::1]:9000/hook"  # brackets kept
 
 
 def test_a_resolved_alert_is_logged_at_the_default_level(caplog) -> None:

@@ -52,6 +52,9 @@ def test_without_tokens_everything_is_open_and_with_require_auth_nothing_but_pro
         with pytest.raises(UnauthorizedError, match=r"holds a kaon token without the 'Bearer '") as info:
             await closed(request("POST", "/predict", authorization=token))
         assert "kaon_0123" not in str(info.value)
+        with pytest.raises(UnauthorizedError, match=r"is not 'Bearer <token>'") as info:
+            await closed(request("POST", "/predict", authorization="hunter2"))  # a password is not a scheme
+        assert "hunter2" not in str(info.value)
 
     run(scenario())
 

@@ -72,8 +72,7 @@ class WebhookSink:
         if parts.username is not None:  # http://user:pass@host/...: urllib sends no credentials from a URL
             pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
             credentials = {"authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
-            host = parts.hostname or ""
-            url = urllib.parse.urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
+            url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))  # [::1] kept
         self.url = url
         self.max_attempts = max_attempts
         self.timeout_s = timeout_s

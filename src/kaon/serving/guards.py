@@ -131,9 +131,12 @@ def _what_was_sent(header: str | None) -> str:
     if value.startswith(PREFIX):
         return "the Authorization header holds a kaon token without the 'Bearer ' in front of it"
     scheme = value.partition(" ")[0]
-    if scheme.isalpha() and len(scheme) <= 12:  # Basic, Digest, Token...: a scheme's name is no secret
+    if scheme.lower() in _KNOWN_SCHEMES:  # named only when it is one: anything else may be a secret
         return f"an Authorization header of scheme '{scheme}' was sent"
     return "the Authorization header is not 'Bearer <token>'"
+
+
+_KNOWN_SCHEMES = frozenset({"basic", "digest", "token", "negotiate", "ntlm", "hoba", "mutual", "apikey", "dpop"})
 
 
 def unauthorized(message: str, scope: str = "predict") -> UnauthorizedError:
