@@ -76,7 +76,7 @@ class ServeConfig:
     max_queue: int = 1024
     max_body_bytes: int = 16 * 1024 * 1024
     trust_pickle: bool = False
-    require_auth: bool = False  # auth is on anyway as soon as any token exists
+    require_auth: bool = False  # auth is on anyway once any token was created (revoked ones count)
     max_tensor_elements: int = 50_000_000
     tls_cert: str | None = None
     tls_key: str | None = None

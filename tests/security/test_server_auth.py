@@ -198,7 +198,7 @@ def test_revoking_the_last_token_does_not_open_the_server(model_file: Path, tmp_
             revoked = kaon_cli(["token", "revoke", token], home)  # the pasted token itself: revoked by its id
             assert revoked.returncode == 0, revoked.stderr
             assert token not in revoked.stdout + revoked.stderr
-            assert "keep refusing requests without one" in " ".join(revoked.stderr.split())
+            assert "servers keep refusing requests without one" in " ".join(revoked.stderr.split())
             headers = {"authorization": f"Bearer {token}"}
             deadline = time.monotonic() + 8
             while client.post("/predict", json=BODY, headers=headers).status_code == 200:
@@ -209,6 +209,12 @@ def test_revoking_the_last_token_does_not_open_the_server(model_file: Path, tmp_
             assert client.get("/metrics").status_code == 401
         missing = kaon_cli(["token", "revoke", token], home)
         assert missing.returncode != 0 and token not in missing.stdout + missing.stderr
+        # nor one started later (a restarted worker, a new replica): a token was created, so auth is on
+        later = Server(["serve", str(model_file), "--name", "digits"], env={"KAON_HOME": str(home)}).wait_ready()
+        try:
+            assert httpx.post(later.url + "/predict", json=BODY, timeout=10).status_code == 401
+        finally:
+            later.stop()
     finally:
         server.stop()
     assert "no active API tokens remain" in server.output()

@@ -113,9 +113,9 @@ def revoke(
         remaining = len(registry.tokens.active())
     console.print(f"revoked token '{escape(record.name)}' (id {record.token_id}); servers refuse it within ~5 s.")
     if not remaining:
-        err_console.print("[yellow]warning[/]: no active tokens remain. Running servers that required a token "
-                          "keep refusing requests without one; a server started now without --require-auth "
-                          "answers everyone. Create a token, or serve with --require-auth.", highlight=False)
+        err_console.print("[yellow]warning[/]: no active tokens remain, so servers keep refusing requests without "
+                          "one (auth stays on once a token was created: revoking never opens a server). Create "
+                          "one with: kaon token create --name NAME", highlight=False)
 
 
 @token_app.command("audit")

@@ -9,7 +9,7 @@ request passes through them, and a coroutine per guard per request cost more tha
 | `AuthGuard` | Bearer token, the route's scope, token-bucket rate, requests in flight | 401, 403, 429 |
 | `TensorLimitGuard` | numbers in a JSON body, pixels of an image body, elements of V2 tensors | 413 |
 
-Auth is on when any token exists in the registry, or with `require_auth=True` (`--require-auth`);
+Auth is on once any token was created in the registry (revoked ones count), or with `require_auth=True`;
 `/healthz`, `/readyz` and `/v2/health/*` never need a token. A token is verified once with scrypt
 (in a thread, never on the event loop) and then found in an in-memory cache. The token table is
 re-read from the registry every `cache_ttl_s` (5 s) in the background, so a revoked or new token
@@ -31,6 +31,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -190,7 +191,7 @@ class AuthGuard(Checks):
     # the token table -----------------------------------------------------------------------------
 
     def is_on(self) -> bool:
-        """Whether requests need a token now (--require-auth, or any token exists); False if unreadable."""
+        """Whether requests need a token (--require-auth, or any token was ever created); False if unreadable."""
         if self.require_auth:
             return True
         try:
@@ -199,21 +200,25 @@ class AuthGuard(Checks):
             return False
 
     def _build_table(self, now_s: float) -> _Table:
-        records = self.load_tokens()
+        records = self.load_tokens()  # revoked and expired ones too: they keep auth on
+        at = datetime.fromtimestamp(self.wall_clock(), timezone.utc)
         by_id = {}
         for record in records:
+            if not record.is_active(at):
+                continue
             rate = (RateLimit.per_second(record.rate_per_s, record.burst)
                     if record.rate_per_s is not None else None)
             by_id[record.token_id] = _Entry(
                 Principal(record.token_id, record.name, frozenset(record.scopes)), record.secret_hash,
                 record.expires_at.timestamp() if record.expires_at is not None else None, rate,
                 record.max_concurrent or self.max_concurrent_per_token)
-        # Once on, auth stays on: revoking (or outliving) the last token must not open the server to everyone
+        # Auth is on once any token was created: revoking (or outliving) the last one must not open a server to
+        # everyone, this one or one started later (a restarted worker, a new replica)
         was_on = self._table is not None and self._table.auth_on
         if was_on and not by_id and not self.require_auth:
-            log.warning("no active API tokens remain; this server keeps refusing requests without one, as it "
-                        "did while they existed. Create one with: kaon token create --name NAME")
-        return _Table(by_id, self.require_auth or bool(by_id) or was_on, now_s)
+            log.warning("no active API tokens remain; requests without one are refused, as while they existed. "
+                        "Create one with: kaon token create --name NAME")
+        return _Table(by_id, self.require_auth or bool(records) or was_on, now_s)
 
     async def start(self) -> None:
         """Load the token table before the server says it is ready, so the first request does not wait for
@@ -462,7 +467,8 @@ def _v2_elements(body: bytes, raw_length: str) -> int:
 
 
 def registry_tokens(url: str | None = None) -> Callable[[], list[Any]]:
-    """A loader of the active tokens of the registry at `url` (default: KAON_HOME), opened on first use."""
+    """A loader of every token of the registry at `url` (default: KAON_HOME), revoked ones included (they keep
+    auth on), opened on first use."""
     opened: list[Any] = []
 
     def load() -> list[Any]:
@@ -470,7 +476,7 @@ def registry_tokens(url: str | None = None) -> Callable[[], list[Any]]:
             from kaon.registry import Registry
 
             opened.append(Registry(url))
-        return list(opened[0].tokens.active())
+        return list(opened[0].tokens.list(include_revoked=True))
 
     return load
 

@@ -60,7 +60,7 @@ class V2Error(BaseModel):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope, "description": description} for status, description in (
         (400, "malformed body (not JSON, bad encoding)"),
-        (401, "missing or unknown token (auth is on with --require-auth or once a token exists)"),
+        (401, "missing or unknown token (auth is on with --require-auth or once a token was created)"),
         (403, "the token lacks the route's scope"),
         (413, "body over --max-body-bytes, or too many inputs"), (422, "the body does not match the schema"),
         (429, "rate limited (Retry-After)"), (500, "a bug or a failing endpoint: the log has the trace"),
