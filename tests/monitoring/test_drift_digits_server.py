@@ -7,6 +7,7 @@ its outlier score.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -134,6 +135,7 @@ def test_alerts_reach_the_log_and_kaon_monitor(server: Server, digits_data, digi
     assert "ALERT" in done.stdout and "outlier_rate" in done.stdout and "requests/s" in done.stdout
     server.stop()
     output = server.output()
-    assert "kaon alert firing: model 'digits' drifted on" in output
+    host = socket.gethostname()
+    assert "kaon alert firing: model 'digits@1' drifted on" in output and f" on {host} (statistic" in output
     records = (digits_registry / "requests.jsonl").read_text().splitlines()
     assert len(records) > 300 and all('"path":"/predict"' in r for r in records)  # probes and scrapes unlogged

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -135,9 +136,10 @@ def test_optimized_version_of_a_parent_without_reference_gets_none(kaon_home):
         assert REFERENCE_FILENAME not in registry.get_version(report.registered).files
 
 
-def test_with_workers_each_alert_is_raised_once_and_every_worker_scores_outliers(kaon_home):
-    """Each of `--workers 2` ran its own drift monitor on its half of the traffic: every drift episode raised
-    each alert twice (two log lines, two webhooks) and /metrics counted 2."""
+def test_with_workers_every_worker_watches_drift_and_its_alerts_name_it(kaon_home):
+    """With `--workers 2` each worker watches the requests it answers (a keep-alive client stays on one worker:
+    watching on one worker alone could see nothing); an alert names the worker, so two of one episode are
+    told apart. Every worker scores the requests that ask for it."""
     from prometheus_client.parser import text_string_to_metric_families
 
     net, (x_train, _, x_test, _) = trained_digits(epochs=1)
@@ -147,26 +149,28 @@ def test_with_workers_each_alert_is_raised_once_and_every_worker_scores_outliers
     inverted = (1.0 - x_test).tolist()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            def alerts() -> dict[str, float]:
-                return {s.labels["detector"]: s.value for f in text_string_to_metric_families(
-                    client.get("/metrics").text) for s in f.samples if s.name == "kaon_alerts_total"}
+            def alerts() -> float:
+                return sum(s.value for f in text_string_to_metric_families(client.get("/metrics").text)
+                           for s in f.samples if s.name == "kaon_alerts_total")
 
             deadline = time.monotonic() + 90
-            sent = 0
-            while not any(alerts().values()):
-                assert time.monotonic() < deadline, f"no alert after {sent} inverted inputs"
-                for _ in range(10):  # new connections: the kernel spreads them over both workers
-                    httpx.post(server.url + "/predict", json={"inputs": inverted[sent % 300:sent % 300 + 8]})
-                    sent += 8
-                time.sleep(0.3)
-            for _ in range(40):  # more of the same drift: still one alert per detector, not one per worker
-                httpx.post(server.url + "/predict", json={"inputs": inverted[:8]})
-            time.sleep(2.0)
-            assert max(alerts().values()) == 1, alerts()
-            for _ in range(20):  # on new connections: both workers answer some, and both score them
+            with httpx.Client(base_url=server.url, timeout=30) as keep_alive:  # one connection: one worker
+                while not alerts():
+                    assert time.monotonic() < deadline, "no drift alert from the worker this client is on"
+                    for start in range(0, 80, 8):
+                        assert keep_alive.post("/predict", json={"inputs": inverted[start:start + 8]}).is_success
+                    time.sleep(0.3)
+            def scored() -> bool:  # on a new connection: either worker answers
                 answer = httpx.post(server.url + "/predict", json={"inputs": inverted[:2]},
                                     headers={"x-kaon-outlier": "1"})
-                assert len(answer.headers["x-kaon-outlier-score"].split(",")) == 2
+                return len(answer.headers.get("x-kaon-outlier-score", "").split(",")) == 2
+
+            # 20 in a row, spread over both workers, all scored (the other worker's monitor may still have
+            # been calibrating when the alert came: until it is built, it answers without a score)
+            deadline = time.monotonic() + 60
+            while not all(scored() for _ in range(20)):
+                assert time.monotonic() < deadline, "a worker does not score outliers"
+                time.sleep(0.5)
     finally:
         assert server.stop() == 0, server.output()
-    assert server.output().count("firing") <= 3, server.output()  # at most one line per detector
+    assert re.search(r"kaon alert firing: model 'digits@1' drifted on \w+ on \S+ worker [01] \(", server.output())

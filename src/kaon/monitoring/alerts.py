@@ -35,11 +35,13 @@ class Alert:
     observed: int  # inputs seen by the monitor when the state changed
     window: int
     time_s: float
+    source: str = ""  # which server saw it: host, and the worker of `kaon serve --workers N`
 
     @property
     def message(self) -> str:
         verb = "drifted" if self.state == "firing" else "is back to normal"
-        return (f"kaon alert {self.state}: model '{self.model}' {verb} on {self.detector} "
+        where = f" on {self.source}" if self.source else ""
+        return (f"kaon alert {self.state}: model '{self.model}' {verb} on {self.detector}{where} "
                 f"(statistic {self.statistic:.4g}, threshold {self.threshold:.4g}, window {self.window}, "
                 f"after {self.observed} inputs)")
 

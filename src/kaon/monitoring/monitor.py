@@ -49,7 +49,7 @@ class Monitor:
                  off_after: int = 3, mmd_reference_size: int = 300, calibration_rounds: int = 300,
                  outlier_rate_tolerance: float = 3.0,
                  metrics: MonitorMetrics | None = None, sinks: list[AlertSink] | None = None,
-                 model_name: str = "model", seed: int = 0) -> None:
+                 model_name: str = "model", seed: int = 0, source: str = "") -> None:
         if window < 20 or stride < 1 or not 0 < alpha < 0.5:
             raise ConfigError(
                 f"the drift window needs window >= 20, stride >= 1 and 0 < alpha < 0.5. "
@@ -63,6 +63,7 @@ class Monitor:
         self.on_after = on_after
         self.off_after = off_after
         self.model_name = model_name
+        self.source = source  # named in each alert: which server (and worker) saw the drift
         # The outlier-rate detector asks "are clearly more inputs outliers than the reference predicts?": live
         # data a model did not train on scores a little higher than its training data always does, so the rate
         # it tests against is `outlier_rate_tolerance` times the reference's (at least 2 points above it).
@@ -201,7 +202,7 @@ class Monitor:
         if event is None:
             return
         alert = Alert(status.name, "firing" if event == "fired" else "resolved", value, status.threshold,
-                      self.model_name, self.observed, self.window, time.time())
+                      self.model_name, self.observed, self.window, time.time(), self.source)
         self.alerts.append(alert)
         if self.metrics is not None:
             self.metrics.alert.labels(status.name).set(1 if event == "fired" else 0)

@@ -21,6 +21,7 @@ import gc
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -369,30 +370,30 @@ def build_observers(app: Any, config: Any) -> Observers | None:
     factory = None
     closers: list[Callable[[], None]] = []
     decoders: dict[str, Decoder] = {}
-    # With `kaon serve --workers N`, worker 0 watches drift on its share of the requests (about 1/N of them,
-    # spread by the kernel: a sample), so that each alert is raised, logged and sent once. The other workers
-    # keep a monitor only to score the requests that ask for it (X-Kaon-Outlier).
-    watches = os.environ.get(WORKER_INDEX_ENV, "0") == "0"
+    # With `kaon serve --workers N`, each worker watches the requests it answers (a client's keep-alive
+    # connection stays on one worker, so no single worker sees a sample of everything); its alerts name it.
+    worker = os.environ.get(WORKER_INDEX_ENV)
+    source = socket.gethostname() + (f" worker {worker}" if worker is not None else "")
     if reference_path is not None and model is not None:
         reference = Reference.load(reference_path)  # fails the startup early on a broken file
         sinks: list[Any] = [log_sink]
         webhook = getattr(config, "alert_webhook", None)
-        if webhook and watches:
+        if webhook:
             sink = WebhookSink(webhook)
             sinks.append(sink)
             closers.append(sink.close)
         window = int(getattr(config, "drift_window", 200))
         stride = int(getattr(config, "drift_stride", 20))
         alpha = float(getattr(config, "drift_alpha", 0.002))
+        record = getattr(model, "version", None)
+        name = str(getattr(record, "ref", None) or getattr(model, "name", "model"))  # digits@2: the version
 
         def factory() -> Monitor:
             return Monitor(reference, feature_extractor(model), window=window, stride=stride, alpha=alpha,
-                           metrics=metrics if watches else None, sinks=sinks if watches else [],
-                           model_name=getattr(model, "name", "model"))
+                           metrics=metrics, sinks=sinks, model_name=name, source=source)
 
         decoders = model_decoders(app, model)
     return Observers(request_log=request_log, log_sample_rate=float(getattr(config, "request_log_sample", 1.0)),
                      max_logged_per_s=int(getattr(config, "request_log_max_per_s", 100)),
-                     monitor_factory=factory,
-                     max_monitored_per_s=int(getattr(config, "monitor_max_per_s", 100)) if watches else 0,
+                     monitor_factory=factory, max_monitored_per_s=int(getattr(config, "monitor_max_per_s", 100)),
                      decoders=decoders, metrics=metrics, closers=closers)

@@ -9,9 +9,9 @@ socket that this supervisor binds first (a taken port fails here, before any mod
        |-> worker 0: python -m kaon.cli serve TARGET   (KAON_* settings, the socket's fd, KAON_WORKER_INDEX=0)
        |-> worker 1: ...
 
-Metrics are summed across workers (kaon.serving.metrics, prometheus_client's multiprocess mode). Worker 0
-watches drift on the requests it answers (about 1/N of them, a sample), so each alert is raised once; every
-worker scores the requests that ask for an outlier score. The request log is one file all of them append to.
+Metrics are summed across workers (kaon.serving.metrics, prometheus_client's multiprocess mode). Each worker
+watches drift on the requests it answers (a client's keep-alive connection stays on one worker, so no one worker
+sees a sample of all traffic), and its alerts name it. The request log is one file all of them append to.
 """
 
 from __future__ import annotations
