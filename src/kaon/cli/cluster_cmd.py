@@ -148,15 +148,7 @@ def deploy(
     spec = _spec_from(source, name=name, port=port, min_replicas=min_replicas, max_replicas=max_replicas,
                       policy=policy, backend=backend, address=address)
     if spec.backend == "ray":
-        from kaon.cluster.backends.ray import deploy_to_ray
-
-        status = deploy_to_ray(spec, timeout_s=timeout_s)
-        _store_spec(spec)
-        if json_out:
-            _print_json(status)
-        else:
-            console.print(f"'{spec.name}' is serving on Ray at {status['url']} with "
-                          f"{plural(status['ready'], 'replica')}")
+        _run_on_ray(spec, timeout_s=timeout_s, json_out=json_out)
         return
     with ControlPlaneClient.connect(start=True) as client:
         status = client.deploy(spec)
@@ -169,6 +161,18 @@ def deploy(
     if replaced:
         console.print(_replaced_message(spec.name, replaced), style="yellow", highlight=False)
     console.print(_deployed_message(status, waited=wait), highlight=False)
+
+
+def _run_on_ray(spec: Deployment, *, timeout_s: float, json_out: bool) -> None:
+    """`kaon deploy` / `kaon start` of a deployment whose backend is Ray: run it there and keep its spec."""
+    from kaon.cluster.backends.ray import deploy_to_ray
+
+    status = deploy_to_ray(spec, timeout_s=timeout_s)
+    _store_spec(spec)
+    if json_out:
+        _print_json(status)
+    else:
+        console.print(f"'{spec.name}' is serving on Ray at {status['url']} with {plural(status['ready'], 'replica')}")
 
 
 def _deployed_message(status: dict[str, Any], *, waited: bool) -> str:
@@ -513,14 +517,7 @@ def start(
             raise NotFoundError(f"{exc.message} kaon deploy FILE|TARGET --name {name} creates it.") from None
     spec = from_stored(record.spec, source=f"deployment '{name}'")[0]
     if spec.backend == "ray":
-        from kaon.cluster.backends.ray import deploy_to_ray
-
-        status = deploy_to_ray(spec, timeout_s=timeout_s)
-        _store_spec(spec)
-        if json_out:
-            _print_json(status)
-        else:
-            console.print(f"'{name}' is serving on Ray at {status['url']} with {plural(status['ready'], 'replica')}")
+        _run_on_ray(spec, timeout_s=timeout_s, json_out=json_out)
         return
     with ControlPlaneClient.connect(start=True) as client:
         status = client.start(name)
