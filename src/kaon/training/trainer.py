@@ -416,8 +416,9 @@ class Trainer:
 
     def load_weights(self, path: str | Path) -> int:
         """Load weights saved by ModelCheckpoint (safetensors) into the model; return the epoch they were saved
-        after (0 if the file does not say), for fit(..., initial_epoch=...). The optimizer's state (Adam's moments,
-        the learning rate) comes from the `.optimizer` file ModelCheckpoint wrote beside it, when there is one."""
+        after (0 if the file does not say), for fit(..., initial_epoch=...). The optimizer's state (Adam's moments
+        and step counts) comes from the `.optimizer` file ModelCheckpoint wrote with it, when there is one; the
+        learning rate stays this Trainer's. The privacy a private fit spent comes from the file's metadata."""
         from safetensors import SafetensorError, safe_open
 
         from kaon.training._weights import CHECKPOINT_ID_KEY, optimizer_file, restore
