@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 import kaon
+from kaon.errors import InvalidInputError
 from kaon.registry import Registry
 from kaon.sdk import ServerUnreachableError
 from tests.security.conftest import DIGIT, kaon_cli
@@ -53,6 +54,8 @@ def test_https_with_a_self_signed_certificate(model_file: Path, tmp_path: Path) 
             client.predict([DIGIT])
         assert "does not trust" in str(refused.value) and "verify='cert.pem'" in str(refused.value)
         assert time.monotonic() - started < 1.0  # not retried
+        with pytest.raises(InvalidInputError, match="verify= must be True, False or a PEM file"):
+            kaon.Client(url, verify=str(tmp_path / "missing.pem"))
         with pytest.raises(httpx.TransportError):  # plain HTTP on the TLS port gets no answer
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
     finally:

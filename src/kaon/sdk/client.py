@@ -55,6 +55,14 @@ def _untrusted(exc: httpx.TransportError) -> bool:
     return "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate verify failed" in str(exc)
 
 
+def _trusting(cafile: str) -> ssl.SSLContext:
+    try:
+        return ssl.create_default_context(cafile=str(cafile))
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidInputError(f"verify= must be True, False or a PEM file of the certificate (or CA) to trust. "
+                                f"Received: verify={str(cafile)!r} ({exc}).") from exc
+
+
 def _unreachable(url: str, exc: httpx.TransportError, attempts: int) -> ServerUnreachableError:
     if _untrusted(exc):
         return ServerUnreachableError(
@@ -143,8 +151,7 @@ class _Base:
         file (a path, e.g. the self-signed cert.pem the server uses), or not at all (False)."""
         token = token if token is not None else os.environ.get("KAON_TOKEN") or None
         self.url = url.rstrip("/")
-        self.verify: bool | ssl.SSLContext = verify if isinstance(verify, bool) else ssl.create_default_context(
-            cafile=str(verify))
+        self.verify: bool | ssl.SSLContext = verify if isinstance(verify, bool) else _trusting(verify)
         self.headers = {"authorization": f"Bearer {token}"} if token else {}
         self.timeout_s = timeout_s
         self.max_retries = max_retries
