@@ -262,8 +262,6 @@ class Router:
                     # No replica, or every one failed this request: wait for one that has not (a cold
                     # start, or the restart of a replica that died) - briefly when some are up.
                     tried_all = any(r.routable for r in self._replicas.values())
-                    if self._failing_fast():
-                        return self._fail(request, self._failing_error(), request_id)
                     wait_started = self._clock()
                     replica = await self._wait_for_replica(
                         tried, timeout_s=min(self.cold_start_timeout_s, self.restart_wait_s) if tried_all else None)
@@ -334,9 +332,7 @@ class Router:
                     if replica is not None:
                         return replica
                     remaining = deadline - self._clock()
-                    if self._failing_fast():
-                        return None
-                    if remaining <= 0:
+                    if remaining <= 0 or self._failing_fast():  # failing: no cold start is coming
                         return None
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._changed.wait(), remaining)

@@ -47,6 +47,7 @@ from kaon.monitoring import (
 )
 from kaon.serving.guards import principal_of
 from kaon.serving.images import as_array
+from kaon.serving.service import BATCH_ALIAS
 from kaon.serving.tensors import is_image_type
 from kaon.serving.workers import WORKER_INDEX_ENV
 
@@ -320,7 +321,7 @@ def model_decoders(app: Any, model: Any) -> dict[str, Decoder]:
                 return np.stack([as_array(item) for item in items])
             try:  # the common case, nested arrays of numbers: 5x faster than the endpoint's own validation
                 data = orjson.loads(request.body)
-                batch = np.asarray(data[param] if param in data else data["inputs"], dtype=dtype)
+                batch = np.asarray(data[param] if param in data else data[BATCH_ALIAS], dtype=dtype)
                 if batch.ndim == len(shape) + 1 and all(w in (-1, g) for w, g in zip(shape, batch.shape[1:],
                                                                                        strict=True)):
                     return batch

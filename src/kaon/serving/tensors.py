@@ -20,6 +20,7 @@ import orjson
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 
 from kaon.serving.images import EncodedImage, decode_image_bytes
+from kaon.serving.service import BATCH_ALIAS
 
 
 def _from_base64(text: str) -> bytes:
@@ -198,7 +199,7 @@ def batch_fast_path(param: str, info: TensorInfo) -> Callable[[bytes], list[np.n
             return None
         items = data.get(param)
         if items is None:
-            items = data.get("inputs")  # every batched endpoint takes {"inputs": [...]} too (service.BATCH_ALIAS)
+            items = data.get(BATCH_ALIAS)  # every batched endpoint takes {"inputs": [...]} too
         if type(items) is not list or not items:
             return None
         try:
