@@ -37,8 +37,7 @@ def _from_base64(text: str) -> bytes:
 
 def _array_validator(shape: tuple[int, ...], dtype: str, image: bool, encoded: bool = False) -> Any:
     want = tuple(shape)
-    # an image item is (C, H, W), or (H, W, C) as Keras models take it
-    channels_last = image and want[0] not in (1, 3) and want[-1] in (1, 3)
+    channels_last = _channels_last(want, image)
 
     def matches(got: tuple[int, ...]) -> bool:
         return len(got) == len(want) and all(w in (-1, g) for w, g in zip(want, got, strict=True))
@@ -67,21 +66,33 @@ def _array_validator(shape: tuple[int, ...], dtype: str, image: bool, encoded: b
         got = tuple(array.shape)
         if matches(got):
             return array
-        if image and channels_last:
-            h, w, c = want
-            if c == 1 and got == (h, w):
-                return array[..., None]
-            if got == (c, h, w):
-                return array.transpose(1, 2, 0)
-        elif image:
-            c, h, w = want
-            if c == 1 and got == (h, w):
-                return array[None]
-            if got == (h, w, c):
-                return array.transpose(2, 0, 1)
+        laid_out = _image_layout(array, got, want, channels_last, 0) if image else None
+        if laid_out is not None:
+            return laid_out
         raise ValueError(f"expected shape {list(want)}. Received: shape {list(got)}.")
 
     return validate
+
+
+def _channels_last(want: tuple[int, ...], image: bool) -> bool:
+    """An image item is (C, H, W), or (H, W, C) as Keras models take it."""
+    return image and want[0] not in (1, 3) and want[-1] in (1, 3)
+
+
+def _image_layout(array: np.ndarray, got: tuple[int, ...], want: tuple[int, ...], channels_last: bool,
+                  lead: int) -> np.ndarray | None:
+    """`array` (`lead` batch axes, then an item of shape `got`) with items in the layout `want` takes, when
+    `got` is one of the other layouts an image item may come in: (H, W) for one channel, or the channels at
+    the other end. None otherwise."""
+    if channels_last:
+        h, w, c = want
+        if c == 1 and got == (h, w):
+            return array[..., None]
+        return np.moveaxis(array, lead, -1) if got == (c, h, w) else None
+    c, h, w = want
+    if c == 1 and got == (h, w):
+        return np.expand_dims(array, lead)
+    return np.moveaxis(array, -1, lead) if got == (h, w, c) else None
 
 
 def _array_schema(shape: tuple[int, ...], dtype: str, image: bool) -> dict[str, Any]:
@@ -188,6 +199,7 @@ def batch_fast_path(param: str, info: TensorInfo) -> Callable[[bytes], list[np.n
     check_finite = dtype.kind == "f" and dtype.itemsize < 8
     integers = dtype.kind in "iu"  # numpy would cast 1.7, "1" and true: the validator decides those
     fixed = -1 not in want  # the item shape is one tuple comparison (each a microsecond matters here)
+    image, channels_last = info.image, _channels_last(want, info.image)
     isfinite, all_of = np.isfinite, np.logical_and.reduce
 
     def decode(body: bytes) -> list[np.ndarray] | None:
@@ -211,7 +223,11 @@ def batch_fast_path(param: str, info: TensorInfo) -> Callable[[bytes], list[np.n
         got = batch.shape[1:]
         if got != want and (fixed or len(got) != len(want)
                             or any(w not in (-1, g) for w, g in zip(want, got, strict=True))):
-            return None
+            # an image may come as (H, W) or with its channels at the other end, as the validator takes it
+            laid_out = _image_layout(batch, got, want, channels_last, 1) if image else None
+            if laid_out is None:
+                return None
+            batch = laid_out
         if check_finite and not all_of(isfinite(batch), axis=None):
             return None
         return list(batch)
