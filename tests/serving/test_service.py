@@ -239,6 +239,44 @@ def test_numpy_values_in_an_answer_are_written_as_json_and_an_unschemable_return
     assert stats.status_code == 200 and stats.json() == {"max": 3.0, "sorted": [1.0, 2.0, 3.0], "count": 3}
     assert rows.status_code == 200 and rows.json() == [[0.0, 1.0, 2.0]]
 
+    import datetime
+    import enum
+
+    class Kind(str, enum.Enum):
+        DIGIT = "digit"
+
+    class Point(pydantic.BaseModel):
+        x: int
+
+    everything = {"when": datetime.datetime(2026, 11, 27, 12, 0), 7: "int key", "huge": 2**70, "set": {1},
+                  "model": Point(x=1), "kind": Kind.DIGIT, "scalar": np.float32(0.1), "tuple": (1, 2.5, None),
+                  "floats": [1e-05, 0.1 + 0.2, 1e300, float("nan"), -0.0]}
+
+    plain = {k: everything[k] for k in ("kind", "scalar", "tuple", "floats")}
+
+    class Loose(kaon.Service):
+        @kaon.endpoint
+        def anything(self, n: int) -> dict:
+            return everything if n == 1 else plain
+
+    async def loose():
+        app = KaonApp(Loose, ServeConfig())
+        await app.startup()
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://kaon") as client:
+                return [await client.post("/anything", json={"n": n}) for n in (1, 2)]
+        finally:
+            await app.shutdown()
+
+    # orjson writes plain values, pydantic the rest (a datetime, an int key, a model): the bytes are pydantic's
+    from kaon.serving.tensors import numpy_to_json
+
+    for answer, sent in zip(asyncio.run(loose()), (everything, plain), strict=True):
+        assert answer.status_code == 200
+        assert answer.content == pydantic.TypeAdapter(dict).dump_json(sent, fallback=numpy_to_json)
+    assert answer.json() == {"kind": "digit", "scalar": 0.10000000149011612, "tuple": [1, 2.5, None],
+                             "floats": [1e-05, 0.30000000000000004, 1e300, None, -0.0]}
+
     class Raw(kaon.Service):
         @kaon.endpoint
         def arrays(self, n: int) -> list[np.ndarray]:

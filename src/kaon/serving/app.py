@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, NamedTuple
 
+import orjson
 import pydantic
 from pydantic_core import PydanticSerializationError
 
@@ -41,6 +42,9 @@ from kaon.serving.tensors import batch_fast_path, is_image_type, numpy_to_json, 
 from kaon.serving.v2 import V2Routes
 
 log = logging.getLogger("kaon.serving")
+# orjson writes only what it writes exactly as pydantic does (dicts with str keys, lists, str, int, float, bool,
+# None; numpy through numpy_to_json); dataclasses, datetimes and subclasses go to numpy_to_json, which refuses them
+_PLAIN_JSON_ONLY = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
 
 Handler = Callable[[Request], Awaitable[Response]]
 Guard = Callable[[Request], Awaitable[None]]
@@ -442,6 +446,11 @@ class KaonApp:
         loose = spec.return_type in (Any, list[Any], dict[str, Any], list[dict[str, Any]])
 
         def encode(result: Any) -> bytes:
+            if loose:  # plain JSON values and numpy: orjson writes the same bytes as pydantic in a quarter the time
+                try:
+                    return orjson.dumps(result, default=numpy_to_json, option=_PLAIN_JSON_ONLY)
+                except orjson.JSONEncodeError:
+                    pass  # anything else (a model, a datetime, a huge int): pydantic's rules, as declared
             try:
                 return response_adapter.dump_json(result, fallback=numpy_to_json, warnings=True if loose else "error")
             except PydanticSerializationError:
