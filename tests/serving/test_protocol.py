@@ -192,6 +192,32 @@ def test_a_plain_post_is_answered_directly_and_like_the_asgi_path() -> None:
     asyncio.run(scenario())
 
 
+def test_each_request_target_form_and_the_headers_reach_the_app_on_both_paths() -> None:
+    """The direct path reads the path from a query or an absolute-form target too; the ASGI path gets the
+    request's own headers although its scope is built only once the headers are in."""
+
+    async def scenario() -> None:
+        async with started() as app:
+            state = ServerState()
+            answers = {}
+            for name, raw, direct in (
+                ("query", post("/double?verbose=1", b'{"xs": [1]}', "x-request-id: q-1"), True),
+                ("absolute", post("http://127.0.0.1:8000/double", b'{"xs": [2]}', "x-request-id: a-1"), True),
+                ("chunked", post("/double", b"", "transfer-encoding: chunked", "x-request-id: c-1")
+                 + b'b\r\n{"xs": [3]}\r\n0\r\n\r\n', False),
+            ):
+                protocol, out = await _connection(app, state)
+                protocol.data_received(raw)
+                assert (type(protocol.cycle) is DirectCycle) is direct, name
+                (answer,) = await _answered(out)
+                status, headers, body = _parts(answer)
+                answers[name] = (status, headers["x-request-id"], body)
+            assert answers == {"query": (200, "q-1", b"[2.0]"), "absolute": (200, "a-1", b"[4.0]"),
+                               "chunked": (200, "c-1", b"[6.0]")}
+
+    asyncio.run(scenario())
+
+
 def test_errors_on_the_direct_path_are_the_usual_envelopes() -> None:
     async def scenario() -> None:
         async with started() as app:

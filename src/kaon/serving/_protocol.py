@@ -28,7 +28,6 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from kaon.serving.app import answer_headers
-from kaon.serving.http import decode_headers
 
 if TYPE_CHECKING:
     from kaon.serving.app import Answer, KaonApp
@@ -101,7 +100,7 @@ class DirectCycle:
     __slots__ = ("announced", "body", "disconnected", "headers", "keep_alive", "message_event", "path", "query",
                  "response_complete", "started")
 
-    def __init__(self, path: str, query: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool,
+    def __init__(self, path: str, query: bytes, headers: dict[str, str], keep_alive: bool,
                  announced: Any) -> None:
         self.started = time.perf_counter()
         self.path, self.query, self.headers, self.keep_alive = path, query, headers, keep_alive
@@ -125,14 +124,22 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
         return type(cls.__name__, (cls,), {"kaon_app": app})
 
     def on_message_begin(self) -> None:
+        # uvicorn's own also builds the ASGI scope, which a request answered directly never reads: it is built
+        # in on_headers_complete, for the requests that take the ASGI path
         self._direct_request = False  # per request: an upgrade or a pipelined request leaves the old cycle current
-        super().on_message_begin()
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
 
     def on_headers_complete(self) -> None:
         app = self.kaon_app
         if app is not None and self._direct(app):
             self._direct_request = True
             return
+        url, headers, expect_100_continue = self.url, self.headers, self.expect_100_continue
+        super().on_message_begin()  # the scope, with what this request's url and header callbacks gathered
+        self.url, self.headers, self.expect_100_continue = url, headers, expect_100_continue
+        self.scope["headers"] = headers
         super().on_headers_complete()
 
     def _direct(self, app: KaonApp) -> bool:
@@ -142,8 +149,10 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
                 or parser.get_http_version() != "1.1"
                 or (self.cycle is not None and not self.cycle.response_complete)):
             return False
-        url = httptools.parse_url(self.url)
-        raw_path = url.path
+        raw_path, query = self.url, b""
+        if raw_path[:1] != b"/" or b"?" in raw_path or b"#" in raw_path:  # else the target is the path itself
+            url = httptools.parse_url(raw_path)
+            raw_path, query = url.path, url.query or b""
         if b"%" in raw_path:
             return False
         path = raw_path.decode("ascii")
@@ -151,15 +160,17 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
             return False
         length = None
         proxied = self.config.proxy_headers
+        headers = {}
         for name, value in self.headers:
             if name == b"content-length":
                 length = value
             elif name == b"transfer-encoding" or (proxied and name in _PROXY_HEADERS):
                 return False  # uvicorn reads chunked bodies, and takes the client's address from a trusted proxy
+            headers[name.decode("latin-1")] = value.decode("latin-1")  # as decode_headers gives them
         if length is None or not length.isdigit() or int(length) > app.config.max_body_bytes:
             return False  # the ASGI path answers 413
         # counted as arriving from its headers on, as on the ASGI path: the batcher waits for a body still on its way
-        self.cycle = DirectCycle(path, url.query or b"", self.headers,  # type: ignore[assignment]
+        self.cycle = DirectCycle(path, query, headers,  # type: ignore[assignment]
                                  parser.should_keep_alive(), app.announce("POST", path))
         return True
 
@@ -184,10 +195,9 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
         announced, cycle.announced = cycle.announced, None
         try:
             if not cycle.disconnected:  # a client gone before its turn costs no inference
-                headers = decode_headers(cycle.headers)
                 handed, announced = announced, None  # answer() settles it from here on
                 try:
-                    answer = await app.answer("POST", cycle.path, headers, bytes(cycle.body),
+                    answer = await app.answer("POST", cycle.path, cycle.headers, bytes(cycle.body),
                                               cycle.query.decode("latin-1"), self.client[0] if self.client else None,
                                               announced=handed)
                 except Exception as exc:  # answer() maps request errors itself: this is a kaon bug; answer 500
