@@ -95,6 +95,9 @@ class ServeConfig:
     top_k: int = 0  # > 0: a classifier model answers with its k best labels and scores instead of all
     workers: int = 1  # server processes on one port (kaon.serving.workers); each loads its own model copy
     name: str | None = None
+    # the URL clients reach this server at when a proxy or a kaon deployment's router stands in front of it:
+    # the banner's URLs and examples use it (a deployment's replicas get their router's)
+    public_url: str | None = None
     log_level: str = "warning"
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -114,6 +117,8 @@ class ServeConfig:
             ("drift_window", self.drift_window >= 20, "an integer >= 20 (inputs per drift test)"),
             ("alert_webhook", self.alert_webhook is None or _is_http_url(self.alert_webhook),
              "an http(s) URL with a host, e.g. http://alerts.internal:9000/kaon"),
+            ("public_url", self.public_url is None or _is_http_url(self.public_url),
+             "an http(s) URL with a host, e.g. https://models.example.com"),
             ("log_level", str(self.log_level).lower() in _LOG_LEVELS, f"one of {', '.join(_LOG_LEVELS)}"),
             ("name", self.name is None or NAME_PATTERN.fullmatch(self.name) is not None,
              f"{NAME_EXPECTED} (it is part of the V2 routes' paths)"),

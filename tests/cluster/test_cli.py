@@ -153,7 +153,8 @@ def test_logs_show_the_running_replicas_keep_ten_dead_ones_and_refuse_an_unknown
         log = folder / f"replica-{index}.log"
         log.write_text(f"dead replica {index}\n")
         os.utime(log, (1_000_000 + index, 1_000_000 + index))
-    plane.client.deploy({"name": "lg", "target": str(digits_onnx), "port": free_port(), "min_replicas": 1,
+    port = free_port()
+    plane.client.deploy({"name": "lg", "target": str(digits_onnx), "port": port, "min_replicas": 1,
                          "resources": {"cpus": 0.5, "memory_mb": 256}})
     deadline = time.monotonic() + 60
     while plane.client.status("lg")["ready"] < 1 and time.monotonic() < deadline:
@@ -162,6 +163,9 @@ def test_logs_show_the_running_replicas_keep_ten_dead_ones_and_refuse_an_unknown
     assert kept == [0, *range(105, 115)]  # the running one and the ten most recent dead ones
     running = kaon("logs", "lg").stdout
     assert "[0] --- kaon: replica 0" in running and "dead replica" not in running
+    # the replica's banner gives the deployment's URL to send requests to, not the replica's private port
+    assert f"clients reach it at http://127.0.0.1:{port}" in running, running
+    assert f"curl -s -X POST http://127.0.0.1:{port}/predict" in running
     every = kaon("logs", "lg", "--all").stdout
     assert "[114] dead replica 114" in every and "[0] --- kaon: replica 0" in every
     unknown = kaon("logs", "lg", "--replica", "42", check=False)

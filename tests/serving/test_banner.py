@@ -72,3 +72,12 @@ def test_with_auth_on_the_banner_says_so_and_its_examples_send_a_token():
             await app.shutdown()
 
     assert "--scopes metrics" in asyncio.run(metrics_without_a_token())  # it said predict, then 403'd that token
+
+
+def test_behind_a_proxy_the_banner_gives_the_public_url_to_send_requests_to():
+    config = ServeConfig(port=8123, public_url="https://models.example.com/")
+    text = banner(KaonApp(Labeller, config), config)
+    assert text.startswith("kaon is serving 'Labeller' at http://127.0.0.1:8123; clients reach it at "
+                           "https://models.example.com\n"), text
+    assert "curl -s -X POST https://models.example.com/predict" in text
+    assert "kaon.Client('https://models.example.com')" in text and "8123/" not in text

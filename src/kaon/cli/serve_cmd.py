@@ -51,6 +51,8 @@ def serve(
                                          "every class's. [default: 0, all]"),
     workers: int = typer.Option(None, help="Server processes on this port, each with its own model copy: one "
                                            "process uses about one core. [default: 1]"),
+    public_url: str = typer.Option(None, help="The URL clients reach this server at, when a proxy stands in front "
+                                              "of it: the banner's URLs and examples use it."),
 ) -> None:
     """Serve a model or a Service over HTTP (JSON, images and the Open Inference Protocol V2)."""
     from kaon.serving.server import leave_stuck_calls
@@ -65,7 +67,7 @@ def serve(
         monitor_max_per_s=monitor_max_per_s, drift_window=drift_window, request_log_sample=request_log_sample,
         request_log_max_bytes=request_log_max_bytes, redact_fields=redact_fields, monitor=monitor,
         drift_reference=drift_reference, alert_webhook=alert_webhook, device=device, precision=precision,
-        top_k=top_k, workers=workers,
+        top_k=top_k, workers=workers, public_url=public_url,
     )
     serve_target(target, config, name=name, trust_pickle=trust_pickle)
     leave_stuck_calls()

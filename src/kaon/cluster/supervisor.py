@@ -256,7 +256,8 @@ class Supervisor:
 
     async def _run(self, replica: ReplicaProcess) -> None:
         spec = self._specs[replica.generation]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.replica_env()}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.replica_env(),
+               "KAON_PUBLIC_URL": self._public_url()}  # its banner (kaon logs) shows the router's URL, not its own
         with open(replica.log_path, "ab") as log_file:
             log_file.write(f"--- kaon: replica {replica.index} (restart {replica.restarts}) starting on port "
                            f"{replica.port} at {replica.started_wall.isoformat()}\n".encode())
@@ -356,6 +357,15 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
+
+    def _public_url(self) -> str:
+        """The URL clients reach this deployment at: its router's."""
+        host = self.router.host
+        if host in ("", "0.0.0.0", "::"):  # every interface: this machine's loopback answers too
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.router.port}"
 
     def _changed(self) -> None:
         if self.on_change is not None:

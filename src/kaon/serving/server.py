@@ -26,8 +26,11 @@ STUCK_CALL_GRACE_S = 2.0
 
 def banner(app: KaonApp, config: ServeConfig) -> str:
     scheme = "https" if config.tls_cert else "http"
-    base = f"{scheme}://{config.host}:{config.port}"
-    lines = [f"kaon is serving '{app.name}' at {base}", ""]
+    local = f"{scheme}://{config.host}:{config.port}"
+    # behind a proxy or a deployment's router, the URLs a client can use are the public ones
+    base = config.public_url.rstrip("/") if config.public_url else local
+    lines = [f"kaon is serving '{app.name}' at {local}" + (f"; clients reach it at {base}" if base != local else ""),
+             ""]
     for spec in app.specs:
         mode = (f"batched up to {spec.max_batch_size}, wait {spec.max_wait_ms:g} ms"
                 if spec.batched and spec.max_batch_size > 1 else "unbatched")
