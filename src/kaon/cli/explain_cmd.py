@@ -60,6 +60,11 @@ def explain(
     exp = run_explain(model, inputs, method=method, target=chosen, heatmap=not is_text,  # type: ignore[arg-type]
                       n_steps=n_steps)
     out.mkdir(parents=True, exist_ok=True)
+    # an earlier run's files go first: its heatmap_3.png must not sit beside this run's one heatmap
+    earlier = [p for p in (out / "attributions.npy", out / "tokens.html", out / "explanation.json",
+                           *sorted(out.glob("heatmap_*.png"))) if p.is_file()]
+    for path in earlier:
+        path.unlink()
     np.save(out / "attributions.npy", exp.attributions)
     written = [out / "attributions.npy"]
     if is_text:
@@ -78,6 +83,9 @@ def explain(
     written.append(out / "explanation.json")
     _print(exp, top, is_text)
     console.print(f"wrote {', '.join(str(p) for p in written)}", soft_wrap=True)
+    if earlier:
+        console.print(f"(replaced the earlier explanation in {out}/: {len(earlier)} files; --out DIR keeps both)",
+                      soft_wrap=True)
 
 
 def _top(exp: Any, k: int, is_text: bool) -> list[Any]:
