@@ -145,6 +145,13 @@ def test_budget_no_variant_meets_registers_nothing(digits, tmp_path):
     assert report.chosen is None and report.registered is None
     assert "original stays the serving version" in report.reasons[-1]
     assert "no variant met the budget" in report.before_after()
+    from kaon.cli import optimize_cmd
+
+    with optimize_cmd.console.capture() as printed:
+        optimize_cmd.print_report(report)
+    text = printed.get()  # one line says that nothing beat the original (it was said twice, in other words)
+    assert text.count("original stays the serving version") == 1, text
+    assert "int8-dynamic skipped" in text
     assert [v.version for v in registry.list_versions("fragile")] == [1]
     assert registry.get_version("fragile@latest").version == 1
     assert registry.get_run(report.run_id).status == "completed"

@@ -71,7 +71,11 @@ def print_report(report: OptimizationReport) -> None:
             console.print(f"[yellow]{escape(variant.name)} failed[/]: {escape(' '.join(variant.notes))}")
         elif variant.status == "skipped":
             console.print(f"[dim]{escape(variant.name)} skipped: {escape(variant.notes[-1])}[/]")
-    console.print(f"[dim]{escape(report.reasons[-1])}[/]")
+    if report.chosen is not None:  # why this one
+        console.print(f"[dim]{escape(report.reasons[-1])}[/]")
+    else:  # why none: each measured variant's reason (the last reason says what the line below says)
+        for reason in report.reasons[:-1]:
+            console.print(f"[dim]{escape(reason)}[/]", soft_wrap=True)
     console.print(f"[bold]{escape(report.before_after())}[/]", soft_wrap=True)
     if report.registered:
         console.print(f"registered {report.registered} (parent {report.source}); serve it: "
