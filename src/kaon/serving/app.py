@@ -45,6 +45,13 @@ log = logging.getLogger("kaon.serving")
 # orjson writes only what it writes exactly as pydantic does (dicts with str keys, lists, str, int, float, bool,
 # None; numpy through numpy_to_json); dataclasses, datetimes and subclasses go to numpy_to_json, which refuses them
 _PLAIN_JSON_ONLY = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
+# A loose return type, and whether an answer has its shape (one that does not is pydantic's to write, and warn of)
+_LOOSE_SHAPES: dict[Any, Callable[[Any], bool]] = {
+    Any: lambda result: True,
+    list[Any]: lambda result: type(result) is list,
+    dict[str, Any]: lambda result: type(result) is dict,
+    list[dict[str, Any]]: lambda result: type(result) is list and all(type(row) is dict for row in result),
+}
 
 Handler = Callable[[Request], Awaitable[Response]]
 Guard = Callable[[Request], Awaitable[None]]
@@ -444,9 +451,12 @@ class KaonApp:
         # numpy scalars) is validated into the type, and what still does not match is a 500, never a body that
         # contradicts the schema. list[dict[str, Any]] (what a served model answers) takes anything JSON.
         loose = spec.return_type in (Any, list[Any], dict[str, Any], list[dict[str, Any]])
+        shaped = _LOOSE_SHAPES.get(spec.return_type) if loose else None
 
         def encode(result: Any) -> bytes:
-            if loose:  # plain JSON values and numpy: orjson writes the same bytes as pydantic in a quarter the time
+            if shaped is not None and shaped(result):
+                # plain JSON values and numpy: orjson writes the same bytes as pydantic in a quarter the time (a value
+                # of another shape goes to pydantic, which warns the endpoint's author that it is not the declared type)
                 try:
                     return orjson.dumps(result, default=numpy_to_json, option=_PLAIN_JSON_ONLY)
                 except orjson.JSONEncodeError:

@@ -84,6 +84,8 @@ def _image_layout(array: np.ndarray, got: tuple[int, ...], want: tuple[int, ...]
     """`array` (`lead` batch axes, then an item of shape `got`) with items in the layout `want` takes, when
     `got` is one of the other layouts an image item may come in: (H, W) for one channel, or the channels at
     the other end. None otherwise."""
+    if len(want) != 3 or len(got) not in (2, 3):  # an image item is (C, H, W) or (H, W, C); else no other layout
+        return None
     if channels_last:
         h, w, c = want
         if c == 1 and got == (h, w):
@@ -195,8 +197,11 @@ def batch_fast_path(param: str, info: TensorInfo) -> Callable[[bytes], list[np.n
     per-item validator (`np.asarray(item, dtype)`, finite, the exact item shape) at about half the cost:
     one orjson parse and one array for the whole batch instead of a pydantic pass and one per item."""
     want, dtype = info.shape, np.dtype(info.dtype)
-    # orjson gives finite numbers only: a non-finite value can come only from a cast to a narrower float
-    check_finite = dtype.kind == "f" and dtype.itemsize < 8
+    if dtype.kind not in "iuf" or not want:
+        # numpy casts any value to a bool, and a lone "1.5" to a number: the validator decides those
+        return lambda body: None
+    # orjson gives finite numbers, but numpy makes NaN of a null, and a cast to a narrower float can overflow
+    check_finite = dtype.kind == "f"
     integers = dtype.kind in "iu"  # numpy would cast 1.7, "1" and true: the validator decides those
     fixed = -1 not in want  # the item shape is one tuple comparison (each a microsecond matters here)
     image, channels_last = info.image, _channels_last(want, info.image)
