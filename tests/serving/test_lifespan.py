@@ -55,3 +55,43 @@ def test_kaon_serve_sets_up_in_the_background_and_hears_of_a_failure():
     sent = _lifespan(app)
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert len(failures) == 1 and app.setup_error is failures[0]
+
+
+class Shadowed(kaon.Service):
+    def setup(self):
+        self.wine = object()  # meant as the model, named as the endpoint
+
+    @kaon.endpoint(max_batch_size=4)
+    def wine(self, xs: list[float]) -> list[float]:
+        return xs
+
+
+def test_a_setup_that_hides_an_endpoint_behind_an_attribute_fails_setup_and_says_which():
+    """It served, and answered every call with a 500 ('object is not callable')."""
+    sent = _lifespan(KaonApp(Shadowed, ServeConfig()))
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert "Shadowed.setup() set self.wine (type object), which hides the endpoint 'wine'" in sent[0]["message"]
+    assert "self.wine_model" in sent[0]["message"]
+
+
+def test_kaon_serve_prints_the_banner_once_setup_is_done_and_never_after_a_failed_one(tmp_path):
+    """The banner ('kaon is serving ... Press Ctrl-C') came before setup(); a failing setup then followed it."""
+    import subprocess
+    import sys
+
+    from tests.servers import free_port
+
+    (tmp_path / "services.py").write_text(
+        "import kaon\n\n"
+        "class Broken(kaon.Service):\n"
+        "    def setup(self):\n"
+        "        raise RuntimeError('weights file is corrupt')\n\n"
+        "    @kaon.endpoint\n"
+        "    def ping(self, n: int) -> int:\n"
+        "        return n\n"
+    )
+    run = subprocess.run([sys.executable, "-m", "kaon.cli", "serve", "services.py:Broken", "--port",
+                          str(free_port())], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert "kaon: setting up 'Broken'" in run.stdout and "weights file is corrupt" in run.stderr
+    assert "Press Ctrl-C" not in run.stdout and "kaon is serving" not in run.stdout

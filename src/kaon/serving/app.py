@@ -25,6 +25,7 @@ from pydantic_core import PydanticSerializationError
 
 from kaon.config import ServeConfig
 from kaon.errors import (
+    ConfigError,
     EndpointTimeoutError,
     InvalidInputError,
     KaonError,
@@ -167,6 +168,14 @@ class KaonApp:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self.service.setup)
         self._set_up = True
+        for spec in self.specs:  # `self.predict = kaon.load(...)` in setup() would hide the endpoint: every call a 500
+            bound = getattr(self.service, spec.method_name, None)
+            if getattr(bound, "__func__", None) is not getattr(type(self.service), spec.method_name, None):
+                raise ConfigError(
+                    f"{type(self.service).__name__}.setup() set self.{spec.method_name} (type "
+                    f"{type(bound).__name__}), which hides the endpoint '{spec.method_name}': an attribute and an "
+                    f"endpoint share that name. Rename the attribute (for example self.{spec.method_name}_model)."
+                )
         warm_up = getattr(self.service, "warm_up", None)
         for spec in self.specs:
             if spec.batched and callable(warm_up):  # e.g. capture CUDA graphs before the first request

@@ -135,8 +135,11 @@ def serve(target: Service | type[Service] | KaonApp, config: ServeConfig | None 
         app.background_setup = True
         app.on_setup_failed = lambda exc: setattr(server, "should_exit", True)  # logged by the app; exit code 1
         sock = bind_listener(config.host, config.port)  # a taken port is a clear error, before the banner
-        if print_banner:
-            print(banner(app, config), flush=True)
+        if print_banner:  # the banner once setup() is done: it names the models it loaded, and says "serving" truly
+            scheme = "https" if config.tls_cert else "http"
+            print(f"kaon: setting up '{app.name}' on {scheme}://{config.host}:{config.port} (/healthz answers "
+                  f"meanwhile; /readyz once it is ready)", flush=True)
+            app.on_ready = lambda: print(banner(app, config), flush=True)
         server.run(sockets=[sock])
     if not server.started or app.setup_error is not None:
         raise SystemExit(1)
