@@ -320,6 +320,14 @@ def test_compressed_bodies_methods_and_content_types(onnx_server, probe):
     assert "it takes POST" in wrong_method.json()["error"]["message"]
     head = httpx.head(url + "/healthz")
     assert head.status_code == 200 and head.content == b""
+    # the V2 routes answer a wrong method the same way (they answered 404 'no V2 route')
+    for method, path, allow in (("GET", "/v2/models/digits/infer", "POST"), ("POST", "/v2/models/digits", "GET, HEAD"),
+                                ("DELETE", "/v2/health/ready", "GET, HEAD"), ("GET", "/v2/repository/index", "POST")):
+        refused = httpx.request(method, url + path)
+        assert refused.status_code == 405 and refused.headers["allow"] == allow, (path, refused.text)
+        assert f"it takes {allow.split(',')[0]}" in refused.json()["error"]  # V2 errors are a string
+    assert httpx.head(url + "/v2/models/digits/ready").status_code == 200
+    assert httpx.get(url + "/v2/models/digits/nope").status_code == 404
 
 
 def orjson_bytes(value) -> bytes:

@@ -239,6 +239,23 @@ def _add(duration: list[int], ns: int) -> None:
     duration[1] += ns
 
 
+# The V2 routes and their methods (after /v2 and, for a model's, after /models/NAME[/versions/V]): another
+# method on one of these paths is a 405 naming the one it takes, as kaon's other routes answer
+_V2_SERVER_ROUTES = {(): "GET", ("health", "live"): "GET", ("health", "ready"): "GET", ("models", "stats"): "GET",
+                     ("repository", "index"): "POST"}
+_V2_MODEL_ROUTES = {(): "GET", ("ready",): "GET", ("config",): "GET", ("stats",): "GET", ("infer",): "POST"}
+
+
+def _refuse_method(request: Any, allowed: str | None) -> None:
+    """A 405 when the path is a V2 route that takes another method."""
+    if allowed is None:
+        return
+    from kaon.errors import MethodNotAllowedError
+
+    raise MethodNotAllowedError(f"{request.method} is not allowed on {request.path}; it takes {allowed}.",
+                                allowed=[allowed, "HEAD"] if allowed == "GET" else [allowed])
+
+
 class V2Routes:
     """The V2 REST routes for the models a Service exposes; infer requests share a batcher per model.
     Besides the core protocol: Triton's model configuration and statistics extensions and the model
@@ -299,7 +316,8 @@ class V2Routes:
         from kaon.serving.http import Response
 
         parts = [p for p in request.path.split("/") if p][1:]  # drop "v2"
-        if request.method == "GET":
+        method = "GET" if request.method == "HEAD" else request.method  # HEAD: a GET's headers, the body left out
+        if method == "GET":
             if not parts:
                 return Response.json({"name": "kaon", "version": _kaon_version(),
                                       "extensions": ["binary_tensor_data", "model_configuration", "statistics"]})
@@ -307,9 +325,11 @@ class V2Routes:
                 return Response.json({"live": True} if parts[1] == "live" else {"ready": True})
             if parts == ["models", "stats"] and "stats" not in self.models:  # every model's (as Triton)
                 return Response.json({"model_stats": [self.stats[n].to_dict(n, self.version) for n in self.models]})
-        if request.method == "POST" and parts == ["repository", "index"]:
+        if method == "POST" and parts == ["repository", "index"]:
             return Response.json([{"name": n, "version": self.version, "state": "READY"} for n in self.models])
-        if not parts or parts[0] != "models" or len(parts) < 2:
+        if not parts or parts[0] != "models" or len(parts) < 2 or (parts == ["models", "stats"]
+                                                                   and "stats" not in self.models):
+            _refuse_method(request, _V2_SERVER_ROUTES.get(tuple(parts)))
             raise NotFoundError(f"no V2 route {request.method} {request.path}")
         name, rest = parts[1], parts[2:]
         if name not in self.models:
@@ -320,17 +340,18 @@ class V2Routes:
                 raise NotFoundError(f"model '{name}' has no {asked}; served: version '{self.version}'.")
             rest = rest[2:]
         model = self.models[name]
-        if request.method == "GET" and not rest:
+        if method == "GET" and not rest:
             return Response.json(model_metadata(name, [self.version], f"kaon_{model.framework}", model.signature))
-        if request.method == "GET" and rest == ["ready"]:
+        if method == "GET" and rest == ["ready"]:
             return Response.json({"name": name, "ready": True})
-        if request.method == "GET" and rest == ["config"]:
+        if method == "GET" and rest == ["config"]:
             return Response.json(model_config(name, f"kaon_{model.framework}", model.signature,
                                               self.max_batch_size, self.max_wait_ms))
-        if request.method == "GET" and rest == ["stats"]:
+        if method == "GET" and rest == ["stats"]:
             return Response.json({"model_stats": [self.stats[name].to_dict(name, self.version)]})
-        if request.method == "POST" and rest == ["infer"]:
+        if method == "POST" and rest == ["infer"]:
             return await self._infer(name, model, request)
+        _refuse_method(request, _V2_MODEL_ROUTES.get(tuple(rest)))
         raise NotFoundError(f"no V2 route {request.method} {request.path}")
 
     async def _infer(self, name: str, model: Any, request: Any) -> Any:
