@@ -167,7 +167,14 @@ class TorchModel(Model):
             done = self._graphs.run(args, lambda out: outputs_to_numpy(out, self._output_names))
             if done is not None:
                 return done  # type: ignore[no-any-return]
-        return outputs_to_numpy(self._forward(*args), self._output_names)
+        try:
+            outputs = self._forward(*args)
+        except IndexError as exc:  # an embedding given an id past its table: the input's fault, as onnxruntime says
+            raise InvalidInputError(
+                f"model '{self.name}' cannot run on this input: {exc}. Check the values against what the model takes "
+                f"(for example token ids within its vocabulary)."
+            ) from exc
+        return outputs_to_numpy(outputs, self._output_names)
 
     def _forward(self, *args: Any) -> Any:
         torch = _torch()

@@ -1,0 +1,49 @@
+"""Values a model cannot take (a token id past the embedding's table) are the request's fault: a 422 naming the
+fix, from an ONNX file and an exported torch program alike (the .pt2 answered 500, 'index out of range')."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import kaon
+from kaon.errors import InvalidInputError
+
+
+class Tagger(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(100, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids).mean(dim=1))
+
+
+@pytest.fixture(scope="module")
+def tagger_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tagger")
+    torch.manual_seed(0)
+    model = Tagger().eval()
+    ids = torch.zeros(2, 6, dtype=torch.long)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    torch.export.save(torch.export.export(model, (ids,), dynamic_shapes=({0: batch},)), folder / "tagger.pt2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (ids,), str(folder / "tagger.onnx"), input_names=["ids"], output_names=["logits"],
+                          dynamic_axes={"ids": {0: "batch"}}, dynamo=False)
+    return {"pt2": folder / "tagger.pt2", "onnx": folder / "tagger.onnx"}
+
+
+@pytest.mark.parametrize("kind", ["pt2", "onnx"])
+def test_a_token_id_past_the_vocabulary_is_the_inputs_fault(tagger_files, kind):
+    model = kaon.load(tagger_files[kind])
+    name = model.signature.inputs[0].name
+    good = model.run({name: np.array([[1, 2, 3, 4, 5, 6]], dtype=np.int64)})
+    assert next(iter(good.values())).shape == (1, 3)
+    with pytest.raises(InvalidInputError, match="token ids within its vocabulary"):
+        model.run({name: np.array([[100, 2, 3, 4, 5, 6]], dtype=np.int64)})
