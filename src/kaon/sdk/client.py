@@ -1,20 +1,29 @@
 """`kaon.Client` and `kaon.AsyncClient`: call a kaon server from Python.
 
     client = kaon.Client("http://127.0.0.1:8000", token=None)
-    client.predict(images)                 # POST /predict {"inputs": images}
+    client.predict(images)                 # POST /predict {"inputs": images}; see below for what an item may be
     client.call("classify", texts=[...])   # POST /classify {"texts": [...]}
     client.infer({"image": x})             # V2 infer with binary tensors -> dict of numpy arrays
 
 Both retry a 503 (overloaded or starting) with exponential backoff, honouring Retry-After, and a refused
 connection the same way (nothing was sent); a server still unreachable after that is ServerUnreachableError.
 Request building and response parsing are shared; the two classes differ only in how they send.
+
+What predict() and call() send, anywhere in the inputs (a list of items, or the values of a dict for an
+endpoint taking objects): JSON values (numbers, strings, bools, None, lists, tuples, dicts), numpy arrays
+and scalars (as nested lists and numbers), `bytes`/`bytearray` (an encoded PNG/JPEG file, sent base64-encoded)
+and PIL images (written as PNG, sent base64-encoded; PIL is never imported by the client). Anything else is an
+InvalidInputError naming its type and where it is, before a request is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import os
 import ssl
+import sys
 import time
 from typing import Any
 
@@ -79,14 +88,80 @@ def _unreachable(url: str, exc: httpx.TransportError, attempts: int) -> ServerUn
     )
 
 
+ACCEPTED_INPUTS = ("numbers, strings, bools, None, lists, tuples, dicts with string keys, numpy arrays, bytes "
+                   "(an encoded PNG/JPEG file, sent base64-encoded) and PIL images (sent as PNG)")
+
+
 def _to_jsonable(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
+    """`value` with what JSON cannot carry as such made JSON: numpy arrays as nested lists, image bytes and PIL
+    images as base64 strings (the servers take an image item as a nested array or a base64 PNG/JPEG string)."""
     if isinstance(value, (list, tuple)):
         return [_to_jsonable(v) for v in value]
     if isinstance(value, dict):
         return {k: _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return _to_jsonable(value.tolist()) if value.dtype.kind == "O" else value.tolist()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(value).decode("ascii")
+    if _is_pil_image(value):
+        return base64.b64encode(_png(value)).decode("ascii")
     return value
+
+
+def _is_pil_image(value: Any) -> bool:
+    # an object can only be a PIL image where PIL.Image was imported: the client never imports it itself
+    pil = sys.modules.get("PIL.Image")
+    return pil is not None and isinstance(value, pil.Image)
+
+
+def _png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format="PNG")
+    except (OSError, ValueError, KeyError) as exc:
+        raise InvalidInputError(
+            f"a PIL image in mode {image.mode!r} cannot be written as PNG ({exc}). Convert it first, e.g. "
+            f"image.convert('RGB') or image.convert('L'), or send it as a numpy array.") from exc
+    return buffer.getvalue()
+
+
+def _dumps(payload: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(_to_jsonable(payload), option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError as exc:  # orjson.JSONEncodeError is one
+        problem = _unjsonable(payload, "") or f"the inputs cannot be sent as JSON ({exc})"
+        raise InvalidInputError(f"{problem}. Send {ACCEPTED_INPUTS}.") from exc
+
+
+def _unjsonable(value: Any, where: str) -> str | None:
+    """What the first value orjson refuses is, and where (`inputs[2]['image']`): for the error, so only then."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where or 'the inputs'} has the key {key!r} ({type(key).__name__}); JSON keys are strings"
+            found = _unjsonable(item, f"{where}[{key!r}]" if where else key)
+            if found:
+                return found
+        return None
+    if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.dtype.kind == "O"):
+        items = np.ndenumerate(value) if isinstance(value, np.ndarray) else enumerate(value)
+        for index, item in items:
+            found = _unjsonable(item, f"{where}[{_index(index)}]")
+            if found:
+                return found
+        return None
+    try:
+        orjson.dumps(_to_jsonable(value), option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError as exc:
+        kind = type(value)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        detail = "" if "not JSON serializable" in str(exc) else f" ({exc})"
+        return f"{where} is of type {name}{detail}, which the client cannot send as JSON"
+    return None
+
+
+def _index(index: Any) -> str:
+    return ", ".join(map(str, index)) if isinstance(index, tuple) else str(index)
 
 
 def _encode_infer(inputs: dict[str, np.ndarray], request_id: str | None) -> tuple[bytes, dict[str, str]]:
@@ -163,8 +238,7 @@ class _Base:
             raise TypeError("pass the inputs positionally (sent as 'inputs') or as named fields, not both")
         if len(args) > 1:
             raise TypeError(f"predict takes one positional argument (the inputs). Received: {len(args)}")
-        payload = {"inputs": args[0]} if args else kwargs
-        return orjson.dumps(_to_jsonable(payload), option=orjson.OPT_SERIALIZE_NUMPY)
+        return _dumps({"inputs": args[0]} if args else kwargs)
 
     @staticmethod
     def _named(inputs: Any) -> dict[str, np.ndarray]:
