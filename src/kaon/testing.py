@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import types
+import typing
 from typing import Any
 
 import pydantic
 
 from kaon.errors import ConfigError
-from kaon.serving.service import EndpointSpec, Service, endpoint_specs
+from kaon.serving.service import EndpointSpec, Service, _endpoint_spec, endpoint_specs
+
+# the defaults endpoint_specs(cls) checks a class with (max_batch_size, max_wait_ms)
+_SPEC_DEFAULTS = {name: p.default for name, p in list(inspect.signature(endpoint_specs).parameters.items())[1:]}
 
 
 class ServiceContractError(ConfigError):
@@ -34,14 +39,15 @@ def check_service(cls: Any, examples: dict[str, dict[str, Any]] | None = None) -
         problems.append(f"__init__ must take no required arguments (kaon builds one instance per replica); "
                         f"it requires {[p.name for p in required]}. Load things in setup() instead.")
     specs: list[EndpointSpec] = []
-    specs_built = True
-    try:
-        specs = endpoint_specs(cls)
-    except ConfigError as exc:
-        problems.append(exc.message)
-        specs_built = False
-    if specs_built and not specs:
+    marked = [(attr, func, options) for attr, func in inspect.getmembers(cls, predicate=callable)
+              if (options := getattr(func, "__kaon_endpoint__", None)) is not None]
+    if not marked:
         problems.append("no method is decorated with @kaon.endpoint; a Service needs at least one endpoint.")
+    for attr, func, options in marked:  # each on its own: endpoint_specs stops at the first broken one
+        spec, broken = _check_endpoint(cls, attr, func, options)
+        problems += broken
+        if spec is not None:
+            specs.append(spec)
     paths = [s.path for s in specs]
     for path in {p for p in paths if paths.count(p) > 1}:
         problems.append(f"two endpoints share the path {path}.")
@@ -56,6 +62,45 @@ def check_service(cls: Any, examples: dict[str, dict[str, Any]] | None = None) -
     if problems:
         raise ServiceContractError(f"{cls.__name__} does not follow the Service contract:\n- " + "\n- ".join(problems))
     return specs
+
+
+def _check_endpoint(cls: type, attr: str, func: Any, options: dict[str, Any]
+                    ) -> tuple[EndpointSpec | None, list[str]]:
+    """The endpoint's spec, or None and its problems. `_endpoint_spec` (what `kaon serve` runs) raises on the
+    first; a missing type hint is filled in and the endpoint checked again, to find what else is wrong in it."""
+    problems: list[str] = []
+    while True:  # each pass fills one missing hint, so this ends
+        try:
+            spec = _endpoint_spec(cls, attr, func, options, **_SPEC_DEFAULTS)
+        except ConfigError as exc:
+            problems.append(exc.message)
+            func = _hint_filled(func, options)
+            if func is None:
+                return None, problems
+            continue
+        return (None if problems else spec), problems
+
+
+def _hint_filled(func: Any, options: dict[str, Any]) -> Any:
+    """A copy of `func` with its first missing parameter or return hint set, or None when none is missing (or
+    the hints cannot be read at all). The hint set is one no other check refuses: `list[Any]` where the
+    endpoint is batched (max_batch_size > 1, which needs list -> list), else `Any`."""
+    if not isinstance(func, types.FunctionType):
+        return None
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:  # noqa: BLE001 - that is the problem already reported
+        return None
+    names = list(inspect.signature(func).parameters)[1:] + ["return"]
+    missing = next((name for name in names if name not in hints), None)
+    if missing is None:
+        return None
+    copy = types.FunctionType(func.__code__, func.__globals__, func.__name__, func.__defaults__, func.__closure__)
+    copy.__kwdefaults__ = func.__kwdefaults__
+    copy.__qualname__ = func.__qualname__
+    copy.__annotations__ = {**func.__annotations__,
+                            missing: list[Any] if (options.get("max_batch_size") or 1) > 1 else Any}
+    return copy
 
 
 def _run_examples(cls: type[Service], specs: list[EndpointSpec], examples: dict[str, dict[str, Any]]) -> list[str]:
