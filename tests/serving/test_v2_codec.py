@@ -47,6 +47,15 @@ def test_wrong_value_count_is_rejected_with_numbers():
         decode_infer_request(body, None)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_binary_floats_are_checked_as_json_ones_are(bad):
+    """NaN in a binary FP32 tensor answered 200 with NaN (null) outputs; JSON tensors and /predict say 422."""
+    x = np.array([[1.0, bad, 3.0]], dtype=np.float32)
+    body, head_len = _binary_request({"x": x})
+    with pytest.raises(InvalidInputError, match="expected finite numbers \\(FP32\\).*binary data"):
+        decode_infer_request(body, head_len)
+
+
 def test_truncated_binary_body_is_malformed():
     body, head_len = _binary_request({"x": np.zeros((4,), dtype=np.float32)})
     with pytest.raises(MalformedRequestError):

@@ -121,6 +121,10 @@ def _decode_tensor(tensor: Any, binary: memoryview, offset: int) -> tuple[np.nda
         if offset + size > len(binary):
             raise MalformedRequestError(f"input '{name}': the body ends before its {size} bytes of binary data.")
         array = np.frombuffer(binary[offset:offset + size], dtype=dtype.newbyteorder("<")).reshape(shape)
+        if dtype.kind == "f" and not np.isfinite(array).all():  # as the JSON tensors and kaon's other routes
+            raise InvalidInputError(
+                f"input '{name}': expected finite numbers ({datatype}). Received: NaN or infinity in its binary "
+                f"data. Replace missing values before sending (a model answers NaN to NaN).")
         return array.astype(dtype, copy=False), size
     if "data" not in tensor:
         raise MalformedRequestError(f"input '{name}' has neither 'data' nor parameters.binary_data_size.")
