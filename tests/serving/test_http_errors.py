@@ -4,8 +4,10 @@ import orjson
 import pydantic
 import pytest
 
+import kaon
 from kaon.errors import InvalidInputError, NotFoundError, OverloadedError
 from kaon.serving.http import error_response
+from kaon.serving.tensors import Image, Tensor
 
 
 def test_error_envelope_shape_is_pinned():
@@ -43,3 +45,39 @@ def test_pydantic_errors_become_422_with_fields():
     response = error_response(info.value, "rid")
     body = orjson.loads(response.body)["error"]
     assert response.status == 422 and body["fields"][0]["name"] == "x" and body["fields"][0]["received"] == "'nope'"
+
+
+def test_one_input_sent_without_its_batch_axis_is_one_error_that_says_so():
+    """client.predict(x[0]) for items of shape (13,) gave 13 errors 'expected shape [13]. Received: shape []'."""
+    import asyncio
+
+    from kaon.config import ServeConfig
+    from kaon.serving.app import KaonApp
+
+    class Tabular(kaon.Service):
+        @kaon.endpoint(max_batch_size=8)
+        def predict(self, rows: list[Tensor((13,))]) -> list[float]:
+            return [float(r.sum()) for r in rows]
+
+        @kaon.endpoint(max_batch_size=8)
+        def digits(self, images: list[Image(8, 8)]) -> list[float]:
+            return [float(i.sum()) for i in images]
+
+    async def send(path: str, body: dict) -> tuple[int, dict]:
+        app = KaonApp(Tabular, ServeConfig())
+        await app.startup()
+        try:
+            answer = await app.answer("POST", path, {"content-type": "application/json"}, orjson.dumps(body))
+            return answer.response.status, orjson.loads(answer.response.body)
+        finally:
+            await app.shutdown()
+
+    status, body = asyncio.run(send("/predict", {"inputs": [0.5] * 13}))
+    assert status == 422 and len(body["error"]["fields"]) == 1, body
+    assert "one input of shape [13], without the batch axis" in body["error"]["message"]
+    status, body = asyncio.run(send("/digits", {"images": [[0.0] * 8] * 8}))  # an 8x8 image, not a list of them
+    assert status == 422 and "one input of shape [8, 8], without the batch axis" in body["error"]["message"]
+    assert '{"images": [...]}' in body["error"]["message"]
+    status, body = asyncio.run(send("/predict", {"inputs": [[0.5] * 12]}))  # a batch, of a wrong shape: as before
+    assert status == 422 and "expected shape [13]" in str(body) and "batch axis" not in str(body)
+    assert asyncio.run(send("/predict", {"inputs": [[0.5] * 13]}))[0] == 200

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, NamedTuple
 
+import numpy as np
 import orjson
 import pydantic
 from pydantic_core import PydanticSerializationError
@@ -38,7 +39,7 @@ from kaon.serving.batcher import Batcher, Deadlines, call_unbatched, check_reque
 from kaon.serving.guards import release_request
 from kaon.serving.http import Request, Response, decode_headers, decompressed, error_response
 from kaon.serving.metrics import ServerMetrics
-from kaon.serving.service import EndpointSpec, Service, endpoint_specs, service_name
+from kaon.serving.service import BATCH_ALIAS, EndpointSpec, Service, endpoint_specs, service_name
 from kaon.serving.tensors import batch_fast_path, is_image_type, numpy_to_json, tensor_info
 from kaon.serving.v2 import V2Routes
 
@@ -95,6 +96,28 @@ def answer_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
     response = answer.response
     return [(b"content-type", response.content_type), (b"x-request-id", answer.request_id.encode()),
             (b"content-length", str(len(response.body)).encode()), *response.headers]
+
+
+def _refuse_unbatched_item(request: Request, param: str, shape: tuple[int, ...]) -> None:
+    """One input sent without its batch axis (`{"inputs": [13 numbers]}` for items of shape (13,)) fails every
+    number as an item: one error that says so, instead of a "Received: shape []" per number."""
+    data = request.json()
+    items = data.get(param, data.get(BATCH_ALIAS)) if isinstance(data, dict) else None
+    if not isinstance(items, list) or not items:
+        return
+    try:
+        got = np.asarray(items, dtype=np.float64).shape
+    except (ValueError, TypeError, OverflowError):
+        return
+    whole = len(got) == len(shape) and all(w in (-1, g) for w, g in zip(shape, got, strict=True))
+    if whole or (len(shape) == 3 and shape[0] == 1 and got == shape[1:]):  # an (H, W) image for one channel
+        field = param if param in data else BATCH_ALIAS
+        raise InvalidInputError(
+            f"'{field}' is a list of inputs, each of shape {list(shape)}. Received: one input of shape {list(got)}, "
+            f"without the batch axis. Send a list of inputs: {{\"{field}\": [...]}} around it (a batch of one).",
+            fields=[{"name": field, "expected": f"a list of arrays of shape {list(shape)}",
+                     "received": f"an array of shape {list(got)}"}],
+        )
 
 
 def _client_request_id(value: str | None) -> str | None:
@@ -453,6 +476,8 @@ class KaonApp:
             except pydantic.ValidationError as exc:
                 if any(e.get("type") == "json_invalid" for e in exc.errors()):
                     request.json()  # raises MalformedRequestError with the parser's reason
+                if info is not None and info.shape:
+                    _refuse_unbatched_item(request, batch_param, info.shape)
                 raise
             return {name: getattr(model, name) for name in spec.params}
 
