@@ -169,6 +169,27 @@ def test_sigterm_does_not_wait_for_a_call_stuck_past_its_timeout(service_file):
     assert "1 call(s) still running after shutdown" in log and "kaon-slow" in log
 
 
+@pytest.mark.parametrize("path", ["/slow", "/healthz"])  # the direct path, and uvicorn's ASGI path (a chunked body)
+def test_sigterm_does_not_wait_for_a_request_whose_body_stalled(service_file, path):
+    """A client that sent its headers and part of its body held the exit for the whole graceful timeout
+    (--timeout-s, 30 s by default: a Kubernetes pod's grace period): the request was not started, so it is
+    dropped and the client may retry it elsewhere. A request being answered is still finished (the test above)."""
+    import socket
+
+    server = Server(["serve", f"{service_file}:Toy", "--timeout-s", "20"]).wait_ready()
+    head = (f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n" +
+            ("content-length: 100\r\n\r\n" if path == "/slow" else "transfer-encoding: chunked\r\n\r\n6\r\n"))
+    with socket.create_connection(("127.0.0.1", server.port)) as stalled:
+        stalled.sendall(head.encode() + b'{"seco')
+        time.sleep(0.3)
+        started = time.monotonic()
+        code = server.stop(timeout_s=30)
+        took = time.monotonic() - started
+        assert stalled.recv(100) == b""  # closed, unanswered
+    assert code == 0 and took < 5, (code, took, server.output())
+    assert "timeout graceful shutdown exceeded" not in server.output()
+
+
 SLOW_SETUP = textwrap.dedent('''
     import os, time
     import kaon

@@ -117,6 +117,7 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
 
     kaon_app: ClassVar[KaonApp | None] = None  # set on the subclass `for_app` makes: one per server
     _direct_request = False
+    _in_body = False
 
     @classmethod
     def for_app(cls, app: KaonApp) -> type[KaonHttpToolsProtocol]:
@@ -127,6 +128,7 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
         # uvicorn's own also builds the ASGI scope, which a request answered directly never reads: it is built
         # in on_headers_complete, for the requests that take the ASGI path
         self._direct_request = False  # per request: an upgrade or a pipelined request leaves the old cycle current
+        self._in_body = True  # until on_message_complete: the request is still arriving
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
@@ -181,6 +183,7 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         if self._direct_request:
             task = self.loop.create_task(self._answer(self.cycle))  # type: ignore[arg-type]
             task.add_done_callback(self.tasks.discard)
@@ -226,6 +229,15 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
             head.append(b"connection: close\r\n")
         head += [b"\r\n", answer.response.body]
         self.transport.write_now(b"".join(head))  # type: ignore[attr-defined]
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: a request still arriving is not waited for (a client that stalls mid-body held the
+        exit for the whole graceful timeout, past a pod's grace period); it was not started, so the client may
+        retry it elsewhere. Requests being answered finish, as uvicorn does."""
+        if self._in_body and not self.transport.is_closing():
+            self.transport.close()
+            return
+        super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
