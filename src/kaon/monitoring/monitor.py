@@ -126,11 +126,32 @@ class Monitor:
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """Normalised outlier scores of a batch (1.0 = the reference's 99th percentile); no state changes."""
-        return self._scores(self.features(x))
+        x = self.check_input(x)
+        return self._scores(self.features(x), x)
 
-    def _scores(self, f: Features) -> np.ndarray:
+    def _embeddings(self, f: Features, x: np.ndarray | None) -> np.ndarray | None:
+        """This batch's counterpart of the reference's `embeddings`, as fit_reference computed them: the
+        penultimate layer, or the inputs themselves (flattened, float64) for a tabular reference; None for
+        'outputs' (its outlier model reads the logits or probabilities) or when it cannot be had."""
+        source = self.reference.source
+        if source == "penultimate":
+            return f.embeddings
+        if source == "inputs" and x is not None:
+            return np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        return None
+
+    def _scores(self, f: Features, x: np.ndarray | None) -> np.ndarray:
         model = self.reference.outlier
-        embeddings = f.embeddings if self.reference.source == "penultimate" else None
+        embeddings = self._embeddings(f, x)
+        if model.method == "mahalanobis" and embeddings is None:
+            # Scoring anything else against the Mahalanobis quantiles gives numbers on another scale
+            # (a far-out input scored -51 where 1.0 is the reference's p99): refuse instead.
+            if self.reference.source == "inputs":
+                hint = "the inputs: pass them too, observe_features(features, x)"
+            else:
+                hint = ("penultimate-layer embeddings, and these features have none: use the feature extractor "
+                        "the reference was fitted with")
+            raise ConfigError(f"this monitor's reference scores outliers by Mahalanobis distance on {hint}.")
         return model.normalise(model.raw(embeddings, f.logits, f.outputs))
 
     def observe(self, x: np.ndarray) -> np.ndarray:
@@ -139,13 +160,9 @@ class Monitor:
         return self.observe_features(self.features(x), x)
 
     def observe_features(self, f: Features, x: np.ndarray | None = None) -> np.ndarray:
-        scores = self._scores(f)
-        source = self.reference.source
-        if source == "penultimate" and f.embeddings is not None:
-            embeddings = f.embeddings
-        elif source == "inputs" and x is not None:
-            embeddings = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-        else:
+        scores = self._scores(f, x)
+        embeddings = self._embeddings(f, x)
+        if embeddings is None:  # source 'outputs'
             embeddings = f.logits if f.logits is not None else f.outputs
         classes = f.outputs.argmax(axis=1) if self.reference.class_counts is not None else None
         for i in range(len(scores)):

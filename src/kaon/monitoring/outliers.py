@@ -32,10 +32,16 @@ class OutlierModel:
     precision: np.ndarray | None = None  # (D, D)
 
     def raw(self, embeddings: np.ndarray | None, logits: np.ndarray | None, outputs: np.ndarray) -> np.ndarray:
-        if self.method == "mahalanobis" and embeddings is not None:
+        """Raw scores by this model's own method: falling back to another would put them on another scale
+        than `median` and `high` (a mahalanobis model scoring `1 - max(outputs)` never finds an outlier)."""
+        if self.method == "mahalanobis":
+            if embeddings is None:
+                raise ValueError("a mahalanobis outlier model needs the embeddings it was fitted on; got none")
             return _mahalanobis(embeddings, self.means, self.precision)  # type: ignore[arg-type]
-        if self.method == "energy" and logits is not None:
-            return -_logsumexp(logits)
+        if self.method == "energy":
+            # fitted where the logits were the model's outputs; a batch that happens to look like
+            # probabilities comes without logits
+            return -_logsumexp(logits if logits is not None else outputs)
         return 1.0 - outputs.max(axis=1)
 
     def normalise(self, raw: np.ndarray) -> np.ndarray:
