@@ -289,3 +289,71 @@ def test_tensor_limit_counts_json_numbers_image_pixels_and_v2_shapes() -> None:
         await guard(request("POST", "/predict", body=orjson.dumps({"inputs": [base64.b64encode(bomb).decode()]})))
 
     run(scenario())
+
+
+def _png_header(width: int, height: int, color_type: int = 0, bit_depth: int = 8) -> bytes:
+    """A PNG's signature and IHDR (what the guard reads) with a token IDAT: a gigapixel image in 60 bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("width, height, color_type, count", [
+    (30000, 30000, 0, "900,000,000"),  # over PIL's hard limit (2 x 89 M pixels): once counted as 2**62
+    (30000, 30000, 2, "2,700,000,000"),
+    (10000, 10000, 0, "100,000,000"),  # between PIL's warning and its hard limit
+    (3000, 3000, 6, "36,000,000"),
+])
+def test_tensor_limit_counts_a_huge_image_exactly_and_without_pils_warning(width, height, color_type,
+                                                                           count) -> None:
+    import warnings
+
+    from PIL import Image
+
+    guard = TensorLimitGuard(max_elements=10_000)
+    body = _png_header(width, height, color_type)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # a warning would fail the guard's check
+        with pytest.raises(PayloadTooLargeError, match=rf"holds about {count} numbers; the limit is 10,000"):
+            guard.check(request("POST", "/predict", body=body, content_type="image/png"))
+    # PIL's own protection is untouched for everyone else
+    with pytest.warns(Image.DecompressionBombWarning):
+        Image.open(io.BytesIO(_png_header(10000, 10000))).close()
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(_png_header(30000, 30000)))
+
+
+def test_rate_limit_message_agrees_with_the_retry_after_header() -> None:
+    from kaon.serving.http import error_response
+
+    token, record = make_token("ci", ("predict",), rate_per_s=2.0, burst=2)
+    clock = Clock()
+
+    async def scenario() -> None:
+        guard = AuthGuard(lambda: [record], clock=clock)
+        for _ in range(2):
+            req = request("POST", "/predict", token)
+            await guard(req)
+            release_request(req)
+        clock.now_s += 0.499  # 1 ms left to wait: the header says 1 s, and so must the message
+        with pytest.raises(RateLimitedError) as info:
+            await guard(request("POST", "/predict", token))
+        assert (b"retry-after", b"1") in error_response(info.value, "req-1").headers
+        assert "Retry after 1 s." in info.value.message and "0.00" not in info.value.message
+        slow_token, slow = make_token("slow", ("predict",), rate_per_s=0.25, burst=1)
+        guard = AuthGuard(lambda: [slow], clock=clock)
+        req = request("POST", "/predict", slow_token)
+        await guard(req)
+        release_request(req)
+        clock.now_s += 0.5  # 3.5 s to wait: rounded up, in the message and the header alike
+        with pytest.raises(RateLimitedError) as info:
+            await guard(request("POST", "/predict", slow_token))
+        assert (b"retry-after", b"4") in error_response(info.value, "req-1").headers
+        assert "Retry after 4 s." in info.value.message
+
+    run(scenario())

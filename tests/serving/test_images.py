@@ -261,3 +261,107 @@ def test_serve_cli_refuses_a_gpu_that_is_not_there(tmp_path, rgb_model):
                                                                              "KAON_HOME": str(tmp_path)})
     assert done.returncode != 0
     assert "torch sees no CUDA GPU" in done.stdout + done.stderr and "--device cpu" in done.stdout + done.stderr
+
+
+def _png_16_bit(pixels: np.ndarray, color_type: int, rows: int | None = None) -> bytes:
+    """A PNG of 16 bits per channel written by hand (PIL writes 16-bit greyscale only): pixels (H, W, C)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width = pixels.shape[:2] if rows is None else (rows, pixels.shape[1])
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def _grey_16(seed: int = 0) -> np.ndarray:
+    pixels = np.random.default_rng(seed).integers(1, 65535, (16, 16), dtype=np.uint16)
+    pixels[0, :3] = (0, 255, 65535)  # dark (all of these were 1.0 once), black and white
+    return pixels
+
+
+def test_a_16_bit_greyscale_png_is_scaled_by_65535_not_saturated():
+    import pydantic
+
+    pixels = _grey_16()
+    png = _encode(pixels, "PNG")  # numpy uint16 -> PIL "I;16" -> a 16-bit PNG, opened again as "I;16"
+    assert PILImage.open(io.BytesIO(png)).mode == "I;16"
+    want = pixels.astype(np.float32) / 65535
+    grey = decode_image_bytes(png, 1, (16, 16))
+    assert grey.shape == (1, 16, 16) and grey.dtype == np.float32
+    np.testing.assert_allclose(grey[0], want, atol=1e-6)
+    assert grey[0, 0, 1] == pytest.approx(255 / 65535)  # not 1.0
+    rgb = decode_image_bytes(png, 3, (16, 16))  # greyscale to RGB: the same value in each channel
+    assert rgb.shape == (3, 16, 16)
+    np.testing.assert_allclose(rgb, np.broadcast_to(want, (3, 16, 16)), atol=1e-6)
+    from kaon.serving.tensors import Tensor
+
+    channels_last = pydantic.TypeAdapter(Tensor((16, 16, 3), "float32", image=True)).validate_python(png)
+    np.testing.assert_allclose(channels_last, np.broadcast_to(want[..., None], (16, 16, 3)), atol=1e-6)
+
+
+def test_a_16_bit_greyscale_png_opened_as_mode_i_is_scaled_too(monkeypatch):
+    """Older Pillow opens a 16-bit greyscale PNG as 32-bit mode "I"; this Pillow is made to do the same."""
+    from PIL import PngImagePlugin
+
+    monkeypatch.setitem(PngImagePlugin._MODES, (16, 0), ("I", "I;16B"))
+    pixels = _grey_16(1)
+    png = _encode(pixels, "PNG")
+    assert PILImage.open(io.BytesIO(png)).mode == "I"
+    np.testing.assert_allclose(decode_image_bytes(png, 1, (16, 16))[0], pixels / 65535, atol=1e-6)
+
+
+def test_a_16_bit_rgb_png_is_scaled_to_0_1():
+    pixels = np.random.default_rng(2).integers(0, 65536, (16, 16, 3), dtype=np.uint16)
+    pixels[0, 0] = (0, 255, 65535)
+    got = decode_image_bytes(_png_16_bit(pixels, color_type=2), 3, (16, 16))
+    assert got.shape == (3, 16, 16)
+    # PIL keeps the top 8 bits of each channel: within 1/255 of the 16-bit value, never saturated
+    np.testing.assert_allclose(got, pixels.transpose(2, 0, 1) / 65535, atol=1 / 255)
+    assert got[:, 0, 0].tolist() == [0.0, 0.0, 1.0]
+    grey = decode_image_bytes(_png_16_bit(pixels[..., :1], color_type=0), 1, (16, 16))
+    np.testing.assert_allclose(grey[0], pixels[..., 0] / 65535, atol=1e-6)
+
+
+@pytest.mark.parametrize("pixels, mode", [
+    (np.arange(256, dtype=np.int32).reshape(16, 16) * 1000, "I"),  # 32-bit integers: no known full scale
+    (np.linspace(-1, 2, 256, dtype=np.float32).reshape(16, 16), "F"),
+])
+def test_an_image_mode_kaon_cannot_scale_is_refused_saying_how_to_fix_it(pixels, mode):
+    import pydantic
+
+    tiff = _encode(pixels, "TIFF")
+    assert PILImage.open(io.BytesIO(tiff)).mode == mode
+    words = rf"expected a PNG or JPEG of 8 or 16 bits.*Received: .* mode '{mode}'.*Convert it"
+    for channels in (1, 3):
+        with pytest.raises(ValueError, match=words):
+            decode_image_bytes(tiff, channels, (16, 16))
+    with pytest.raises(pydantic.ValidationError, match=rf"mode '{mode}'"):  # a 4xx over HTTP
+        pydantic.TypeAdapter(Image(16, 16, channels=1)).validate_python(tiff)
+
+
+def test_a_huge_image_is_refused_by_its_header_without_pils_warning():
+    import warnings
+
+    from kaon.serving.images import EncodedImage
+
+    big = _png_16_bit(np.zeros((1, 10000, 1), dtype=np.uint16), color_type=0, rows=10000)  # 10^8 pixels
+    huge = _png_16_bit(np.zeros((1, 30000, 1), dtype=np.uint16), color_type=0, rows=30000)  # 9 x 10^8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+        for data, size in ((big, "10000x10000"), (huge, "30000x30000")):
+            with pytest.raises(ValueError, match=f"expected an image of 16x16 pixels. Received: {size}"):
+                decode_image_bytes(data, 1, (16, 16))
+        # the size the endpoint asks for, but past PIL's hard limit (2 x 89 M pixels): still refused, clearly
+        with pytest.raises(ValueError, match=r"900,000,000 pixels.*more than .* can be decoded"):
+            decode_image_bytes(huge, 1, (30000, 30000))
+        jpeg = _encode(_rgb(0))
+        frame = jpeg.index(b"\xff\xc0") + 5  # the start-of-frame's height and width
+        huge_jpeg = jpeg[:frame] + (30000).to_bytes(2, "big") * 2 + jpeg[frame + 4:]
+        with pytest.raises(ValueError, match="expected an image of 16x16 pixels. Received: 30000x30000"):
+            EncodedImage.check(huge_jpeg, 3, (16, 16), False)
+    with pytest.warns(PILImage.DecompressionBombWarning):  # PIL's own protection is still on for the rest
+        PILImage.open(io.BytesIO(big)).close()

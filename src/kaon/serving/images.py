@@ -15,6 +15,18 @@ from typing import Any
 import numpy as np
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# Channels of each PNG colour type: greyscale, RGB, palette, greyscale + alpha, RGBA.
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+# PIL modes of 8 bits per channel: converted to L or RGB and scaled by 255.
+_EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
+# 16-bit greyscale, as PIL opens a 16-bit greyscale PNG: scaled by 65535 (PIL itself turns a PNG of 16 bits
+# per colour channel into 8-bit RGB or RGBA). Older Pillow opens those PNGs as "I" (32-bit integers).
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_MODE_WORDS = {"I": "32-bit integers", "F": "32-bit floats", "LAB": "CIE L*a*b*", "HSV": "hue, saturation, value",
+               "I;16S": "signed 16-bit integers"}
 
 
 # Start-of-frame markers (baseline, progressive, lossless, arithmetic): they carry the picture's size.
@@ -55,35 +67,122 @@ def jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
     return None
 
 
+def png_frame(data: bytes) -> tuple[int, int, int, int] | None:
+    """(height, width, channels, bits per channel) from a PNG's IHDR, or None if it is not a PNG's."""
+    if len(data) < 26 or not data.startswith(PNG_MAGIC) or data[12:16] != b"IHDR":
+        return None
+    channels = _PNG_CHANNELS.get(data[25])
+    if channels is None:
+        return None
+    return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big"), channels, data[24]
+
+
+def image_frame(data: bytes) -> tuple[int, int, int] | None:
+    """(height, width, channels) from a JPEG's or PNG's header, without PIL (~1 us), or None."""
+    frame = jpeg_frame(data)
+    if frame is not None:
+        return frame
+    png = png_frame(data)
+    return None if png is None else png[:3]
+
+
+def open_header(data: bytes) -> Any:
+    """PIL's lazy open (the header only) of PNG or JPEG bytes without PIL's own pixel-count check, which
+    warns (DecompressionBombWarning) over 89 M pixels and refuses twice that: only for callers that check
+    the size themselves before any pixel is decoded. Raises what PIL raises for bytes it cannot read."""
+    from PIL import JpegImagePlugin, PngImagePlugin
+
+    if data.startswith(PNG_MAGIC):
+        return PngImagePlugin.PngImageFile(io.BytesIO(data))
+    if data.startswith(JPEG_MAGIC):
+        return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
+    raise SyntaxError("neither a PNG nor a JPEG")
+
+
 def _open_checked(data: bytes, size: tuple[int, int] | None) -> Any:
     """PIL's lazy open (reads the header only), with the size checked before any decoding: a tiny PNG can
     inflate to gigabytes. Raises ValueError saying what is wrong."""
     from PIL import Image as PILImage
     from PIL import UnidentifiedImageError
 
+    frame = image_frame(data)  # PNG and JPEG: the size is known before PIL sees the bytes
+    if size is not None and frame is not None and frame[:2] != size:
+        raise _wrong_size(size, frame[:2])
     try:
-        opened = PILImage.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, PILImage.DecompressionBombError, SyntaxError) as exc:
+        if size is not None and frame is not None and _over_pils_warning(frame):
+            # the size is the endpoint's, checked just above: PIL's warning would be noise, its limit is kept
+            _refuse_over_pils_limit(frame[0], frame[1])
+            opened = open_header(data)
+        else:
+            opened = PILImage.open(io.BytesIO(data))
+    except PILImage.DecompressionBombError as exc:
+        raise ValueError(f"the image holds more pixels than can be decoded ({exc}). Send a smaller image.") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"the bytes are not a readable PNG or JPEG image ({len(data)} bytes received)") from exc
     if size is not None and (opened.height, opened.width) != size:
         opened.close()
-        raise ValueError(f"expected an image of {size[0]}x{size[1]} pixels. Received: {opened.height}x"
-                         f"{opened.width}. Resize it before sending.")
+        raise _wrong_size(size, (opened.height, opened.width))
     return opened
 
 
+def _wrong_size(size: tuple[int, int], got: tuple[int, int]) -> ValueError:
+    return ValueError(f"expected an image of {size[0]}x{size[1]} pixels. Received: {got[0]}x{got[1]}. "
+                      f"Resize it before sending.")
+
+
+def _over_pils_warning(frame: tuple[int, int, int]) -> bool:
+    from PIL import Image as PILImage
+
+    limit = PILImage.MAX_IMAGE_PIXELS
+    return limit is not None and frame[0] * frame[1] > limit
+
+
+def _refuse_over_pils_limit(height: int, width: int) -> None:
+    """PIL's hard limit (twice MAX_IMAGE_PIXELS), as PIL's open applies it, with kaon's words."""
+    from PIL import Image as PILImage
+
+    limit = PILImage.MAX_IMAGE_PIXELS
+    if limit is not None and height * width > 2 * limit:
+        raise ValueError(f"the image is {height}x{width} ({height * width:,} pixels), more than the "
+                         f"{2 * limit:,} pixels that can be decoded (PIL's decompression-bomb limit). Send a "
+                         f"smaller image.")
+
+
 def decode_image_bytes(data: bytes, channels: int, size: tuple[int, int] | None) -> np.ndarray:
-    """PNG/JPEG bytes -> float32 (C, H, W) in [0, 1]. Raises ValueError saying what is wrong."""
+    """PNG/JPEG bytes -> float32 (C, H, W) in [0, 1]: 8 bits per channel scaled by 255, 16-bit greyscale by
+    65535. Raises ValueError saying what is wrong, also for pixels kaon cannot scale (32-bit, float)."""
     from PIL import Image as PILImage
 
     opened = _open_checked(data, size)
-    try:
-        with opened:
-            img = opened.convert("L" if channels == 1 else "RGB")
-        array = np.asarray(img, dtype=np.float32) / 255.0
-    except (OSError, PILImage.DecompressionBombError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"the bytes are not a readable PNG or JPEG image ({len(data)} bytes received)") from exc
+    with opened:
+        full_scale = _full_scale(opened, data)
+        try:
+            if full_scale == 255:
+                array = np.asarray(opened.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+            else:
+                grey = np.asarray(opened, dtype=np.float32) / np.float32(full_scale)
+                return grey[None] if channels == 1 else np.repeat(grey[None], 3, axis=0)
+        except (OSError, PILImage.DecompressionBombError, SyntaxError, ValueError) as exc:
+            raise ValueError(f"the bytes are not a readable PNG or JPEG image ({len(data)} bytes received)") from exc
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def _full_scale(image: Any, data: bytes) -> int:
+    """The pixel value that means 1.0 for an opened image (255 or 65535); ValueError for pixels of no known
+    scale, since a guess (or PIL's conversion to 8 bits, which clips) would answer wrongly without a word."""
+    mode = image.mode
+    if mode in _EIGHT_BIT_MODES:
+        return 255
+    png = png_frame(data)
+    if mode in _SIXTEEN_BIT_MODES or (mode == "I" and png is not None and png[2:] == (1, 16)):
+        return 65535
+    words = _MODE_WORDS.get(mode)
+    raise ValueError(
+        f"expected a PNG or JPEG of 8 or 16 bits per channel (greyscale, RGB or RGBA), whose pixels kaon scales "
+        f"to [0, 1]. Received: an image ({image.format or 'format unknown'}) of PIL mode '{mode}'"
+        f"{f' ({words})' if words else ''}, which kaon cannot scale. Convert it before sending, e.g. to an 8-bit "
+        f"RGB or a 16-bit greyscale PNG, or send the pixels as a nested array of numbers."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +205,7 @@ class EncodedImage:
 
     def decode(self) -> np.ndarray:
         """float32 in [0, 1] on the CPU, laid out as the endpoint's item."""
-        array = decode_image_bytes(self.data, self.channels, None)
+        array = decode_image_bytes(self.data, self.channels, jpeg_size(self.data))  # the size check() passed
         return array.transpose(1, 2, 0) if self.channels_last else array
 
 
