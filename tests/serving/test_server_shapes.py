@@ -177,6 +177,8 @@ def test_a_model_exported_with_a_fixed_batch_of_one_answers_many_rows(shape_mode
         v2 = httpx.post(server.url + "/v2/models/fixed/infer", json={"inputs": [
             {"name": "x", "shape": [3, 4], "datatype": "FP32", "data": rows.ravel().tolist()}]})
         assert v2.status_code == 200 and v2.json()["outputs"][0]["data"] == [6.0, 22.0, 38.0]
+        metadata = httpx.get(server.url + "/v2/models/fixed").json()  # says what a request may send: any rows
+        assert [t["shape"] for t in metadata["inputs"] + metadata["outputs"]] == [[-1, 4], [-1, 1]]
         together = _concurrently(server.url + "/predict", [{"inputs": [row.tolist()]} for row in rows])
         assert [r.json()[0]["y"] for r in together] == [[6.0], [22.0], [38.0]]
     finally:

@@ -45,10 +45,12 @@ def resolve_target(target: Any, *, name: str | None = None, trust_pickle: bool =
     if name:
         model.name = name
     if model.fixed_batch is not None:
+        how = {"torch": "torch.export.export(..., dynamic_shapes=({0: torch.export.Dim('batch')},))",
+               "onnx": "torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}})"}.get(
+            model.framework, "its batch dimension left as None")
         log.warning("model '%s' was exported with a fixed batch of %d (no dynamic batch axis): kaon runs it %d row(s) "
-                    "per call, so batching saves nothing. Export it with a dynamic batch axis (torch.onnx.export("
-                    "..., dynamic_axes={'input': {0: 'batch'}}) or dynamic_shapes=...) to batch requests.",
-                    model.name, model.fixed_batch, model.fixed_batch)
+                    "per call, so batching saves nothing. Export it with a dynamic batch axis (%s) to batch requests.",
+                    model.name, model.fixed_batch, model.fixed_batch, how)
     model.place(device, precision)
     if precision != "fp32" and str(getattr(model, "device", "cpu")).startswith("cpu"):
         log.warning("--precision %s on the CPU: half precision is for GPUs; on a CPU it is usually slower than "

@@ -173,9 +173,13 @@ def encode_infer_response(model_name: str, model_version: str | None, request: I
     }
 
 
-def model_metadata(name: str, versions: list[str], platform: str, signature: Signature) -> dict[str, Any]:
+def model_metadata(name: str, versions: list[str], platform: str, signature: Signature,
+                   any_batch: bool = False) -> dict[str, Any]:
+    """`any_batch`: a model exported with a fixed batch, which kaon runs on any number of rows (in calls of that
+    size): its batch axis reads -1, as what a request may send, not the 1 it was exported with."""
     def tensors(specs: Any) -> list[dict[str, Any]]:
-        return [{"name": s.name, "datatype": s.v2_datatype, "shape": list(s.shape)} for s in specs]
+        return [{"name": s.name, "datatype": s.v2_datatype,
+                 "shape": [-1, *s.shape[1:]] if any_batch and s.shape else list(s.shape)} for s in specs]
 
     return {"name": name, "versions": versions, "platform": platform,
             "inputs": tensors(signature.inputs), "outputs": tensors(signature.outputs)}
@@ -345,7 +349,8 @@ class V2Routes:
             rest = rest[2:]
         model = self.models[name]
         if method == "GET" and not rest:
-            return Response.json(model_metadata(name, [self.version], f"kaon_{model.framework}", model.signature))
+            return Response.json(model_metadata(name, [self.version], f"kaon_{model.framework}", model.signature,
+                                                any_batch=model.fixed_batch is not None))
         if method == "GET" and rest == ["ready"]:
             return Response.json({"name": name, "ready": True})
         if method == "GET" and rest == ["config"]:
