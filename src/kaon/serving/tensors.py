@@ -143,6 +143,10 @@ def _as_integers(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """JSON values for an integer input: whole numbers within `dtype`'s range (2.0 is one), never a cast
     without a word of 1.7 to 1, or of "1" and true to 1."""
     whole = array.dtype.kind == "f" and np.isfinite(array).all() and (array == np.round(array)).all()
+    if array.dtype.kind == "O" and all(type(v) is int for v in array.flat):  # past 64 bits, numpy keeps Python ints
+        info = np.iinfo(dtype)
+        raise ValueError(f"expected integers within {dtype}'s range [{info.min}, {info.max}]. Received: values "
+                         f"from {min(array.flat)} to {max(array.flat)}.")
     if array.dtype.kind not in "iu" and not whole:  # 2.0 is a whole number; its range is checked below
         kind = {"f": "numbers with a fraction", "b": "booleans", "U": "strings"}.get(
             array.dtype.kind, "non-integer values")
