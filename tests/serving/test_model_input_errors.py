@@ -47,3 +47,20 @@ def test_a_token_id_past_the_vocabulary_is_the_inputs_fault(tagger_files, kind):
     assert next(iter(good.values())).shape == (1, 3)
     with pytest.raises(InvalidInputError, match="token ids within its vocabulary"):
         model.run({name: np.array([[100, 2, 3, 4, 5, 6]], dtype=np.int64)})
+
+
+def test_a_zip_that_is_not_a_program_is_one_line_naming_the_reason_not_torchs_traceback(tmp_path, capfd):
+    """torch.export.load logged a 30-line traceback (W... lines) and raised 'check the warnings above'."""
+    import logging
+    import zipfile
+
+    from kaon.errors import ModelLoadError
+
+    with zipfile.ZipFile(tmp_path / "other.pt2", "w") as archive:
+        archive.writestr("notes.txt", "not a program")
+    torch_export_log = logging.getLogger("torch.export")
+    handlers = torch_export_log.handlers[:]
+    with pytest.raises(ModelLoadError, match=r"could not be loaded as a torch.export program \(.pt2\): RuntimeError"):
+        kaon.load(tmp_path / "other.pt2")
+    assert "Traceback" not in capfd.readouterr().err
+    assert torch_export_log.handlers == handlers  # torch's own logging is left as it was

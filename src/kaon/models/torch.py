@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -233,16 +234,45 @@ def export_program(module: Any, input_example: np.ndarray | dict[str, np.ndarray
 def load_program(path: Path, name: str | None = None, signature: Signature | None = None) -> TorchModel:
     """Load a `.pt2` ExportedProgram. Its signature comes from the program's example inputs."""
     torch = _torch()
+    # on a bad file torch.export logs the real reason as a traceback through its own handler, then raises
+    logger = logging.getLogger("torch.export")
+    said = _Collected()
+    handlers, propagates = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [said], False
     try:
         program = torch.export.load(str(path))
     except Exception as exc:
+        reason = said.last_line() or str(exc)
         raise ModelLoadError(
-            f"'{path}' could not be loaded as a torch.export program (.pt2): {exc}. "
+            f"'{path}' could not be loaded as a torch.export program (.pt2): {reason}. "
             f"Expected a file written by torch.export.save."
         ) from exc
+    finally:
+        logger.handlers, logger.propagate = handlers, propagates
     if signature is None:
         signature = _program_signature(program)
     return TorchModel(program.module(), signature, name or Path(path).stem)
+
+
+class _Collected(logging.Handler):
+    """What a logger said, kept instead of printed: torch.export.load's traceback of a bad file."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def last_line(self) -> str:
+        """The last line of the last exception logged (its type and message), or ''."""
+        for record in reversed(self.records):
+            if record.exc_info and record.exc_info[1] is not None:
+                return f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+            lines = [line for line in record.getMessage().splitlines() if line.strip()]
+            if lines:
+                return lines[-1].strip()
+        return ""
 
 
 def _program_signature(program: Any) -> Signature:
