@@ -101,6 +101,11 @@ class Doubler(kaon.Service):
     def fail(self, n: int) -> int:
         raise RuntimeError("secret internals")
 
+    @kaon.endpoint
+    async def slow(self, seconds: float) -> float:
+        await asyncio.sleep(seconds)
+        return seconds
+
 
 class Connection(Recorder):
     """A client connection as uvicorn's protocol sees its transport: addresses, flow control."""
@@ -287,6 +292,28 @@ def test_pipelined_posts_are_answered_in_order() -> None:
                                    + post("/double", b'{"xs": [4]}'))
             answers = await _answered(out, 3)
             assert [_parts(a)[2] for a in answers] == [b"[2.0]", b"[4.0,6.0]", b"[8.0]"]
+
+    asyncio.run(scenario())
+
+
+def test_shutdown_drops_a_request_still_arriving_but_not_an_answer_on_its_way() -> None:
+    """A request whose body stalls is closed at shutdown; a request in full being answered is answered first,
+    also when the next request on its connection is the one still arriving (it was dropped with it)."""
+    async def scenario() -> None:
+        async with started() as app:
+            state = ServerState()
+            stalled, stalled_out = await _connection(app, state)
+            stalled.data_received(post("/slow", b'{"seconds": 0.2}')[:-6])
+            busy, busy_out = await _connection(app, state)
+            busy.data_received(post("/slow", b'{"seconds": 0.2}') + post("/slow", b'{"seconds": 0.2}')[:-6])
+            await asyncio.sleep(0.05)  # the first request on `busy` is being answered
+            stalled.shutdown()
+            busy.shutdown()
+            assert stalled_out.closed and not stalled_out.writes  # nothing was started for it
+            (answer,) = await _answered(busy_out)
+            assert _parts(answer)[0] == 200 and _parts(answer)[2] == b"0.2"
+            await asyncio.sleep(0.05)
+            assert busy_out.closed  # after its answer
 
     asyncio.run(scenario())
 

@@ -118,6 +118,8 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
     kaon_app: ClassVar[KaonApp | None] = None  # set on the subclass `for_app` makes: one per server
     _direct_request = False
     _in_body = False
+    _answers = 0  # requests in full whose response is not complete yet (both paths)
+    _shutting_down = False
 
     @classmethod
     def for_app(cls, app: KaonApp) -> type[KaonHttpToolsProtocol]:
@@ -184,6 +186,7 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._in_body = False
+        self._answers += 1
         if self._direct_request:
             task = self.loop.create_task(self._answer(self.cycle))  # type: ignore[arg-type]
             task.add_done_callback(self.tasks.discard)
@@ -233,11 +236,21 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:
         """Graceful shutdown: a request still arriving is not waited for (a client that stalls mid-body held the
         exit for the whole graceful timeout, past a pod's grace period); it was not started, so the client may
-        retry it elsewhere. Requests being answered finish, as uvicorn does."""
-        if self._in_body and not self.transport.is_closing():
+        retry it elsewhere. Requests that arrived in full are answered first, as uvicorn does, also when the next
+        request on the connection is the one still arriving: the connection closes after their answers."""
+        self._shutting_down = True
+        if self._in_body and self._answers == 0 and not self.transport.is_closing():
             self.transport.close()
             return
         super().shutdown()
+
+    def on_response_complete(self) -> None:
+        self._answers = max(0, self._answers - 1)
+        if self._shutting_down and self._in_body and self._answers == 0 and not self.transport.is_closing():
+            self.server_state.total_requests += 1
+            self.transport.close()  # the rest is a request still arriving: not started, as above
+            return
+        super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
