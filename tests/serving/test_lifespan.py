@@ -73,6 +73,18 @@ def test_a_setup_that_hides_an_endpoint_behind_an_attribute_fails_setup_and_says
     assert "Shadowed.setup() set self.wine (type object), which hides the endpoint 'wine'" in sent[0]["message"]
     assert "self.wine_model" in sent[0]["message"]
 
+    class Timed(kaon.Service):  # a callable that setup() puts over its endpoint (a timer, a compiled call) is fine
+        def setup(self):
+            inner = self.double
+            self.double = lambda xs: inner(xs)
+
+        @kaon.endpoint(max_batch_size=4)
+        def double(self, xs: list[float]) -> list[float]:
+            return [2 * x for x in xs]
+
+    assert [m["type"] for m in _lifespan(KaonApp(Timed, ServeConfig()))] == ["lifespan.startup.complete",
+                                                                             "lifespan.shutdown.complete"]
+
 
 def test_kaon_serve_prints_the_banner_once_setup_is_done_and_never_after_a_failed_one(tmp_path):
     """The banner ('kaon is serving ... Press Ctrl-C') came before setup(); a failing setup then followed it."""

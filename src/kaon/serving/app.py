@@ -192,8 +192,8 @@ class KaonApp:
         await loop.run_in_executor(self._executor, self.service.setup)
         self._set_up = True
         for spec in self.specs:  # `self.predict = kaon.load(...)` in setup() would hide the endpoint: every call a 500
-            bound = getattr(self.service, spec.method_name, None)
-            if getattr(bound, "__func__", None) is not getattr(type(self.service), spec.method_name, None):
+            bound = vars(self.service).get(spec.method_name)  # a wrapper that setup() put there is the user's choice
+            if bound is not None and not callable(bound):
                 raise ConfigError(
                     f"{type(self.service).__name__}.setup() set self.{spec.method_name} (type "
                     f"{type(bound).__name__}), which hides the endpoint '{spec.method_name}': an attribute and an "
