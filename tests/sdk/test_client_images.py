@@ -96,6 +96,14 @@ def test_a_value_json_cannot_carry_is_a_kaon_error_naming_its_type_and_place(pix
             client.call("weigh", items=[{"image": Thumbnail(), "scale": 1.0}])
         with pytest.raises(InvalidInputError, match=r"mode 'F' cannot be written as PNG.*convert"):
             client.predict([PILImage.new("F", (8, 8))])
+        # bytes that are not an image have no agreed JSON form: base64 would reach a `bytes` parameter as text
+        with pytest.raises(InvalidInputError, match=r"only when they are a PNG or JPEG file.*Received: 5 bytes"):
+            client.call("weigh", items=[{"image": b"hello", "scale": 1.0}])
+        with pytest.raises(InvalidInputError, match=r"numpy.ndarray of dtype complex128"):
+            client.predict([np.ones((8, 8), dtype=complex)])
+    pixels = memoryview(png)[::1]  # a memoryview of an image is its bytes
+    with kaon.Client(pixels_server.url) as client:
+        assert client.predict([pixels]) == client.predict([png])
 
 
 def test_the_client_does_not_import_pil():

@@ -12,8 +12,9 @@ Request building and response parsing are shared; the two classes differ only in
 What predict() and call() send, anywhere in the inputs (a list of items, or the values of a dict for an
 endpoint taking objects): JSON values (numbers, strings, bools, None, lists, tuples, dicts), numpy arrays
 and scalars (as nested lists and numbers), `bytes`/`bytearray` (an encoded PNG/JPEG file, sent base64-encoded)
-and PIL images (written as PNG, sent base64-encoded; PIL is never imported by the client). Anything else is an
-InvalidInputError naming its type and where it is, before a request is sent.
+and PIL images (written as PNG, sent base64-encoded; PIL is never imported by the client); other bytes have no
+agreed JSON form and are refused. Anything else is an InvalidInputError naming its type and where it is, before
+a request is sent.
 """
 
 from __future__ import annotations
@@ -88,8 +89,9 @@ def _unreachable(url: str, exc: httpx.TransportError, attempts: int) -> ServerUn
     )
 
 
-ACCEPTED_INPUTS = ("numbers, strings, bools, None, lists, tuples, dicts with string keys, numpy arrays, bytes "
-                   "(an encoded PNG/JPEG file, sent base64-encoded) and PIL images (sent as PNG)")
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff")  # PNG, JPEG
+ACCEPTED_INPUTS = ("numbers, strings, bools, None, lists, tuples, dicts with string keys, numpy arrays of numbers "
+                   "or bools, bytes of a PNG/JPEG file (sent base64-encoded) and PIL images (sent as PNG)")
 
 
 def _to_jsonable(value: Any) -> Any:
@@ -102,7 +104,13 @@ def _to_jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return _to_jsonable(value.tolist()) if value.dtype.kind == "O" else value.tolist()
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(value).decode("ascii")
+        data = value.tobytes() if isinstance(value, memoryview) else bytes(value)
+        if not data.startswith(_IMAGE_MAGIC):  # JSON has no bytes: only an image's have a meaning servers agree on
+            raise InvalidInputError(
+                f"the client sends bytes only when they are a PNG or JPEG file (as base64, which image endpoints "
+                f"decode). Received: {len(data)} bytes starting {data[:8]!r}. Send text as a str, numbers as a "
+                f"list or numpy array, or base64-encode the bytes yourself for an endpoint that expects that.")
+        return base64.b64encode(data).decode("ascii")
     if _is_pil_image(value):
         return base64.b64encode(_png(value)).decode("ascii")
     return value
@@ -155,6 +163,8 @@ def _unjsonable(value: Any, where: str) -> str | None:
     except TypeError as exc:
         kind = type(value)
         name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        if isinstance(value, np.ndarray):
+            name += f" of dtype {value.dtype}"
         detail = "" if "not JSON serializable" in str(exc) else f" ({exc})"
         return f"{where} is of type {name}{detail}, which the client cannot send as JSON"
     return None
