@@ -63,6 +63,10 @@ def test_one_input_sent_without_its_batch_axis_is_one_error_that_says_so():
         def digits(self, images: list[Image(8, 8)]) -> list[float]:
             return [float(i.sum()) for i in images]
 
+        @kaon.endpoint(max_batch_size=8)
+        def long(self, rows: list[Tensor((60000,))]) -> list[float]:
+            return [float(r.sum()) for r in rows]
+
     async def send(path: str, body: dict) -> tuple[int, dict]:
         app = KaonApp(Tabular, ServeConfig())
         await app.startup()
@@ -81,3 +85,8 @@ def test_one_input_sent_without_its_batch_axis_is_one_error_that_says_so():
     status, body = asyncio.run(send("/predict", {"inputs": [[0.5] * 12]}))  # a batch, of a wrong shape: as before
     assert status == 422 and "expected shape [13]" in str(body) and "batch axis" not in str(body)
     assert asyncio.run(send("/predict", {"inputs": [[0.5] * 13]}))[0] == 200
+    # a batch of one (H, W) image with a bad value: the value's error, not a missing batch axis
+    status, body = asyncio.run(send("/digits", {"images": [[[0.0] * 8] * 7 + [[None] + [0.0] * 7]]}))
+    assert status == 422 and "batch axis" not in str(body) and "finite" in str(body)
+    status, body = asyncio.run(send("/long", {"rows": [0.25] * 60000}))  # a body over 256 KiB: the other path
+    assert status == 422 and "one input of shape [60000], without the batch axis" in body["error"]["message"]

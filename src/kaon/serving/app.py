@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, NamedTuple
 
-import numpy as np
 import orjson
 import pydantic
 from pydantic_core import PydanticSerializationError
@@ -40,7 +39,14 @@ from kaon.serving.guards import release_request
 from kaon.serving.http import Request, Response, decode_headers, decompressed, error_response
 from kaon.serving.metrics import ServerMetrics
 from kaon.serving.service import BATCH_ALIAS, EndpointSpec, Service, endpoint_specs, service_name
-from kaon.serving.tensors import batch_fast_path, is_image_type, numpy_to_json, tensor_info
+from kaon.serving.tensors import (
+    TensorInfo,
+    batch_fast_path,
+    is_image_type,
+    item_shape_accepted,
+    numpy_to_json,
+    tensor_info,
+)
 from kaon.serving.v2 import V2Routes
 
 log = logging.getLogger("kaon.serving")
@@ -98,25 +104,24 @@ def answer_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
             (b"content-length", str(len(response.body)).encode()), *response.headers]
 
 
-def _refuse_unbatched_item(request: Request, param: str, shape: tuple[int, ...]) -> None:
-    """One input sent without its batch axis (`{"inputs": [13 numbers]}` for items of shape (13,)) fails every
-    number as an item: one error that says so, instead of a "Received: shape []" per number."""
-    data = request.json()
+def _refuse_unbatched_item(data: Any, param: str, info: TensorInfo) -> None:
+    """One input sent without its batch axis (`{"inputs": [13 numbers]}` for items of shape (13,), or one image)
+    fails each of its rows as an item: one error that says so, instead of a "Received: shape []" per row. Only
+    when its rows are not items themselves (a batch of (H, W) images with a bad value is that value's error)."""
     items = data.get(param, data.get(BATCH_ALIAS)) if isinstance(data, dict) else None
-    if not isinstance(items, list) or not items:
-        return
-    try:
-        got = np.asarray(items, dtype=np.float64).shape
-    except (ValueError, TypeError, OverflowError):
-        return
-    whole = len(got) == len(shape) and all(w in (-1, g) for w, g in zip(shape, got, strict=True))
-    if whole or (len(shape) == 3 and shape[0] == 1 and got == shape[1:]):  # an (H, W) image for one channel
+    got: list[int] = []
+    while isinstance(items, list):  # the shape along the first elements: cheap for a body of any size
+        got.append(len(items))
+        items = items[0] if items else None
+    shape = tuple(got)
+    if shape and item_shape_accepted(info, shape) and not item_shape_accepted(info, shape[1:]):
         field = param if param in data else BATCH_ALIAS
         raise InvalidInputError(
-            f"'{field}' is a list of inputs, each of shape {list(shape)}. Received: one input of shape {list(got)}, "
-            f"without the batch axis. Send a list of inputs: {{\"{field}\": [...]}} around it (a batch of one).",
-            fields=[{"name": field, "expected": f"a list of arrays of shape {list(shape)}",
-                     "received": f"an array of shape {list(got)}"}],
+            f"'{field}' is a list of inputs, each of shape {list(info.shape)}. Received: one input of shape "
+            f"{list(shape)}, without the batch axis. Send a list of inputs: {{\"{field}\": [...]}} around it (a batch "
+            f"of one).",
+            fields=[{"name": field, "expected": f"a list of arrays of shape {list(info.shape)}",
+                     "received": f"an array of shape {list(shape)}"}],
         )
 
 
@@ -463,6 +468,8 @@ class KaonApp:
                 # count the inputs before validating each: millions of bad items would take seconds
                 data = request.json()
                 items = data.get(spec.batch_param) if isinstance(data, dict) else None
+                if info is not None:  # before the count: one long row without its batch axis is not 60,000 inputs
+                    _refuse_unbatched_item(data, batch_param, info)
                 if isinstance(items, list):  # counted before each is validated: millions would take seconds
                     check_request_size(len(items), max_items, f"inputs in '{spec.batch_param}'")
                 model = adapter.validate_python(data)
@@ -476,8 +483,8 @@ class KaonApp:
             except pydantic.ValidationError as exc:
                 if any(e.get("type") == "json_invalid" for e in exc.errors()):
                     request.json()  # raises MalformedRequestError with the parser's reason
-                if info is not None and info.shape:
-                    _refuse_unbatched_item(request, batch_param, info.shape)
+                if info is not None:
+                    _refuse_unbatched_item(request.json(), batch_param, info)
                 raise
             return {name: getattr(model, name) for name in spec.params}
 

@@ -84,22 +84,37 @@ def _channels_last(want: tuple[int, ...], image: bool) -> bool:
     return image and want[0] not in (1, 3) and want[-1] in (1, 3)
 
 
+def _other_layout(got: tuple[int, ...], want: tuple[int, ...], channels_last: bool) -> str | None:
+    """How an image item of shape `got` becomes the layout `want` takes: "axis" (an (H, W) image for one
+    channel), "channels" (the channels at the other end), or None when `got` is neither."""
+    if len(want) != 3 or len(got) not in (2, 3):  # an image item is (C, H, W) or (H, W, C); else no other layout
+        return None
+    h, w, c = want if channels_last else (want[1], want[2], want[0])
+    if c == 1 and got == (h, w):
+        return "axis"
+    return "channels" if got == ((c, h, w) if channels_last else (h, w, c)) else None
+
+
 def _image_layout(array: np.ndarray, got: tuple[int, ...], want: tuple[int, ...], channels_last: bool,
                   lead: int) -> np.ndarray | None:
     """`array` (`lead` batch axes, then an item of shape `got`) with items in the layout `want` takes, when
-    `got` is one of the other layouts an image item may come in: (H, W) for one channel, or the channels at
-    the other end. None otherwise."""
-    if len(want) != 3 or len(got) not in (2, 3):  # an image item is (C, H, W) or (H, W, C); else no other layout
-        return None
-    if channels_last:
-        h, w, c = want
-        if c == 1 and got == (h, w):
+    `got` is one of the other layouts an image item may come in (see `_other_layout`). None otherwise."""
+    how = _other_layout(got, want, channels_last)
+    if how == "axis":
+        if channels_last:
             return array[..., None]
-        return np.moveaxis(array, lead, -1) if got == (c, h, w) else None
-    c, h, w = want
-    if c == 1 and got == (h, w):
         return array[:, None] if lead else array[None]  # np.expand_dims costs 2 us more per request
-    return np.moveaxis(array, -1, lead) if got == (h, w, c) else None
+    if how == "channels":
+        return np.moveaxis(array, lead, -1) if channels_last else np.moveaxis(array, -1, lead)
+    return None
+
+
+def item_shape_accepted(info: TensorInfo, got: tuple[int, ...]) -> bool:
+    """Whether one item of shape `got` is what a parameter of `info` takes, in any layout it accepts."""
+    want = info.shape
+    if len(got) == len(want) and all(w in (-1, g) for w, g in zip(want, got, strict=True)):
+        return True
+    return info.image and _other_layout(got, want, _channels_last(want, True)) is not None
 
 
 def _array_schema(shape: tuple[int, ...], dtype: str, image: bool) -> dict[str, Any]:
