@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import types
-import typing
 from typing import Any
 
 import pydantic
@@ -66,41 +64,11 @@ def check_service(cls: Any, examples: dict[str, dict[str, Any]] | None = None) -
 
 def _check_endpoint(cls: type, attr: str, func: Any, options: dict[str, Any]
                     ) -> tuple[EndpointSpec | None, list[str]]:
-    """The endpoint's spec, or None and its problems. `_endpoint_spec` (what `kaon serve` runs) raises on the
-    first; a missing type hint is filled in and the endpoint checked again, to find what else is wrong in it."""
-    problems: list[str] = []
-    while True:  # each pass fills one missing hint, so this ends
-        try:
-            spec = _endpoint_spec(cls, attr, func, options, **_SPEC_DEFAULTS)
-        except ConfigError as exc:
-            problems.append(exc.message)
-            func = _hint_filled(func, options)
-            if func is None:
-                return None, problems
-            continue
-        return (None if problems else spec), problems
-
-
-def _hint_filled(func: Any, options: dict[str, Any]) -> Any:
-    """A copy of `func` with its first missing parameter or return hint set, or None when none is missing (or
-    the hints cannot be read at all). The hint set is one no other check refuses: `list[Any]` where the
-    endpoint is batched (max_batch_size > 1, which needs list -> list), else `Any`."""
-    if not isinstance(func, types.FunctionType):
-        return None
+    """The endpoint's spec, or None and its problem (`_endpoint_spec`, what `kaon serve` runs, says the first)."""
     try:
-        hints = typing.get_type_hints(func)
-    except Exception:  # noqa: BLE001 - that is the problem already reported
-        return None
-    names = list(inspect.signature(func).parameters)[1:] + ["return"]
-    missing = next((name for name in names if name not in hints), None)
-    if missing is None:
-        return None
-    copy = types.FunctionType(func.__code__, func.__globals__, func.__name__, func.__defaults__, func.__closure__)
-    copy.__kwdefaults__ = func.__kwdefaults__
-    copy.__qualname__ = func.__qualname__
-    copy.__annotations__ = {**func.__annotations__,
-                            missing: list[Any] if (options.get("max_batch_size") or 1) > 1 else Any}
-    return copy
+        return _endpoint_spec(cls, attr, func, options, **_SPEC_DEFAULTS), []
+    except ConfigError as exc:
+        return None, [exc.message]
 
 
 def _run_examples(cls: type[Service], specs: list[EndpointSpec], examples: dict[str, dict[str, Any]]) -> list[str]:

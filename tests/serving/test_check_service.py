@@ -40,7 +40,9 @@ def test_three_problems_are_reported_in_one_error():
     assert any("ThreeProblems.echo: parameter 'value' has no type hint" in p for p in problems)
 
 
-def test_every_missing_hint_of_one_endpoint_and_what_else_is_wrong_with_it_are_reported():
+def test_the_init_and_each_endpoint_are_reported_with_the_first_problem_of_each():
+    """Within one endpoint, the first problem is reported (kaon serve's own words); filling in hints to find more
+    made up problems that the user's code does not have."""
     class Sloppy(kaon.Service):
         def __init__(self, path):
             self.path = path
@@ -50,17 +52,16 @@ def test_every_missing_hint_of_one_endpoint_and_what_else_is_wrong_with_it_are_r
             return a
 
         @kaon.endpoint(max_batch_size=8)
-        def batch(self, xs) -> list[np.ndarray]:
+        def batch(self, xs: list[int]) -> list[np.ndarray]:
             return xs
 
     with pytest.raises(ServiceContractError) as info:
         check_service(Sloppy)
     problems = info.value.message.split("\n- ")[1:]
-    assert len(problems) == 6, info.value.message
+    assert len(problems) == 3, info.value.message
     assert "no required arguments" in problems[0]
-    assert [p.split(":")[0] for p in problems[1:]] == ["Sloppy.batch"] * 2 + ["Sloppy.predict"] * 3
-    assert "parameter 'xs' has no type hint" in problems[1] and "list[numpy.ndarray] has no JSON schema" in problems[2]
-    assert ["'a'" in problems[3], "'c'" in problems[4], "return type hint is missing" in problems[5]] == [True] * 3
+    assert "Sloppy.batch" in problems[1] and "list[numpy.ndarray] has no JSON schema" in problems[1]
+    assert "Sloppy.predict" in problems[2] and "'a'" in problems[2] and "list[Any]" not in info.value.message
 
 
 def test_a_good_class_still_returns_its_specs():
