@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -237,21 +238,25 @@ def load_program(path: Path, name: str | None = None, signature: Signature | Non
     # on a bad file torch.export logs the real reason as a traceback through its own handler, then raises
     logger = logging.getLogger("torch.export")
     said = _Collected()
-    handlers, propagates = logger.handlers[:], logger.propagate
-    logger.handlers, logger.propagate = [said], False
-    try:
-        program = torch.export.load(str(path))
-    except Exception as exc:
-        reason = said.last_line() or str(exc)
-        raise ModelLoadError(
-            f"'{path}' could not be loaded as a torch.export program (.pt2): {reason}. "
-            f"Expected a file written by torch.export.save."
-        ) from exc
-    finally:
-        logger.handlers, logger.propagate = handlers, propagates
+    with _LOADING:  # the logger is the process's: one load at a time swaps its handlers (torch's loads clash anyway)
+        handlers, propagates = logger.handlers[:], logger.propagate
+        logger.handlers, logger.propagate = [said], False
+        try:
+            program = torch.export.load(str(path))
+        except Exception as exc:
+            reason = said.last_line() or str(exc)
+            raise ModelLoadError(
+                f"'{path}' could not be loaded as a torch.export program (.pt2): {reason}. "
+                f"Expected a file written by torch.export.save."
+            ) from exc
+        finally:
+            logger.handlers, logger.propagate = handlers, propagates
     if signature is None:
         signature = _program_signature(program)
     return TorchModel(program.module(), signature, name or Path(path).stem)
+
+
+_LOADING = threading.Lock()
 
 
 class _Collected(logging.Handler):
