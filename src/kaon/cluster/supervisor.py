@@ -256,8 +256,8 @@ class Supervisor:
 
     async def _run(self, replica: ReplicaProcess) -> None:
         spec = self._specs[replica.generation]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.replica_env(),
-               "KAON_PUBLIC_URL": self._public_url()}  # its banner (kaon logs) shows the router's URL, not its own
+        # its banner (kaon logs) shows the router's URL, not its own, unless the deployment names its own
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "KAON_PUBLIC_URL": self._public_url(), **spec.replica_env()}
         with open(replica.log_path, "ab") as log_file:
             log_file.write(f"--- kaon: replica {replica.index} (restart {replica.restarts}) starting on port "
                            f"{replica.port} at {replica.started_wall.isoformat()}\n".encode())
