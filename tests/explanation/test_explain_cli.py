@@ -29,12 +29,13 @@ def test_explain_a_program_on_a_npy_batch_writes_arrays_heatmaps_and_trust(model
     assert report["trust"]["faithfulness"]["faithfulness"] > 0 and report["trust"]["randomization"]["passed"]
     assert "Top features" in result.output and "randomization check passed" in result.output
     (out / "notes.txt").write_text("mine")
+    (out / "heatmap_best.png").write_bytes(b"mine too")  # named like kaon's, but not one of its numbered ones
     np.save(tmp_path / "one.npy", x[:1])  # again into the same folder, with one input: no heatmap_1.png left over
     again = runner.invoke(app, ["explain", str(model_files["pt2"]), "--input", str(tmp_path / "one.npy"),
                                 "--method", "saliency", "--out", str(out), "--no-trust"])
     assert again.exit_code == 0, again.output
     assert sorted(p.name for p in out.iterdir()) == ["attributions.npy", "explanation.json", "heatmap_0.png",
-                                                     "notes.txt"]
+                                                     "heatmap_best.png", "notes.txt"]
     assert "replaced the earlier explanation" in again.output and "4 files" in again.output
 
 

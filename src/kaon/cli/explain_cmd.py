@@ -59,10 +59,15 @@ def explain(
     chosen: Any = reference if (is_text and reference) else target
     exp = run_explain(model, inputs, method=method, target=chosen, heatmap=not is_text,  # type: ignore[arg-type]
                       n_steps=n_steps)
+    if trust and not is_text:  # before any file is touched: a failure here leaves the earlier results as they were
+        from kaon.explanation import trust as score_trust
+
+        exp.trust = score_trust(model, exp)
     out.mkdir(parents=True, exist_ok=True)
     # an earlier run's files go first: its heatmap_3.png must not sit beside this run's one heatmap
     earlier = [p for p in (out / "attributions.npy", out / "tokens.html", out / "explanation.json",
-                           *sorted(out.glob("heatmap_*.png"))) if p.is_file()]
+                           *sorted(out.glob("heatmap_*.png"))) if p.is_file()
+               and (not p.name.startswith("heatmap_") or p.stem.removeprefix("heatmap_").isdigit())]
     for path in earlier:
         path.unlink()
     np.save(out / "attributions.npy", exp.attributions)
@@ -73,10 +78,6 @@ def explain(
     for i, png in enumerate(exp.heatmaps or []):
         (out / f"heatmap_{i}.png").write_bytes(png)
         written.append(out / f"heatmap_{i}.png")
-    if trust and not is_text:
-        from kaon.explanation import trust as score_trust
-
-        exp.trust = score_trust(model, exp)
     report = {"model": model_ref, **exp.to_dict(), "top_features": _top(exp, top, is_text)}
     report.pop("attributions")  # in attributions.npy
     (out / "explanation.json").write_text(json.dumps(report, indent=2, default=str))
