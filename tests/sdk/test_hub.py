@@ -49,6 +49,19 @@ def test_one_sample_as_the_example_says_to_pass_a_batch():
         kaon.register(model, "row", input_example=np.zeros(4, np.float32))  # x[0]: 'Constraints violated (batch)'
 
 
+def test_an_example_of_the_wrong_width_is_one_error_without_torchs_logged_traceback(capfd):
+    """torch's fake-tensor logger printed ~20 lines of traceback (E... lines) before kaon's error, which ended '..'."""
+    import torch
+
+    from kaon.errors import ModelLoadError
+
+    model = torch.nn.Sequential(torch.nn.Linear(13, 3)).eval()
+    with pytest.raises(ModelLoadError, match=r"got \[s\d+, 7\] X \[13, 3\]\. Expected a module") as info:
+        kaon.register(model, "wide", input_example=np.zeros((4, 7), np.float32))
+    assert ".." not in str(info.value)
+    assert "Traceback" not in capfd.readouterr().err
+
+
 class _ValueBranch:  # built lazily: torch is imported by the test
     @staticmethod
     def make():

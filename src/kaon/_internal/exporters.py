@@ -27,6 +27,8 @@ def summarize(exc: BaseException) -> str:
         text = " <- ".join(re.sub(r"^<class '[\w.]+\.(\w+)'>:", r"\1:", ln) for ln in lines)
     text = " ".join(text.split())
     text = text[:600] + ("..." if len(text) > 600 else "") if text else type(exc).__name__
+    if not where and text.endswith(".") and not text.endswith("..."):
+        text = text[:-1]  # callers write their own full stop after the reason
     return text + where
 
 
@@ -36,11 +38,13 @@ def quiet() -> Iterator[None]:
     partial graph to stderr; a user needs none of that: the error they raise says what failed."""
     # "" is the root logger: onnxruntime's quantizer warns through it ("consider pre-processing").
     names = ["", "torch.onnx", "torch.export", "torch._export", "onnxscript", "onnxruntime",
-             "torch.fx.experimental.symbolic_shapes"]
+             "torch.fx.experimental.symbolic_shapes", "torch._subclasses.fake_tensor"]
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        # torch's loggers print through handlers of their own (to the stderr of import time, which the redirect
+        # below does not reach), and log a failing operator's traceback as an ERROR: the raised error says it
+        lg.setLevel(logging.ERROR if not lg.name.startswith("torch") else logging.CRITICAL + 1)
     try:
         with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()),
               contextlib.redirect_stderr(io.StringIO())):
