@@ -215,17 +215,31 @@ def show_model(
 def set_alias(
     name: Annotated[str, typer.Argument(help="The model's name.")],
     alias: Annotated[str, typer.Argument(help="The alias, e.g. production.")],
-    version: Annotated[int, typer.Argument(help="The version it should point at.")],
+    version: Annotated[str, typer.Argument(help="The version it should point at: 2, or digits@2.")],
 ) -> None:
     """Point NAME@ALIAS at VERSION (creates the alias or moves it)."""
     with reporting_errors():
-        _open_registry().set_alias(name, alias, version)
-    console.print(f"{name}@{alias} -> {name}@{version}", highlight=False)
+        number = _version_number(name, version)
+        _open_registry().set_alias(name, alias, number)
+    console.print(f"{name}@{alias} -> {name}@{number}", highlight=False)
+
+
+def _version_number(name: str, version: str) -> int:
+    """VERSION as `kaon models alias` takes it: a number, or the version's reference (NAME@N)."""
+    given_name, _, number = version.rpartition("@")
+    if given_name and given_name != name:
+        raise InvalidInputError(f"the version {version!r} is not one of {name!r}'s. Expected a version number of "
+                                f"{name}, e.g. 2 or {name}@2.")
+    if not number.isdigit():
+        raise InvalidInputError(f"expected a version number, e.g. 2 or {name}@2 (an alias points at a version, "
+                                f"not at another alias). Received: {version!r}.")
+    return int(number)
 
 
 @models_app.command("delete")
 def delete_version(
     ref: Annotated[str, typer.Argument(help="The version to delete, as name@version, e.g. digits@3.")],
+    version: Annotated[int | None, typer.Argument(help="Or the name, then the version: digits 3.")] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Delete even if an alias such as 'production' points at it.")
     ] = False,
@@ -234,7 +248,7 @@ def delete_version(
     from kaon.registry import parse_ref
 
     with reporting_errors():
-        name, selector = parse_ref(ref)
+        name, selector = parse_ref(ref if version is None or "@" in ref else f"{ref}@{version}")
         if selector is None or not selector.isdigit():
             raise InvalidInputError(
                 f"delete needs an explicit version number, so that an alias never deletes the wrong one. "

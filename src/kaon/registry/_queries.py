@@ -116,8 +116,8 @@ def version_record(row: ModelVersionRow, aliases: list[str]) -> ModelVersionReco
 
 def run_not_found(run_id: object) -> NotFoundError:
     return NotFoundError(
-        f"no run with id {run_id!r}. List runs with `kaon runs list` or Registry.list_runs(); "
-        "create one with Registry.create_run(name)."
+        f"no run with id {run_id!r}. List runs with `kaon runs list` (Python: Registry().list_runs()); a run is "
+        "recorded by each kaon.Trainer fit, kaon optimize and kaon audit."
     )
 
 
