@@ -42,14 +42,23 @@ def optimize(
         help="Where the variants and report go (default: KAON_HOME/optimize/...).")] = None,
 ) -> None:
     """Export, quantize and prune a model; register the best variant within the accuracy budget."""
-    from kaon.optimization import optimize as run_optimize
+    try:
+        from kaon.optimization import optimize as run_optimize  # torch: seconds, worth a Ctrl-C too
 
-    console.print(f"[bold]kaon optimize[/] {escape(ref)}: target {target}, budget {max_accuracy_drop:g} pts, "
-                  f"{num_threads} thread(s)")
-    with console.status("exporting, quantizing, pruning and measuring (about half a minute for a small model)..."):
-        report = run_optimize(ref, max_accuracy_drop=max_accuracy_drop, target=target,  # type: ignore[arg-type]
-                              methods=methods, calibration_samples=calibration_samples,
-                              calibration_data=calibration_data, num_threads=num_threads, output_dir=output_dir)
+        console.print(f"[bold]kaon optimize[/] {escape(ref)}: target {target}, budget {max_accuracy_drop:g} pts, "
+                      f"{num_threads} thread(s)")
+        with console.status("exporting, quantizing, pruning and measuring (about half a minute for a small "
+                            "model)..."):
+            report = run_optimize(ref, max_accuracy_drop=max_accuracy_drop,
+                                  target=target,  # type: ignore[arg-type]
+                                  methods=methods, calibration_samples=calibration_samples,
+                                  calibration_data=calibration_data, num_threads=num_threads,
+                                  output_dir=output_dir)
+    except KeyboardInterrupt as exc:  # Ctrl-C: the run is recorded 'interrupted'; say what it left
+        registered = getattr(exc, "registered", None)
+        console.print(f"interrupted; {registered} was registered before it stopped" if registered
+                      else "interrupted; nothing was registered", highlight=False)
+        raise typer.Exit(130) from None
     print_report(report)
 
 
@@ -80,4 +89,7 @@ def print_report(report: OptimizationReport) -> None:
     if report.registered:
         console.print(f"registered {report.registered} (parent {report.source}); serve it: "
                       f"kaon serve {report.registered}")
+        if report.drift_reference:
+            console.print(f"drift reference of {report.registered}: {escape(report.drift_reference)}",
+                          highlight=False, soft_wrap=True)
     console.print(f"report: {report.files.get('report.md')}  chart: {report.files.get('report.png')}")

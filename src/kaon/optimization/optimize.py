@@ -15,11 +15,16 @@ and `digits@latest` serve it; `production` is never moved here: promoting is a p
 (`kaon models alias digits production 2`). When no variant qualifies nothing is registered, so
 every alias keeps pointing at the original; the report is still kept as the optimization run's
 artifacts.
+
+A run stopped by an error or by Ctrl-C ends `failed` or `interrupted` (`OptimizationInterrupted`, a
+KeyboardInterrupt); unless it had registered a version already, the work folder it made
+(KAON_HOME/optimize/...) is removed with the half-built variants in it.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -87,13 +92,17 @@ def optimize(ref_or_model: Any, *, max_accuracy_drop: float = 0.5, target: Targe
     source = open_source(ref_or_model, registry=reg, example=given.x if given is not None else None)
     samples = _samples(source, given, reg)
     tune, held, held_out = samples.split()
-    folder = Path(output_dir) if output_dir else _default_folder(source)
+    made = output_dir is None or not Path(output_dir).exists()  # a folder of the user's own is never removed
+    folder: Path | None = None
     run_id = None
-    if source.record is not None:
-        params = {"model": source.record.ref, "target": target, "max_accuracy_drop": max_accuracy_drop,
-                  "methods": list(requested), "calibration_samples": calibration_samples, "threads": num_threads}
-        run_id = reg.create_run(f"optimize {source.record.ref}", params=params, kind="optimize").id
+    report: OptimizationReport | None = None
     try:
+        folder = Path(output_dir) if output_dir else _default_folder(source)
+        if source.record is not None:
+            params = {"model": source.record.ref, "target": target, "max_accuracy_drop": max_accuracy_drop,
+                      "methods": list(requested), "calibration_samples": calibration_samples,
+                      "threads": num_threads}
+            run_id = reg.create_run(f"optimize {source.record.ref}", params=params, kind="optimize").id
         with torch_threads(num_threads):
             report = _run(source, requested, target, max_accuracy_drop, num_threads, num_rounds, tune, held,
                           calibration_samples, folder)
@@ -110,10 +119,39 @@ def optimize(ref_or_model: Any, *, max_accuracy_drop: float = 0.5, target: Targe
                 reg.add_run_artifact(run_id, name, path)
             reg.finish_run(run_id, summary=_summary(report))
     except BaseException as exc:
-        if run_id is not None:
-            reg.finish_run(run_id, status="failed", summary={"error": f"{type(exc).__name__}: {exc}"[:2000]})
+        registered = report.registered if report is not None else None
+        _give_up(exc, reg, run_id, registered, folder if made else None)
+        if isinstance(exc, KeyboardInterrupt):
+            raise OptimizationInterrupted(registered) from exc
         raise
     return report
+
+
+class OptimizationInterrupted(KeyboardInterrupt):  # noqa: N818 - a KeyboardInterrupt, named as one
+    """Ctrl-C during `optimize`: `registered` names the version registered before it came, else None."""
+
+    def __init__(self, registered: str | None) -> None:
+        super().__init__(registered or "")
+        self.registered = registered
+
+
+def _give_up(exc: BaseException, registry: Any, run_id: int | None, registered: str | None,
+             folder: Path | None) -> None:
+    """After an error or Ctrl-C: the run ends 'failed' or 'interrupted' (as training records it), and the work
+    folder optimize made goes unless a version was registered from it. Nobody is told about a report in it
+    (the CLI prints the error, or that it was interrupted), and the variants half-built there are of no use;
+    a finished run's folder stays (its report is printed and kept with the run, even when nothing qualified)."""
+    if run_id is not None:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        summary: dict[str, Any] = {"error": f"{type(exc).__name__}: {exc}"[:2000]} if status == "failed" else {}
+        if registered is not None:
+            summary["registered"] = registered
+        try:
+            registry.finish_run(run_id, status=status, summary=summary)
+        except Exception as problem:  # noqa: BLE001 - the error being raised is the one to tell about
+            log.warning("could not record optimize run %s as %s: %s", run_id, status, problem)
+    if folder is not None and registered is None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run(source: Source, requested: tuple[str, ...], target: Target, max_accuracy_drop: float, num_threads: int,
@@ -157,7 +195,7 @@ def _register(report: OptimizationReport, source: Source, registry: Any, run_id:
     description = (f"kaon optimize: {variant.name} of {record.ref} (target {report.target}, budget "
                    f"{report.max_accuracy_drop:g} pts)")
     with tempfile.TemporaryDirectory(prefix="kaon-optimize-reference-") as tmp:
-        reference = _reference_for(variant, record, reference_data, Path(tmp))
+        reference, report.drift_reference = _reference_for(variant, record, registry, reference_data, Path(tmp))
         files = {**variant.files, **report.files, **({reference.name: reference} if reference else {})}
         version = registry.register_version(record.name, files, framework=variant.framework,
                                             signature=record.signature, metrics=metrics, parent=record.ref,
@@ -165,35 +203,94 @@ def _register(report: OptimizationReport, source: Source, registry: Any, run_id:
     report.registered = version.ref
 
 
-def _reference_for(variant: Variant, record: Any, x: np.ndarray, folder: Path) -> Path | None:
-    """Drift reference statistics for the variant, when its parent has them: refitted on the samples,
-    since the variant's features (an ONNX model's outputs, not the torch parent's penultimate layer) differ."""
+def _reference_for(variant: Variant, record: Any, registry: Any, x: np.ndarray,
+                   folder: Path) -> tuple[Path | None, str]:
+    """Drift reference statistics for the variant, when its parent has them, and one line that says which.
+
+    First choice: refitted on the calibration samples, since the variant's features (an ONNX model's
+    outputs, not the torch parent's penultimate layer) differ. With fewer samples than a reference needs,
+    the parent's reference is carried over where it is valid for the variant (`_parents_reference`)."""
     from kaon.monitoring import REFERENCE_FILENAME
 
     if REFERENCE_FILENAME not in record.files:
-        return None
-    if len(x) < MIN_REFERENCE_ROWS:
-        log.warning("%s has drift reference statistics but the optimized version gets none: %d samples, "
-                    "fewer than the %d a reference needs. Register it again with reference_data=x_train.",
-                    record.ref, len(x), MIN_REFERENCE_ROWS)
-        return None
+        return None, (f"none: {record.ref} has no reference statistics either (register it with "
+                      f"kaon.register(..., reference_data=x_train), or serve with --drift-reference)")
+    if len(x) >= MIN_REFERENCE_ROWS:
+        reference, problem = _refit_reference(variant, record, x, folder)
+        if reference is not None:
+            log.info("drift reference statistics refitted for %s (%s) on %d samples", variant.name,
+                     variant.framework, len(x))
+            return reference, f"refitted for the optimized model on the {len(x)} calibration samples"
+        why = f"refitting it on the {len(x)} calibration samples failed ({problem})"
+    else:
+        why = f"the {len(x)} calibration samples are fewer than the {MIN_REFERENCE_ROWS} a reference is fitted on"
+    reference, how = _parents_reference(variant, record, registry, folder)
+    if reference is not None:
+        return reference, f"{how} ({why})"
+    log.warning("%s has drift reference statistics but the optimized version gets none: %s; %s.", record.ref,
+                why, how)
+    advice = (f". Run kaon optimize again with --calibration-data holding at least {MIN_REFERENCE_ROWS} samples"
+              if len(x) < MIN_REFERENCE_ROWS else "")
+    return None, f"none: {why}, and {how}{advice}"
+
+
+def _parents_reference(variant: Variant, record: Any, registry: Any, folder: Path) -> tuple[Path | None, str]:
+    """The parent's reference, for the variant, where it is valid for it; else None and why not.
+
+    Which parts of a reference hold for another model of the same inputs:
+    - source 'inputs' (a tabular model without a reachable penultimate layer): every statistic is of the
+      inputs (KS, PSI, MMD, the Mahalanobis outlier model), whatever model reads them; only the
+      predicted-class counts (and the outlier model's grouping by class) come from the parent's answers,
+      which the variant gives too, within the accuracy budget. Kept as it is.
+    - a tabular reference on the parent's penultimate layer or outputs also holds a sample of the inputs it
+      was fitted on (the `reference_data` the user registered, up to 1000 rows): it is refitted on them, so
+      that its features are the variant's own.
+    - other 'penultimate' references: an ONNX variant has no penultimate layer to compare with (and a pruned,
+      fine-tuned one computes another), and without the inputs nothing can be refitted. None.
+    - other 'outputs' references (logits or probabilities): kept for the plain ONNX export only, which the
+      export check found to compute the original's outputs. The accuracy budget of a quantized or pruned
+      variant bounds how many top-1 answers change, not how far its scores move, and the MMD test and the
+      outlier quantiles are fitted on those scores: clean traffic could read as drift. None for those.
+    """
+    from kaon.monitoring import REFERENCE_FILENAME, Reference
+
+    try:
+        path = registry.materialize(record) / REFERENCE_FILENAME
+        parent = Reference.load(path)
+    except KaonError as exc:
+        return None, f"{record.ref}'s {REFERENCE_FILENAME} could not be read ({exc.message})"
+    if parent.source == "inputs":
+        return Path(shutil.copyfile(path, folder / REFERENCE_FILENAME)), (
+            f"{record.ref}'s {REFERENCE_FILENAME} carried over as it is: its statistics are of the inputs, "
+            f"which the optimized model reads as the original does")
+    if parent.features is not None and len(parent.features) >= MIN_REFERENCE_ROWS:
+        x = parent.features.reshape((len(parent.features), *parent.input_shape))
+        reference, problem = _refit_reference(variant, record, x, folder)
+        if reference is not None:
+            return reference, (f"refitted for the optimized model on the {len(x)} inputs kept in "
+                               f"{record.ref}'s {REFERENCE_FILENAME}")
+        return None, f"refitting it on the inputs kept in {record.ref}'s {REFERENCE_FILENAME} failed ({problem})"
+    if parent.source == "outputs" and variant.methods == ("onnx",):
+        return Path(shutil.copyfile(path, folder / REFERENCE_FILENAME)), (
+            f"{record.ref}'s {REFERENCE_FILENAME} carried over as it is: it holds the model's outputs, and the "
+            f"plain ONNX export computes the same outputs (export check)")
+    held = "penultimate-layer features" if parent.source == "penultimate" else "outputs"
+    return None, (f"{record.ref}'s {REFERENCE_FILENAME} holds its {held}, which {variant.name} does not "
+                  f"reproduce, and no inputs to refit it on")
+
+
+def _refit_reference(variant: Variant, record: Any, x: np.ndarray, folder: Path) -> tuple[Path | None, str]:
+    """Reference statistics of the variant's own model on `x`; else None and why."""
     main = {"onnx": "model.onnx", "torch": "model.pt2", "keras": "model.keras"}.get(variant.framework, "")
     path = variant.files.get(main)
     if path is None:
-        log.warning("%s has drift reference statistics but the optimized version gets none: no %s model file "
-                    "among %s to fit them with.", record.ref, variant.framework, sorted(variant.files))
-        return None
+        return None, f"no {variant.framework} model file among {sorted(variant.files)} to fit it with"
     try:
         model = load_folder(Path(path).parent, {Path(path).name: None}, variant.framework, record.signature,
                             record.name)
-        reference = fit_reference_file(model, x, folder)
+        return fit_reference_file(model, x, folder), ""
     except KaonError as exc:  # the optimized model is still worth registering; only its drift monitor is off
-        log.warning("%s has drift reference statistics but the optimized version gets none: fitting them "
-                    "failed (%s). Register it again with reference_data=x_train.", record.ref, exc.message)
-        return None
-    log.info("drift reference statistics refitted for %s (%s) on %d samples", variant.name,
-             variant.framework, len(x))
-    return reference
+        return None, exc.message
 
 
 def _samples(source: Source, given: Samples | None, registry: Any) -> Samples:

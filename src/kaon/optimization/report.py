@@ -60,6 +60,7 @@ class OptimizationReport:
     held_out: str = ""
     parity: str = ""
     registered: str | None = None  # 'name@version' of the registered variant
+    drift_reference: str = ""  # which drift reference statistics the registered version carries, or why none
     run_id: int | None = None
     files: dict[str, Path] = field(default_factory=dict)  # report.md, report.json, report.png
 
@@ -87,7 +88,8 @@ class OptimizationReport:
             "source": self.source, "target": self.target, "max_accuracy_drop": self.max_accuracy_drop,
             "methods": self.methods, "threads": self.threads, "held_out": self.held_out, "parity": self.parity,
             "original": self.original.to_dict(), "variants": [v.to_dict() for v in self.variants],
-            "chosen": self.chosen, "reasons": self.reasons, "registered": self.registered, "run_id": self.run_id,
+            "chosen": self.chosen, "reasons": self.reasons, "registered": self.registered,
+            "drift_reference": self.drift_reference, "run_id": self.run_id,
             "before_after": self.before_after(),
         }
 
@@ -119,7 +121,10 @@ class OptimizationReport:
             lines += ["", f"Export check: {self.parity}."]
         lines += ["", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
         lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
-        lines += ["", f"**{self.before_after()}**", "", "## Why", ""]
+        lines += ["", f"**{self.before_after()}**"]
+        if self.registered and self.drift_reference:
+            lines += ["", f"Drift reference of {self.registered}: {self.drift_reference}."]
+        lines += ["", "## Why", ""]
         lines += [f"- {reason}" for reason in self.reasons]
         notes = [(v.name, n) for v in [self.original, *self.variants] for n in v.notes]
         if notes:
