@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kaon.errors import TrainingError
+from kaon.errors import ConfigError, InvalidInputError, TrainingError
 from kaon.training import (
     Callback,
     CSVLogger,
@@ -159,14 +159,69 @@ def test_a_callback_that_raises_is_named_and_the_history_is_kept(small, tmp_path
     assert len(csv_path.read_text().splitlines()) == 3  # header + epochs 0 and 1, flushed and closed
 
 
+class CountEpochs(Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = 0
+
+    def on_epoch_begin(self, epoch, logs):
+        self.epochs += 1
+
+
 def test_monitoring_a_value_that_is_not_logged_lists_the_logged_ones(small):
+    """Known before training starts (the metric names are): it failed only after epoch 1 had trained."""
+    x_train, y_train, x_test, y_test = small
+    counter = CountEpochs()
+    with pytest.raises(ConfigError) as info:
+        Trainer(make_model(), track=False).fit(
+            x_train, y_train, verbose=False, callbacks=[EarlyStopping(monitor="val_loss"), counter])
+    message = str(info.value)
+    assert "EarlyStopping monitors 'val_loss', which fit does not log: this fit has no validation data" in message
+    assert "Expected one of: loss, accuracy" in message and "validation_data" in message
+    with pytest.raises(ConfigError, match=r"monitors 'val_acc', .*did you mean 'val_accuracy'\?"):
+        Trainer(make_model(), track=False).fit(x_train, y_train, validation_data=(x_test, y_test), verbose=False,
+                                               callbacks=[ReduceLROnPlateau("loss"), EarlyStopping("val_acc")])
+    assert counter.epochs == 0
+
+
+def test_a_checkpoint_path_field_that_is_not_logged_fails_before_training(small, tmp_path):
+    """It raised KeyError: 'val_los' after the first epoch, without the fields it could have named."""
+    x_train, y_train, x_test, y_test = small
+    counter = CountEpochs()
+    with pytest.raises(ConfigError) as info:
+        Trainer(make_model(), track=False).fit(
+            x_train, y_train, validation_data=(x_test, y_test), verbose=False,
+            callbacks=[ModelCheckpoint(tmp_path / "{epoch:02d}-{val_los:.2f}.safetensors"), counter])
+    assert counter.epochs == 0
+    message = str(info.value)
+    assert "names the field 'val_los', which fit does not log (did you mean 'val_loss'?)" in message
+    assert "Available fields: epoch, loss, accuracy, val_loss, val_accuracy" in message
+    with pytest.raises(ConfigError, match="could not fill in its path .*Unknown format code 'd'"):
+        Trainer(make_model(), track=False).fit(x_train, y_train, verbose=False,
+                                               callbacks=[ModelCheckpoint(tmp_path / "{loss:02d}.safetensors")])
+
+
+def test_values_a_callback_adds_to_the_logs_can_be_monitored_and_are_checked_when_saved(small, tmp_path):
+    """A callback of the user's may log its own values: what follows it is checked when it runs."""
     x_train, y_train, _, _ = small
+
+    class F1(Callback):
+        def on_epoch_end(self, epoch, logs):
+            logs["val_f1"] = 0.5 + epoch
+
+    history = Trainer(make_model(), track=False).fit(
+        x_train[:100], y_train[:100], epochs=2, verbose=False,
+        callbacks=[F1(), EarlyStopping("val_f1"), ModelCheckpoint(tmp_path / "{epoch}-{val_f1:.1f}.safetensors")])
+    assert history.epoch == [0, 1] and (tmp_path / "2-1.5.safetensors").exists()
     with pytest.raises(TrainingError) as info:
         Trainer(make_model(), track=False).fit(
-            x_train, y_train, verbose=False, callbacks=[EarlyStopping(monitor="val_loss")])
+            x_train[:100], y_train[:100], verbose=False,
+            callbacks=[F1(), ModelCheckpoint(tmp_path / "{epoch}-{val_f:.1f}.safetensors")])
     message = str(info.value)
-    assert "EarlyStopping monitors 'val_loss', which fit does not log" in message
-    assert "Expected one of: loss, accuracy" in message and "validation_data" in message
+    assert "callback ModelCheckpoint raised ConfigError in on_epoch_end (epoch 1)" in message
+    assert "names the field 'val_f', which fit does not log (did you mean 'val_f1'?)" in message
+    assert "Available fields: epoch, loss, accuracy, val_f1. Received: path=" in message
+    assert "safetensors'. Training stopped" in message  # one full stop, not two
 
 
 def test_a_run_resumes_from_a_checkpoint_with_load_weights_and_initial_epoch(small, tmp_path):
@@ -190,6 +245,46 @@ def test_a_run_resumes_from_a_checkpoint_with_load_weights_and_initial_epoch(sma
         Trainer(torch.nn.Linear(3, 2), track=False).load_weights(tmp_path / "02.safetensors")
     with pytest.raises(ConfigError, match="initial_epoch is the number of epochs already trained"):
         resumed.fit(x_train, y_train, epochs=2, initial_epoch=2, verbose=False)
+
+
+def test_weights_that_do_not_fit_name_the_keys_and_shapes(tmp_path):
+    """The message stopped at torch's first line, 'Error(s) in loading state_dict for Sequential:.', dropping the
+    keys and shapes on the lines after it."""
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal((64, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+
+    def build(hidden=16, *, dropout=False):
+        torch.manual_seed(0)
+        middle = [torch.nn.Dropout(0.1)] if dropout else []
+        return torch.nn.Sequential(torch.nn.Linear(6, hidden), torch.nn.ReLU(), *middle, torch.nn.Linear(hidden, 2))
+
+    Trainer(build(), track=False).fit(x, y, verbose=False,
+                                      callbacks=[ModelCheckpoint(tmp_path / "{epoch:02d}.safetensors")])
+    weights = tmp_path / "01.safetensors"
+    with pytest.raises(ConfigError) as info:
+        Trainer(build(32), track=False).load_weights(weights)
+    message = str(info.value)
+    assert "do not fit Sequential: 3 weights differ in shape ('0.weight' is (16, 6) in the file and (32, 6) in " \
+           "the model, '0.bias' is (16,) in the file and (32,) in the model, '2.weight' is (2, 16) in the file " \
+           "and (2, 32) in the model). Build the model as it was" in message
+    with pytest.raises(ConfigError) as info:
+        Trainer(build(dropout=True), track=False).load_weights(weights)
+    message = str(info.value)
+    assert "2 of the model's weights are not in the file ('3.weight', '3.bias')" in message
+    assert "2 weights in the file are not in the model ('2.bias', '2.weight')" in message
+    assert ":." not in message and "Error(s)" not in message
+    many = torch.nn.Sequential(*[torch.nn.Identity() for _ in range(3)], *[torch.nn.Linear(6, 6) for _ in range(4)])
+    with pytest.raises(ConfigError, match=r"8 of the model's weights are not in the file \('3.weight', '3.bias', "
+                                          r"'4.weight' and 5 more\); 4 weights in the file"):
+        Trainer(many, track=False).load_weights(weights)
+
+    with pytest.raises(InvalidInputError) as info:  # the optimizer's file beside it, picked by mistake
+        Trainer(build(), track=False).load_weights(tmp_path / "01.safetensors.optimizer")
+    message = str(info.value)
+    assert "is the optimizer state file that ModelCheckpoint writes beside the weights" in message
+    assert f"load_weights({str(weights)!r})" in message
 
 
 def test_a_rebuilt_keras_model_loads_its_checkpoint(tmp_path):

@@ -90,6 +90,77 @@ def test_ctrl_c_marks_the_run_interrupted_not_failed(small):
     assert run.status == "interrupted" and run.summary["error"].startswith("KeyboardInterrupt")
 
 
+def interrupt_in_epoch_2(x_train, y_train):
+    """Ctrl-C in the second epoch: one epoch of curves, and the run is finished as interrupted."""
+
+    class CtrlC(Callback):
+        def on_epoch_begin(self, epoch, logs):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        Trainer(make_model()).fit(x_train, y_train, epochs=3, batch_size=100, callbacks=[CtrlC()], verbose=False)
+    return info.value
+
+
+def test_a_second_ctrl_c_while_the_curves_are_plotted_keeps_the_interrupted_status(small, monkeypatch):
+    """The curves (about 1.5 s: matplotlib's import) were drawn before the status was written, so a second Ctrl-C
+    left the run 'running', later read as crashed ('killed (SIGKILL, out of memory)'), without its summary."""
+    x_train, y_train, _, _ = small
+
+    def second_ctrl_c(history, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("kaon.training.plots.plot_history", second_ctrl_c)
+    error = interrupt_in_epoch_2(x_train, y_train)
+    reg = registry()
+    run = reg.get_run(error.history.run_id)  # type: ignore[attr-defined]  # the first Ctrl-C's, with the history
+    assert run.status == "interrupted"
+    assert run.summary["epochs_completed"] == 1 and "loss" in run.summary
+    assert run.summary["error"].startswith("KeyboardInterrupt")
+    assert "curves.png" not in reg.run_artifacts(run.id)  # skipped: the user asked to stop
+
+
+def test_a_ctrl_c_while_the_status_is_written_is_held_until_it_is_written(small, monkeypatch):
+    import signal
+
+    from kaon.registry import Registry
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is handled by someone else here")
+    x_train, y_train, _, _ = small
+    finish_run = Registry.finish_run
+
+    def pressed_meanwhile(self, *args, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # would abort the write without the hold
+        return finish_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Registry, "finish_run", pressed_meanwhile)
+    error = interrupt_in_epoch_2(x_train, y_train)
+    run = registry().get_run(error.history.run_id)  # type: ignore[attr-defined]
+    assert run.status == "interrupted" and run.summary["epochs_completed"] == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+    # a completed fit: the status is written, then the Ctrl-C pressed meanwhile stops the program
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(make_model(), run_name="completed").fit(x_train, y_train, epochs=1, batch_size=100, verbose=False)
+    run = next(r for r in registry().list_runs() if r.name == "completed")
+    assert run.status == "completed" and run.summary["epochs_completed"] == 1
+
+
+def test_curves_that_cannot_be_drawn_leave_the_run_finished(small, monkeypatch):
+    x_train, y_train, _, _ = small
+
+    def broken(history, path):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr("kaon.training.plots.plot_history", broken)
+    with pytest.warns(RuntimeWarning, match="could not add the training curves.*no space left"):
+        history = Trainer(make_model()).fit(x_train, y_train, epochs=1, batch_size=100, verbose=False)
+    run = registry().get_run(history.run_id)
+    assert run.status == "completed" and run.summary["epochs_completed"] == 1
+
+
 KILLED_FIT = """
 import os, signal, time
 import numpy as np

@@ -6,7 +6,14 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kaon.errors import ConfigError, TrainingError
-from kaon.training.callbacks import Callback
+from kaon.training.callbacks import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+    TensorBoard,
+)
 
 if TYPE_CHECKING:
     from kaon.training.trainer import Trainer
@@ -23,6 +30,25 @@ def check_callbacks(callbacks: Sequence[object]) -> None:
                 f"Received: {callback!r} of type {type(callback).__name__}"
                 + (" (a class: add the parentheses)" if isinstance(callback, type) else "")
             )
+
+
+# kaon's callbacks, which add nothing to the epoch logs but ReduceLROnPlateau's 'lr'
+_KNOWN_LOGS = {EarlyStopping: (), ModelCheckpoint: (), ReduceLROnPlateau: ("lr",), TensorBoard: (), CSVLogger: ()}
+
+
+def check_logged(callbacks: Sequence[Callback], logged: Sequence[str]) -> None:
+    """Before training: a callback that monitors a value fit will not log (or names one in its path) fails now,
+    not after the first epoch. `logged`: the epoch logs fit will have. Callbacks that follow one of another type
+    are not checked: that one may add its own values to the logs."""
+    names = list(logged)
+    for callback in callbacks:
+        added = _KNOWN_LOGS.get(type(callback))
+        if added is None:
+            return
+        check = getattr(callback, "check_logged", None)
+        if check is not None:
+            check(names)
+        names.extend(name for name in added if name not in names)
 
 
 class CallbackList:
@@ -46,7 +72,8 @@ class CallbackList:
         except Exception as exc:
             name = type(callback).__name__
             raise TrainingError(
-                f"callback {name} raised {type(exc).__name__} in {hook} (epoch {self.epoch + 1}): {exc}. "
+                f"callback {name} raised {type(exc).__name__} in {hook} (epoch {self.epoch + 1}): "
+                f"{str(exc).rstrip('. ')}. "
                 f"Training stopped; the model keeps its weights and the history so far "
                 f"(error.history). Fix {name}, or remove it from callbacks=[...]."
             ) from exc

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from kaon.errors import InvalidInputError, TrainingError
-from kaon.training.losses import class_labels, match_targets
+from kaon.training.losses import BinaryCrossentropy, CrossEntropy, class_labels, match_targets
 
 _SHAPE_HINTS = ("shape", "size", "mat1", "mat2", "expected input", "channels", "dimension",
                 "Expected", "must match", "Input 0 of layer", "incompatible")
@@ -145,4 +148,67 @@ def non_finite_loss(epoch: int, step: int | None, value: float, lr: float | None
         f"the loss became {value} at {at}; training stopped. Expected: a finite loss. "
         f"Lower the learning rate{lr_text}, e.g. by 10x; check the inputs for NaN or inf and scale them "
         "to about [-1, 1]; with precision='fp16', try 'bf16' or 'fp32'."
+    )
+
+
+def probability_outputs(loss: object, y_pred: torch.Tensor) -> str | None:
+    """What makes `y_pred` look like probabilities while the named cross-entropy `loss` reads logits (all within
+    [0, 1]; for several classes, rows summing to 1), in words; None when they do not look so."""
+    if not isinstance(loss, CrossEntropy | BinaryCrossentropy) or not loss.from_logits:
+        return None
+    if not y_pred.is_floating_point() or y_pred.numel() == 0:
+        return None
+    p = y_pred.detach().float()
+    low, high = float(p.min()), float(p.max())
+    if low < 0 or high > 1:
+        return None
+    values = f"from {low:.3g} to {high:.3g}"
+    if isinstance(loss, BinaryCrossentropy):
+        return f"every output within [0, 1] ({values})"
+    if p.ndim < 2 or p.shape[1] < 2:
+        return None
+    sums = p.sum(dim=1)
+    if not bool(((sums - 1).abs() < 1e-3).all()):
+        return None
+    return f"every output within [0, 1] ({values}) and each sample's {p.shape[1]} class scores summing to 1"
+
+
+# Operations that only move or copy values: looked through to the one that computed the outputs
+_PASS_THROUGH = frozenset({"View", "UnsafeView", "Reshape", "ReshapeAlias", "Squeeze", "Unsqueeze", "Clone",
+                           "ToCopy", "Permute", "Transpose", "T", "Expand", "Alias"})
+
+
+def final_operation(forward: Callable[[Any], Any], x: Any,
+                    autocast: contextlib.AbstractContextManager[Any] | None = None) -> str | None:
+    """The operation that computed the model's outputs for `x`, read from autograd: 'sigmoid', 'softmax', another
+    name (e.g. 'Addmm' for a Linear layer), or None when autograd does not record it (no trainable parameters)."""
+    try:
+        with torch.enable_grad(), autocast or contextlib.nullcontext():
+            out = forward(x)
+    except Exception:  # noqa: BLE001 - the forward ran already; this is only a second look
+        return None
+    node = getattr(out, "grad_fn", None)
+    for _ in range(16):
+        if node is None:
+            return None
+        name = re.sub(r"Backward\d*$", "", type(node).__name__)  # SigmoidBackward0 -> Sigmoid
+        if name in ("Sigmoid", "Softmax"):
+            return name.lower()
+        if name not in _PASS_THROUGH or not node.next_functions:
+            return name
+        node = node.next_functions[0][0]
+    return None
+
+
+def probabilities_warning(loss: object, seen: str, made_by: str | None) -> str:
+    name = getattr(loss, "name", "the loss")
+    function = "sigmoid" if isinstance(loss, BinaryCrossentropy) else "softmax"
+    layer = "nn.Sigmoid()" if function == "sigmoid" else "nn.Softmax(dim=-1)"
+    origin = f"a {made_by} computed them" if made_by else "their values"
+    return (
+        f"the model's outputs look like probabilities, but {name} reads logits (raw scores: it applies the "
+        f"{function} itself). Received on the first batch: {seen}; {origin}. Taken as logits, they train slowly or "
+        f"not at all, and accuracy is read wrongly. Remove the final {function} from the model's forward (apply it "
+        f"to predict()'s outputs instead), or make it the last layer of an nn.Sequential ({layer}): kaon then "
+        f"takes the outputs as probabilities."
     )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import tempfile
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -67,22 +71,43 @@ class RunTracker:
             self._give_up("log metrics", exc)
 
     def finish(self, history: History, summary: dict[str, Any], *, error: BaseException | None) -> None:
-        if not self.active:
-            return
-        self.flush()
+        """Write the run's status and summary, then add its curves. The status comes first, with Ctrl-C held off
+        for the few milliseconds it takes: the curves take a second or more (matplotlib's import), and a second
+        Ctrl-C there must not leave the run 'running' (read later as crashed) without its summary."""
         if not self.active:
             return
         try:
-            if history.history:
-                from kaon.training.plots import plot_history
+            with _ctrl_c_held() as pressed:
+                self.flush()
+                if self.active:
+                    try:
+                        self.registry.finish_run(self.run_id, status=run_status(error), summary=summary)
+                    except Exception as exc:  # noqa: BLE001
+                        self._give_up("finish the run", exc)
+            if pressed:
+                if isinstance(error, KeyboardInterrupt):
+                    return  # Ctrl-C pressed again while the run was being finished: skip the curves, stop now
+                raise KeyboardInterrupt
+            if self.active and history.history:
+                try:
+                    self._add_curves(history)
+                except KeyboardInterrupt:
+                    if not isinstance(error, KeyboardInterrupt):
+                        raise
+                    # a second Ctrl-C while plotting: the run is already marked interrupted; stop without curves
+                except Exception as exc:  # noqa: BLE001 - the curves are extra; the run is recorded
+                    warnings.warn(f"kaon could not add the training curves to run {self.run_id} "
+                                  f"({type(exc).__name__}: {exc}); the run and its metrics are recorded.",
+                                  RuntimeWarning, stacklevel=3)
+        finally:
+            self._close()
 
-                with tempfile.TemporaryDirectory(prefix="kaon-curves-") as folder:
-                    curves = plot_history(history, Path(folder) / "curves.png")
-                    self.registry.add_run_artifact(self.run_id, "curves.png", curves)
-            self.registry.finish_run(self.run_id, status=run_status(error), summary=summary)
-        except Exception as exc:  # noqa: BLE001
-            self._give_up("finish the run", exc)
-        self._close()
+    def _add_curves(self, history: History) -> None:
+        from kaon.training.plots import plot_history
+
+        with tempfile.TemporaryDirectory(prefix="kaon-curves-") as folder:
+            curves = plot_history(history, Path(folder) / "curves.png")
+            self.registry.add_run_artifact(self.run_id, "curves.png", curves)
 
     def _close(self) -> None:
         if self.registry is not None:
@@ -91,6 +116,22 @@ class RunTracker:
             except Exception:  # noqa: BLE001, S110
                 pass
         self.registry = None
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[list[int]]:
+    """Ctrl-C (SIGINT) recorded instead of raised inside the block; the list says whether it was pressed. Only in
+    the main thread, and only over Python's own handler (a handler someone installed is left alone)."""
+    pressed: list[int] = []
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield pressed
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_params(trainer: Trainer, *, epochs: int, batch_size: int, num_samples: int | None) -> dict[str, Any]:

@@ -53,6 +53,31 @@ def restore(model: nn.Module, weights: dict[str, torch.Tensor], metadata: dict[s
     model.load_state_dict(weights)
 
 
+def mismatch(model: nn.Module, weights: dict[str, torch.Tensor], shown: int = 3) -> str:
+    """How `weights` differ from a torch model's state_dict, in words: the names missing from the file, those the
+    model lacks, and the shapes that differ; the first `shown` of each kind, and how many in all ('' if none)."""
+    if is_keras_model(model):
+        return ""
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in weights]
+    unexpected = [name for name in weights if name not in expected]
+    shapes = [f"{name!r} is {tuple(weights[name].shape)} in the file and {tuple(tensor.shape)} in the model"
+              for name, tensor in expected.items() if name in weights and weights[name].shape != tensor.shape]
+
+    def listed(items: list[str], quote: bool = True) -> str:
+        names = [repr(item) if quote else item for item in items[:shown]]
+        return ", ".join(names) + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of the model's weights are not in the file ({listed(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} weights in the file are not in the model ({listed(unexpected)})")
+    if shapes:
+        parts.append(f"{len(shapes)} weights differ in shape ({listed(shapes, quote=False)})")
+    return "; ".join(parts)
+
+
 def to_safetensors(weights: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
     """The weights as safetensors bytes: host memory, contiguous, no shared storage."""
     from safetensors.torch import save
@@ -68,11 +93,36 @@ def parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+_TORCH_ACTIVATIONS: tuple[tuple[type[nn.Module], str], ...] = (
+    (nn.Softmax, "softmax"), (nn.Softmax2d, "softmax"), (nn.Sigmoid, "sigmoid"),
+    (nn.LogSoftmax, "log_softmax"), (nn.LogSigmoid, "log_sigmoid"),
+)
+
+
+def last_module(model: nn.Module) -> nn.Module:
+    """The module an nn.Sequential ends in (inside nested Sequentials); else the model itself."""
+    while isinstance(model, nn.Sequential) and len(model):
+        model = model[-1]
+    return model
+
+
+def final_activation(model: nn.Module) -> str | None:
+    """'softmax', 'sigmoid', 'log_softmax' or 'log_sigmoid' when the model's structure says its outputs pass through
+    that function last: a Keras model's last layer's activation, or the last module of a torch nn.Sequential (an
+    nn.Softmax, nn.Sigmoid, nn.LogSoftmax or nn.LogSigmoid). None otherwise: the outputs are taken as logits."""
+    if is_keras_model(model):
+        layers = getattr(model, "layers", None) or []
+        activation = getattr(layers[-1], "activation", None) if layers else None
+        name = getattr(activation, "__name__", "")
+        return name if name in ("softmax", "sigmoid", "log_softmax") else None
+    last = last_module(model)
+    return next((name for kind, name in _TORCH_ACTIVATIONS if isinstance(last, kind)), None)
+
+
 def outputs_probabilities(model: nn.Module) -> bool:
-    """True when a Keras model ends in softmax or sigmoid, so its outputs are probabilities."""
-    layers = getattr(model, "layers", None) or []
-    activation = getattr(layers[-1], "activation", None) if layers else None
-    return getattr(activation, "__name__", "") in ("softmax", "sigmoid")
+    """True when the model ends in softmax or sigmoid (a Keras final activation, or nn.Softmax / nn.Sigmoid last
+    in an nn.Sequential), so its outputs are probabilities."""
+    return final_activation(model) in ("softmax", "sigmoid")
 
 
 def input_count(model: nn.Module) -> int | None:
@@ -113,6 +163,11 @@ def optimizer_file(weights_file: Path) -> Path:
 # Both files of one checkpoint carry the same random id: an optimizer file left from another save (a rerun with
 # save_optimizer=False, a copy) is not loaded with weights it does not belong to
 CHECKPOINT_ID_KEY = "kaon_checkpoint_id"
+
+
+def is_optimizer_state(metadata: dict[str, str]) -> bool:
+    """True for the metadata of an optimizer state file (`optimizer_to_safetensors`), not of weights."""
+    return _OPTIMIZER_KEY in metadata
 
 
 def optimizer_to_safetensors(optimizer: torch.optim.Optimizer, checkpoint_id: str) -> bytes:

@@ -11,10 +11,13 @@ A callback that raises stops fit with a TrainingError naming it; `close()` still
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+import re
 import secrets
-from collections.abc import Mapping
+import string
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
@@ -74,12 +77,23 @@ class _Monitor(Callback):
 
     def current(self, logs: Mapping[str, float]) -> float:
         if self.monitor not in logs:
-            raise ConfigError(
-                f"{type(self).__name__} monitors {self.monitor!r}, which fit does not log. "
-                f"Expected one of: {', '.join(logs)}. Received: monitor={self.monitor!r}"
-                + (" (val_* values need validation_data=...)" if self.monitor.startswith("val_") else "")
-            )
+            raise self.not_logged(list(logs))
         return float(logs[self.monitor])
+
+    def not_logged(self, logged: Sequence[str]) -> ConfigError:
+        """The error for a monitored value that is not among the `logged` names."""
+        if self.monitor.startswith("val_") and not any(name.startswith("val_") for name in logged):
+            why = (": this fit has no validation data (val_* values need validation_data=... or "
+                   "validation_split=... in fit)")
+        else:
+            why = _did_you_mean(self.monitor, logged)
+        return ConfigError(f"{type(self).__name__} monitors {self.monitor!r}, which fit does not log{why}. "
+                           f"Expected one of: {', '.join(logged)}. Received: monitor={self.monitor!r}")
+
+    def check_logged(self, logged: Sequence[str]) -> None:
+        """Before training: raise if the monitored value will not be among the `logged` names."""
+        if self.monitor not in logged:
+            raise self.not_logged(logged)
 
     def improved(self, value: float) -> bool:
         if math.isnan(value):
@@ -87,6 +101,11 @@ class _Monitor(Callback):
         if self.mode == "min":
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
+
+
+def _did_you_mean(name: str, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class EarlyStopping(_Monitor):
@@ -167,7 +186,7 @@ class ModelCheckpoint(_Monitor):
             return
         if is_best:
             self.best = value
-        target = Path(self.path.format(epoch=epoch + 1, **logs))
+        target = Path(self._fill_path(epoch, logs))
         metadata = {"epoch": str(epoch + 1), **{k: repr(float(v)) for k, v in logs.items()},
                     **keras_order(self.trainer.model)}
         private = getattr(self.trainer, "private_", None)
@@ -186,6 +205,44 @@ class ModelCheckpoint(_Monitor):
         self.last_path = target
         if is_best:
             self.best_path = target
+
+
+    def check_logged(self, logged: Sequence[str]) -> None:
+        """Before training: the monitored value (with save_best_only) and the path's fields must be logged."""
+        if self.save_best_only:
+            super().check_logged(logged)
+        for field in _path_fields(self.path):
+            if field != "epoch" and field not in logged:
+                raise self._path_error(field, logged)
+        self._fill_path(0, dict.fromkeys(logged, 0.0))  # a format the values do not take ({loss:02d}) fails now
+
+    def _fill_path(self, epoch: int, logs: Mapping[str, float]) -> str:
+        try:
+            return self.path.format(epoch=epoch + 1, **logs)
+        except KeyError as exc:
+            raise self._path_error(str(exc.args[0]) if exc.args else "?", list(logs)) from exc
+        except (IndexError, ValueError, AttributeError, TypeError) as exc:
+            raise ConfigError(
+                f"ModelCheckpoint could not fill in its path {self.path!r} ({type(exc).__name__}: {exc}). Its fields "
+                f"are the epoch (an integer) and the logged values (floats): {', '.join(['epoch', *logs])}, as in "
+                "'ckpt/{epoch:02d}-{val_loss:.3f}.safetensors'") from exc
+
+    def _path_error(self, field: str, logged: Sequence[str]) -> ConfigError:
+        fields = ["epoch", *logged]
+        return ConfigError(
+            f"ModelCheckpoint's path {self.path!r} names the field {field!r}, which fit does not log"
+            f"{_did_you_mean(field, fields)}. Available fields: {', '.join(fields)}. "
+            f"Received: path={self.path!r}")
+
+
+def _path_fields(path: str) -> list[str]:
+    """The names a format string reads: 'ck/{epoch:02d}-{val_loss:.2f}' -> ['epoch', 'val_loss'] ([] if unparsable,
+    which the save then reports)."""
+    try:
+        parsed = list(string.Formatter().parse(path))
+    except ValueError:
+        return []
+    return [re.split(r"[.\[]", field, maxsplit=1)[0] for _, field, _, _ in parsed if field]
 
 
 class ReduceLROnPlateau(_Monitor):

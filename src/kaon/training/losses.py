@@ -1,7 +1,9 @@
 """Losses by name or object. Each takes the model's raw output and the targets: `loss(y_pred, y)`.
 
 PyTorch models return logits, so every loss here reads logits unless `from_logits=False`
-(the Trainer sets that for a Keras model whose last layer ends in softmax or sigmoid).
+(the Trainer sets that for a model whose last layer is a softmax or sigmoid: a Keras final activation,
+or nn.Softmax / nn.Sigmoid last in an nn.Sequential). Cross-entropy on probabilities divides each row
+by its sum first, as Keras does: a sigmoid's outputs become a distribution over the classes.
 Each loss honours its `reduction` attribute ('mean', 'sum' or 'none'), which Opacus's ghost
 clipping flips to 'none' to get one loss per sample.
 
@@ -62,10 +64,10 @@ class CrossEntropy(Loss):
         y = class_labels(y, y_pred)
         if self.from_logits:
             return F.cross_entropy(y_pred, y, reduction="none")
-        log_p = y_pred.clamp_min(_EPSILON).log()
-        if y.dtype.is_floating_point:
-            return -(y * log_p).sum(dim=-1)
-        return F.nll_loss(log_p, y, reduction="none")
+        p = y_pred.clamp_min(_EPSILON)
+        if y.dtype.is_floating_point:  # class probabilities (N, C)
+            return -(y * (p / p.sum(dim=-1, keepdim=True)).log()).sum(dim=-1)
+        return F.nll_loss((p / p.sum(dim=1, keepdim=True)).log(), y, reduction="none")
 
 
 class CategoricalCrossentropy(CrossEntropy):

@@ -31,12 +31,12 @@ from torch import nn
 
 from kaon.errors import ConfigError, InvalidInputError, KaonError
 from kaon.training import _catalog, _diagnose
-from kaon.training._callback_list import CallbackList, check_callbacks
+from kaon.training._callback_list import CallbackList, check_callbacks, check_logged
 from kaon.training._data import Batches, Inputs, LoaderBatches, make_batches, split_validation, validation_pair
 from kaon.training._logs import LiveLogs, LossMean
 from kaon.training._progress import make_progress
 from kaon.training._tracking import RunTracker, run_params, run_summary
-from kaon.training._weights import input_count, is_keras_model, outputs_probabilities, parameters
+from kaon.training._weights import final_activation, input_count, is_keras_model, last_module, parameters
 from kaon.training.callbacks import Callback
 from kaon.training.distributed import Backend, WorkerSync, check_backend, fit_distributed
 from kaon.training.history import History
@@ -60,11 +60,12 @@ class Trainer:
 
     `optimizer` is a name ('adam', 'adamw', 'sgd', 'rmsprop', built with `lr`), an optimizer, or a
     function params -> optimizer. `loss` is a name (see kaon.training.losses.LOSSES) or a function
-    (y_pred, y) -> scalar tensor; named losses read logits. `metrics` defaults to ['accuracy'] for a
-    classification loss. `precision` 'bf16'/'fp16' autocasts on CUDA (fp32 elsewhere). `seed` makes
-    training reproducible (shuffling, dropout, privacy noise); the starting weights are the model's as you
-    built it, so call torch.manual_seed(seed) before building it too. `track` records each fit as a Run in
-    the registry (KAON_HOME).
+    (y_pred, y) -> scalar tensor; named losses read logits, or probabilities when the model ends in a softmax or
+    sigmoid (nn.Softmax / nn.Sigmoid last in an nn.Sequential, or a Keras final activation), and so do the named
+    metrics. `metrics` defaults to ['accuracy'] for a classification loss. `precision` 'bf16'/'fp16' autocasts
+    on CUDA (fp32 elsewhere). `seed` makes training reproducible (shuffling, dropout, privacy noise); the
+    starting weights are the model's as you built it, so call torch.manual_seed(seed) before building it too.
+    `track` records each fit as a Run in the registry (KAON_HOME).
     `backend='ray'` runs fit on `num_workers` Ray Train workers (DDP; `pip install 'kaon[ray]'`), on the
     cluster at `address` (HOST:PORT) or on a Ray started here; see kaon.training.distributed.
     """
@@ -222,6 +223,9 @@ class Trainer:
             vx, vy = validation_pair(validation_data)
             val = self._batches(vx, vy, batch_size, shuffle=False, name="validation_data")
         check_callbacks(callbacks)
+        logged = self._epoch_log_names(validation=val is not None)
+        if logged is not None:  # a monitor= or path field that names no logged value fails now, not after epoch 1
+            check_logged(callbacks, logged)
         private = None
         if self.privacy is not None:
             self._set_training(True)  # Opacus validates a model in training mode
@@ -262,6 +266,19 @@ class Trainer:
             if problems and error is None:
                 warnings.warn("closing callbacks failed: " + "; ".join(problems), RuntimeWarning, stacklevel=2)
         return history
+
+    def _epoch_log_names(self, *, validation: bool) -> list[str] | None:
+        """The names of the values fit will log each epoch, before callbacks add theirs; None when a subclass's own
+        steps decide them."""
+        steps = ("train_step", "test_step", "compute_metrics")
+        if any(getattr(type(self), step) is not getattr(Trainer, step) for step in steps):
+            return None
+        names = ["loss", *(metric.name for metric in self.metrics_)]
+        if validation:
+            names += [f"val_{name}" for name in names]
+        if self.privacy is not None:
+            names.append("epsilon")
+        return names
 
     def evaluate(self, x: Any, y: Any = None, *, batch_size: int = 256) -> dict[str, float]:
         """Loss and metrics over (x, y), a Dataset or a DataLoader, in eval mode."""
@@ -387,7 +404,9 @@ class Trainer:
         self._forward_train = _taking_inputs(self._forward_train, self._is_keras)
         self._forward_eval = _taking_inputs(self._forward_eval, self._is_keras)
         self._forward: Callable[..., Any] = self._forward_train
-        from_logits = not (self._is_keras and outputs_probabilities(model))
+        self._final_activation = _check_final_activation(model, self.loss)
+        from_logits = self._final_activation not in ("softmax", "sigmoid")  # else the outputs are probabilities
+        self._outputs_checked = False
         self.optimizer_ = _catalog.build_optimizer(self.optimizer, params, self.lr)
         self.loss_fn_ = _catalog.build_loss(self.loss, from_logits=from_logits)
         self._loss_in_use = self.loss_fn_
@@ -421,7 +440,14 @@ class Trainer:
         learning rate stays this Trainer's. The privacy a private fit spent comes from the file's metadata."""
         from safetensors import SafetensorError, safe_open
 
-        from kaon.training._weights import CHECKPOINT_ID_KEY, optimizer_file, restore
+        from kaon.training._weights import (
+            CHECKPOINT_ID_KEY,
+            OPTIMIZER_SUFFIX,
+            is_optimizer_state,
+            mismatch,
+            optimizer_file,
+            restore,
+        )
 
         source = Path(path)
         if not source.is_file():
@@ -433,12 +459,18 @@ class Trainer:
                 metadata = handle.metadata() or {}
         except (SafetensorError, OSError) as exc:
             raise InvalidInputError(f"{str(source)!r} is not a readable safetensors file ({exc}).") from exc
+        if is_optimizer_state(metadata):
+            weights_file = source.with_name(source.name.removesuffix(OPTIMIZER_SUFFIX))
+            raise InvalidInputError(
+                f"{str(source)!r} is the optimizer state file that ModelCheckpoint writes beside the weights, not "
+                f"weights. Load the weights file instead: load_weights({str(weights_file)!r}) (it loads this "
+                "optimizer state with them).")
         try:
             restore(self.model, weights, metadata)
         except (RuntimeError, KeyError) as exc:
-            raise ConfigError(f"the weights in {str(source)!r} do not fit {type(self.model).__name__}: "
-                              f"{str(exc).splitlines()[0][:300]}. Build the model as it was when they were saved."
-                              ) from exc
+            detail = mismatch(self.model, weights) or _error_text(exc)
+            raise ConfigError(f"the weights in {str(source)!r} do not fit {type(self.model).__name__}: {detail}. "
+                              "Build the model as it was when they were saved.") from exc
         if optimizer_file(source).is_file():
             self._load_optimizer(optimizer_file(source), metadata.get(CHECKPOINT_ID_KEY))
         if SPENT_METADATA_KEY in metadata:  # a private fit resumed from here counts what was spent before
@@ -521,6 +553,9 @@ class Trainer:
             raise self._explain(exc, x, f"the first batch of {name}") from exc
         if len(sample) < 2 or sample[1] is None or not isinstance(y_pred, torch.Tensor):
             return
+        if not self._outputs_checked:  # once per Trainer: the first batch it is given with targets
+            self._check_outputs(x, y_pred)
+            self._outputs_checked = True
         loss = _catalog.loss_name(self.loss)
         labels = batches.labels()
         if labels is not None:
@@ -532,11 +567,52 @@ class Trainer:
 
             batches.check = check
 
+    def _check_outputs(self, x: Any, y_pred: torch.Tensor) -> None:
+        """Outputs that are probabilities while the loss reads logits: a softmax or sigmoid the model's structure
+        does not show (torch.sigmoid in forward) trains badly without an error, so say so."""
+        if self._final_activation == "softmax" and y_pred.ndim == 2 and y_pred.shape[1] == 1:
+            raise ConfigError(
+                "the model ends in a softmax over one output, which is always 1: it cannot learn anything. "
+                "Received: outputs of shape (N, 1) through a final softmax. For two classes, end in "
+                "nn.Sigmoid() with loss='binary_crossentropy', or give the model 2 outputs.")
+        seen = _diagnose.probability_outputs(self.loss_fn_, y_pred)
+        if seen is None:
+            return
+        made_by = _diagnose.final_operation(self._forward, x, autocast=self._autocast())
+        if made_by is not None and made_by not in ("sigmoid", "softmax"):
+            return  # logits that happen to lie in [0, 1]: the last operation is no sigmoid or softmax
+        warnings.warn(_diagnose.probabilities_warning(self.loss_fn_, seen, made_by), RuntimeWarning, stacklevel=5)
+
     def _explain(self, exc: BaseException, batch: Any, where: str) -> BaseException:
         if isinstance(exc, KaonError):
             return exc
         x = batch[0] if isinstance(batch, tuple | list) else batch
         return _diagnose.forward_error(exc, self.model, x, where=where)
+
+
+def _check_final_activation(model: nn.Module, loss: _catalog.LossSpec) -> str | None:
+    """The model's final activation (see final_activation), refused where the named loss cannot read its outputs."""
+    activation = final_activation(model)
+    last = last_module(model)
+    if isinstance(last, nn.Softmax) and last.dim == 0:
+        raise ConfigError(f"the model ends in {last!r}, which normalizes over the samples of a batch, not over the "
+                          "classes. Use nn.Softmax(dim=-1), or drop it: the named losses apply the softmax themselves.")
+    if activation in ("log_softmax", "log_sigmoid") and _catalog.loss_name(loss) == "binary_crossentropy":
+        raise ConfigError(
+            "binary_crossentropy reads logits or probabilities (a final sigmoid), not log-probabilities. Received: "
+            f"loss='binary_crossentropy' with a model that ends in {activation}. Remove that last layer (the loss "
+            "applies the sigmoid itself), or end the model in nn.Sigmoid().")
+    return activation
+
+
+def _error_text(exc: BaseException, limit: int = 600) -> str:
+    """An exception's message on one line, without the punctuation it ends in, cut at `limit` characters (a
+    KeyError's message without the quotes str() adds)."""
+    raw = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    text = " ".join(line.strip() for line in str(raw).splitlines() if line.strip())
+    if len(text) > limit:
+        text = text[:limit].rstrip() + " ..."
+    return text.rstrip(".:; ") or type(exc).__name__
 
 
 def _check_count(name: str, value: object) -> None:
