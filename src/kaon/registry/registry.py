@@ -209,8 +209,9 @@ class Registry:
                 host, pid = owner_host(owner), owner.rsplit(":", 2)[1]
                 row.status, row.finished_at = "crashed", now()
                 row.summary = {**row.summary, "error": (
-                    f"the process running it (pid {pid} on {host}) ended without finishing the run: it was "
-                    "killed (SIGKILL, out of memory) or the machine stopped. Metrics logged until then are kept.")}
+                    f"the process running it (pid {pid} on {host}) ended without finishing the run, for a reason "
+                    "it could not record: for example it was killed (SIGKILL, out of memory) or the machine "
+                    "stopped. Metrics logged until then are kept.")}
                 log_event(session, "run.crashed", f"run/{row.id}", {"owner": row.owner})
                 settled[row.id] = run_record(row)
         return [settled.get(r.id, r) for r in records]
