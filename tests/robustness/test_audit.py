@@ -92,6 +92,24 @@ def test_other_models_need_data_and_labels_must_fit(cnn, digits, tmp_path):
         kr.audit(small, data=tmp_path / "bad.npz")
 
 
+def test_kaon_audit_of_a_version_uses_the_samples_attached_to_it(tmp_path):
+    """After attach_samples, kaon optimize used them but kaon audit still asked for --data."""
+    from kaon.optimization import attach_samples
+
+    torch.manual_seed(0)
+    tabular = torch.nn.Sequential(torch.nn.Linear(20, 3)).eval()
+    x = np.random.default_rng(0).random((40, 20), dtype=np.float32)
+    version = kaon.register(tabular, "tab", input_example=x[:2])
+    refused = CliRunner().invoke(app, ["audit", version.ref, "--epsilons", "0.1", "--pgd-steps", "2"])
+    assert refused.exit_code == 1 and "--data FILE.npz" in refused.output
+    attach_samples(version.ref, x, np.arange(40) % 3)
+    result = CliRunner().invoke(app, ["audit", version.ref, "--epsilons", "0.1", "--pgd-steps", "2",
+                                      "--out", str(tmp_path / "audit")])
+    assert result.exit_code == 0, result.output
+    assert f"auditing on the 40 samples stored with {version.ref}" in result.output
+    assert "on 40 samples" in result.output
+
+
 def test_a_torch_module_in_memory_is_audited_like_its_model(cnn, digits):
     """kaon.explain and kaon.optimize take a module; audit refused it ("model must be a kaon Model")."""
     _, _, x, y = digits

@@ -12,6 +12,7 @@ writes it to a folder. A model file that is not registered is written to --out (
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -35,12 +36,30 @@ def _epsilons(text: str) -> list[float]:
     return values
 
 
+def _stored_samples(ref: str) -> tuple[Any, Any] | None:
+    """The held-out (x, y) attached to a registered version (kaon.optimization.attach_samples, or its
+    parent's), else None (the audit then says what data it needs)."""
+    from kaon.errors import KaonError
+    from kaon.optimization import find_samples
+    from kaon.registry import Registry
+
+    try:
+        samples = find_samples(ref, registry=Registry())
+    except KaonError:
+        return None  # a reference that does not resolve: the audit says so in its own words
+    if samples is None:
+        return None
+    console.print(f"auditing on the {len(samples.y)} {samples.source}", highlight=False)
+    return samples.x, samples.y
+
+
 @app.command()
 @handles_errors
 def audit(
     model_ref: str = typer.Argument(..., help="name@alias | model.pt2 | model.onnx"),
-    data: Path = typer.Option(None, "--data", "-d", help=".npz with inputs and labels (x/y). [default: digits "
-                                                          "models use the bundled digits test split]"),
+    data: Path = typer.Option(None, "--data", "-d", help=".npz with inputs and labels (x/y). [default: the "
+                                                          "samples attached to the version (attach_samples); "
+                                                          "digits models: the bundled digits test split]"),
     out: Path = typer.Option(None, "--out", "-o", help="Also write the report files here."),
     epsilons: str = typer.Option("0.01,0.03,0.05,0.1,0.2", help="L-inf budgets for FGSM and PGD."),
     pgd_steps: int = typer.Option(10, min=1, help="PGD iterations."),
@@ -54,8 +73,11 @@ def audit(
     is_file = looks_like_path(model_ref)
     if out is None and is_file:
         out = Path(f"audit-{Path(model_ref).name.split('.')[0]}")
+    given: Any = str(data) if data is not None else None
+    if given is None and not is_file:  # the labelled samples attached to the version, as kaon optimize uses them
+        given = _stored_samples(model_ref)
     with console.status("auditing (clean, FGSM, PGD, corruptions, calibration)..."):
-        report = run_audit(model_ref, data=str(data) if data is not None else None, epsilons=_epsilons(epsilons),
+        report = run_audit(model_ref, data=given, epsilons=_epsilons(epsilons),
                            pgd_steps=pgd_steps, max_samples=max_samples, out=out, seed=seed)
     for note in report.notes:
         console.print(f"[yellow]note[/]: {escape(note)}", soft_wrap=True)
