@@ -245,7 +245,8 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
         super().shutdown()
 
     def on_response_complete(self) -> None:
-        self._answers = max(0, self._answers - 1)
+        if self._answers:  # 0 for an answer that came before its request was in full (a 413 mid-body)
+            self._answers -= 1
         if self._shutting_down and self._in_body and self._answers == 0 and not self.transport.is_closing():
             self.server_state.total_requests += 1
             self.transport.close()  # the rest is a request still arriving: not started, as above

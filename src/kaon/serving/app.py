@@ -58,7 +58,7 @@ _LOOSE_SHAPES: dict[Any, Callable[[Any], bool]] = {
     Any: lambda result: True,
     list[Any]: lambda result: type(result) is list,
     dict[str, Any]: lambda result: type(result) is dict,
-    list[dict[str, Any]]: lambda result: type(result) is list and all(type(row) is dict for row in result),
+    list[dict[str, Any]]: lambda result: type(result) is list and (not result or type(result[0]) is dict),
 }
 
 Handler = Callable[[Request], Awaitable[Response]]
