@@ -168,3 +168,41 @@ def test_cross_entropy_on_probabilities_normalizes_them_as_keras_does(flat_digit
     x, y = flat_digits
     history = fit_quietly(Trainer(digits_net(nn.Sigmoid()), lr=0.01, track=False), x, y, epochs=3)
     assert history["accuracy"][-1] > 0.9
+
+
+def test_probabilities_of_sequence_outputs_are_read_over_the_class_axis():
+    """(N, C, L) outputs through Softmax(dim=1) with one-hot targets: the soft-target loss summed over the last
+    axis (positions), 2.72 where the logits' loss is 1.05."""
+    import torch.nn.functional as F
+
+    from kaon.training.losses import CategoricalCrossentropy
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 3, 5), torch.randint(0, 3, (2, 5))
+    one_hot = F.one_hot(labels, 3).permute(0, 2, 1).float()
+    expected = float(F.cross_entropy(logits, one_hot))
+    assert float(CategoricalCrossentropy()(logits, one_hot)) == pytest.approx(expected, abs=1e-6)
+    assert float(CategoricalCrossentropy(from_logits=False)(logits.softmax(1), one_hot)) == pytest.approx(
+        expected, abs=1e-5)
+
+
+@pytest.mark.parametrize(("dim", "shape"), [(-2, (4, 2)), (-1, (4, 3, 5))])
+def test_a_softmax_over_another_axis_than_the_classes_is_refused(dim, shape):
+    """Softmax(dim=-2) on (N, C) is over the batch, as dim=0 (refused before); dim=-1 on (N, C, L) is over the
+    positions. Both trained silently as class probabilities."""
+    torch.manual_seed(0)
+    body = nn.Linear(4, 2) if len(shape) == 2 else nn.Conv1d(4, 3, 1)
+    x = np.random.default_rng(0).random((8, 4) if len(shape) == 2 else (8, 4, 5), dtype=np.float32)
+    y = np.zeros(8, dtype=np.int64) if len(shape) == 2 else np.zeros((8, 5), dtype=np.int64)
+    with pytest.raises(ConfigError, match=rf"Softmax\(dim={dim}\).*not over the classes \(axis 1"):
+        Trainer(nn.Sequential(body, nn.Softmax(dim=dim)), loss="cross_entropy").fit(x, y, epochs=1, verbose=False)
+
+
+def test_a_wrapped_sequential_is_seen_through_and_a_loss_object_reading_logits_is_named(flat_digits):
+    from kaon.training._weights import final_activation
+    from kaon.training.losses import CrossEntropy
+
+    x, y = flat_digits
+    assert final_activation(nn.DataParallel(digits_net(nn.Softmax(dim=1)))) == "softmax"
+    with pytest.warns(RuntimeWarning, match=r"ends in a softmax: build the loss with from_logits=False"):
+        Trainer(digits_net(nn.Softmax(dim=1)), loss=CrossEntropy()).fit(x[:64], y[:64], epochs=1, verbose=False)

@@ -200,15 +200,23 @@ def final_operation(forward: Callable[[Any], Any], x: Any,
     return None
 
 
-def probabilities_warning(loss: object, seen: str, made_by: str | None) -> str:
+def probabilities_warning(loss: object, seen: str, made_by: str | None, *, ends_in: str | None = None,
+                          keras: bool = False) -> str:
+    """`ends_in`: the final activation the model's structure shows (then a loss object of the user's own reads
+    logits, and its from_logits is the fix); `keras`: the model is a Keras model (no nn.Sequential advice)."""
     name = getattr(loss, "name", "the loss")
     function = "sigmoid" if isinstance(loss, BinaryCrossentropy) else "softmax"
-    layer = "nn.Sigmoid()" if function == "sigmoid" else "nn.Softmax(dim=-1)"
     origin = f"a {made_by} computed them" if made_by else "their values"
-    return (
-        f"the model's outputs look like probabilities, but {name} reads logits (raw scores: it applies the "
-        f"{function} itself). Received on the first batch: {seen}; {origin}. Taken as logits, they train slowly or "
-        f"not at all, and accuracy is read wrongly. Remove the final {function} from the model's forward (apply it "
-        f"to predict()'s outputs instead), or make it the last layer of an nn.Sequential ({layer}): kaon then "
-        f"takes the outputs as probabilities."
-    )
+    head = (f"the model's outputs look like probabilities, but {name} reads logits (raw scores: it applies the "
+            f"{function} itself). Received on the first batch: {seen}; {origin}. Taken as logits, they train slowly "
+            f"or not at all, and accuracy is read wrongly. ")
+    if ends_in is not None:  # the structure is known: the loss object was built to read logits
+        return head + (f"The model ends in a {ends_in}: build the loss with from_logits=False, or pass it by name "
+                       f"(loss={name!r}), which reads probabilities after a final {ends_in}.")
+    if keras:
+        return head + (f"End the model in a layer with activation='{function}' (Dense(..., activation="
+                       f"'{function}')): kaon then takes the outputs as probabilities; or remove the {function}.")
+    layer = "nn.Sigmoid()" if function == "sigmoid" else "nn.Softmax(dim=1)"
+    return head + (f"Remove the final {function} from the model's forward (apply it to predict()'s outputs "
+                   f"instead), or make it the last layer of an nn.Sequential ({layer}): kaon then takes the outputs "
+                   f"as probabilities.")

@@ -100,10 +100,18 @@ _TORCH_ACTIVATIONS: tuple[tuple[type[nn.Module], str], ...] = (
 
 
 def last_module(model: nn.Module) -> nn.Module:
-    """The module an nn.Sequential ends in (inside nested Sequentials); else the model itself."""
-    while isinstance(model, nn.Sequential) and len(model):
-        model = model[-1]
-    return model
+    """The module an nn.Sequential ends in (inside nested Sequentials, and through torch.compile's and
+    DataParallel's wrappers); else the model itself."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)  # torch.compile
+        if inner is None and isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            inner = model.module
+        if isinstance(inner, nn.Module):
+            model = inner
+        elif isinstance(model, nn.Sequential) and len(model):
+            model = model[-1]
+        else:
+            return model
 
 
 def final_activation(model: nn.Module) -> str | None:
@@ -114,6 +122,8 @@ def final_activation(model: nn.Module) -> str | None:
         layers = getattr(model, "layers", None) or []
         activation = getattr(layers[-1], "activation", None) if layers else None
         name = getattr(activation, "__name__", "")
+        if not name and layers:  # a layer that is the activation itself: keras.layers.Softmax()
+            name = {"Softmax": "softmax"}.get(type(layers[-1]).__name__, "")
         return name if name in ("softmax", "sigmoid", "log_softmax") else None
     last = last_module(model)
     return next((name for kind, name in _TORCH_ACTIVATIONS if isinstance(last, kind)), None)

@@ -65,9 +65,10 @@ class CrossEntropy(Loss):
         if self.from_logits:
             return F.cross_entropy(y_pred, y, reduction="none")
         p = y_pred.clamp_min(_EPSILON)
-        if y.dtype.is_floating_point:  # class probabilities (N, C)
-            return -(y * (p / p.sum(dim=-1, keepdim=True)).log()).sum(dim=-1)
-        return F.nll_loss((p / p.sum(dim=1, keepdim=True)).log(), y, reduction="none")
+        log_p = (p / p.sum(dim=1, keepdim=True)).log()  # the classes are axis 1, as for F.cross_entropy: (N, C, ...)
+        if y.dtype.is_floating_point:  # class probabilities (N, C, ...)
+            return -(y * log_p).sum(dim=1)
+        return F.nll_loss(log_p, y, reduction="none")
 
 
 class CategoricalCrossentropy(CrossEntropy):
@@ -88,8 +89,10 @@ class BinaryCrossentropy(Loss):
         y = match_targets(y, y_pred).to(y_pred.dtype)
         if self.from_logits:
             losses = F.binary_cross_entropy_with_logits(y_pred, y, reduction="none")
-        else:
-            losses = F.binary_cross_entropy(y_pred.clamp(_EPSILON, 1 - _EPSILON), y, reduction="none")
+        else:  # in fp32 outside autocast: CUDA autocast refuses binary_cross_entropy on half-precision inputs
+            with torch.autocast(device_type=y_pred.device.type, enabled=False):
+                losses = F.binary_cross_entropy(y_pred.float().clamp(_EPSILON, 1 - _EPSILON), y.float(),
+                                                reduction="none")
         return _mean_per_sample(losses)
 
 

@@ -575,13 +575,21 @@ class Trainer:
                 "the model ends in a softmax over one output, which is always 1: it cannot learn anything. "
                 "Received: outputs of shape (N, 1) through a final softmax. For two classes, end in "
                 "nn.Sigmoid() with loss='binary_crossentropy', or give the model 2 outputs.")
+        last = last_module(self.model)
+        dim = getattr(last, "dim", None) if isinstance(last, (nn.Softmax, nn.LogSoftmax)) else None
+        if isinstance(dim, int) and y_pred.ndim >= 2 and dim % y_pred.ndim != 1:
+            raise ConfigError(
+                f"the model ends in {last!r}, which normalizes its outputs of shape {tuple(y_pred.shape)} over axis "
+                f"{dim % y_pred.ndim}, not over the classes (axis 1, as the losses read them). Use dim=1, or drop "
+                "it: the named losses apply the softmax themselves.")
         seen = _diagnose.probability_outputs(self.loss_fn_, y_pred)
         if seen is None:
             return
         made_by = _diagnose.final_operation(self._forward, x, autocast=self._autocast())
         if made_by is not None and made_by not in ("sigmoid", "softmax"):
             return  # logits that happen to lie in [0, 1]: the last operation is no sigmoid or softmax
-        warnings.warn(_diagnose.probabilities_warning(self.loss_fn_, seen, made_by), RuntimeWarning, stacklevel=5)
+        warnings.warn(_diagnose.probabilities_warning(self.loss_fn_, seen, made_by, ends_in=self._final_activation,
+                                                      keras=self._is_keras), RuntimeWarning, stacklevel=5)
 
     def _explain(self, exc: BaseException, batch: Any, where: str) -> BaseException:
         if isinstance(exc, KaonError):
