@@ -76,7 +76,8 @@ def test_models_alias_moves_the_alias(filled: Registry) -> None:
     assert filled.get_version("digits@production").version == 2
     as_ref = invoke(models_app, "alias", "digits", "staging", "digits@1")  # the version's reference works too
     assert as_ref.exit_code == 0 and filled.get_version("digits@staging").version == 1
-    for wrong, words in (("wine@1", "is not one of 'digits'"), ("production", "expected a version number")):
+    for wrong, words in (("wine@1", "is not one of the versions of 'digits'"), ("production", "expected a version "
+                         "number"), ("\u00b2", "expected a version number")):
         refused = invoke(models_app, "alias", "digits", "canary", wrong)
         assert refused.exit_code == 1 and words in refused.stderr, refused.stderr
 
@@ -95,6 +96,9 @@ def test_models_delete_needs_an_explicit_version(filled: Registry) -> None:
     assert result.exit_code == 1 and "explicit version number" in result.stderr
     as_alias_takes_it = invoke(models_app, "delete", "digits", "2")  # NAME VERSION, as `models alias` takes them
     assert as_alias_takes_it.exit_code == 0 and "Deleted digits@2" in as_alias_takes_it.stdout
+    both = invoke(models_app, "delete", "digits@1", "2")  # deleted digits@1 and ignored the 2
+    assert both.exit_code == 1 and "give the version once" in both.stderr
+    assert [v.version for v in filled.list_versions("digits")] == [1]
 
 
 def test_bad_ref_is_an_error_line_not_a_traceback(filled: Registry) -> None:

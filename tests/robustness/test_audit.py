@@ -108,6 +108,9 @@ def test_kaon_audit_of_a_version_uses_the_samples_attached_to_it(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"auditing on the 40 samples stored with {version.ref}" in result.output
     assert "on 40 samples" in result.output
+    fewer = CliRunner().invoke(app, ["audit", version.ref, "--epsilons", "0.1", "--pgd-steps", "2",
+                                     "--max-samples", "30", "--out", str(tmp_path / "audit30")])
+    assert fewer.exit_code == 0 and "auditing on the first 30 of the 40 samples" in fewer.output
 
 
 def test_a_torch_module_in_memory_is_audited_like_its_model(cnn, digits):

@@ -36,20 +36,25 @@ def _epsilons(text: str) -> list[float]:
     return values
 
 
-def _stored_samples(ref: str) -> tuple[Any, Any] | None:
+def _stored_samples(ref: str, max_samples: int | None) -> tuple[Any, Any] | None:
     """The held-out (x, y) attached to a registered version (kaon.optimization.attach_samples, or its
     parent's), else None (the audit then says what data it needs)."""
-    from kaon.errors import KaonError
+    from kaon.errors import NotFoundError
     from kaon.optimization import find_samples
     from kaon.registry import Registry
 
+    registry = Registry()
     try:
-        samples = find_samples(ref, registry=Registry())
-    except KaonError:
+        samples = find_samples(ref, registry=registry)
+    except NotFoundError:
         return None  # a reference that does not resolve: the audit says so in its own words
+    finally:
+        registry.close()
     if samples is None:
         return None
-    console.print(f"auditing on the {len(samples.y)} {samples.source}", highlight=False)
+    count = len(samples.y) if max_samples is None else min(max_samples, len(samples.y))
+    first = "" if count == len(samples.y) else f"first {count} of the "
+    console.print(f"auditing on the {first}{len(samples.y)} {samples.source}", highlight=False)
     return samples.x, samples.y
 
 
@@ -75,7 +80,7 @@ def audit(
         out = Path(f"audit-{Path(model_ref).name.split('.')[0]}")
     given: Any = str(data) if data is not None else None
     if given is None and not is_file:  # the labelled samples attached to the version, as kaon optimize uses them
-        given = _stored_samples(model_ref)
+        given = _stored_samples(model_ref, max_samples)
     with console.status("auditing (clean, FGSM, PGD, corruptions, calibration)..."):
         report = run_audit(model_ref, data=given, epsilons=_epsilons(epsilons),
                            pgd_steps=pgd_steps, max_samples=max_samples, out=out, seed=seed)

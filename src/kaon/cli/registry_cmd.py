@@ -228,9 +228,9 @@ def _version_number(name: str, version: str) -> int:
     """VERSION as `kaon models alias` takes it: a number, or the version's reference (NAME@N)."""
     given_name, _, number = version.rpartition("@")
     if given_name and given_name != name:
-        raise InvalidInputError(f"the version {version!r} is not one of {name!r}'s. Expected a version number of "
-                                f"{name}, e.g. 2 or {name}@2.")
-    if not number.isdigit():
+        raise InvalidInputError(f"the version {version!r} is not one of the versions of {name!r}. Expected a "
+                                f"version number of {name}, e.g. 2 or {name}@2.")
+    if not (number.isascii() and number.isdigit()):
         raise InvalidInputError(f"expected a version number, e.g. 2 or {name}@2 (an alias points at a version, "
                                 f"not at another alias). Received: {version!r}.")
     return int(number)
@@ -248,7 +248,10 @@ def delete_version(
     from kaon.registry import parse_ref
 
     with reporting_errors():
-        name, selector = parse_ref(ref if version is None or "@" in ref else f"{ref}@{version}")
+        if version is not None and "@" in ref:  # delete is destructive: one version, said one way
+            raise InvalidInputError(f"give the version once: {ref!r} or the name and a number. Received both "
+                                    f"{ref!r} and {version}.")
+        name, selector = parse_ref(ref if version is None else f"{ref}@{version}")
         if selector is None or not selector.isdigit():
             raise InvalidInputError(
                 f"delete needs an explicit version number, so that an alias never deletes the wrong one. "
