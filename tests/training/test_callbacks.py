@@ -196,6 +196,9 @@ def test_a_checkpoint_path_field_that_is_not_logged_fails_before_training(small,
     message = str(info.value)
     assert "names the field 'val_los', which fit does not log (did you mean 'val_loss'?)" in message
     assert "Available fields: epoch, loss, accuracy, val_loss, val_accuracy" in message
+    with pytest.raises(ConfigError, match=r"'val_loss', which fit does not log \(this fit has no validation data"):
+        Trainer(make_model(), track=False).fit(x_train, y_train, verbose=False,
+                                               callbacks=[ModelCheckpoint(tmp_path / "{val_loss:.2f}.safetensors")])
     with pytest.raises(ConfigError, match="could not fill in its path .*Unknown format code 'd'"):
         Trainer(make_model(), track=False).fit(x_train, y_train, verbose=False,
                                                callbacks=[ModelCheckpoint(tmp_path / "{loss:02d}.safetensors")])

@@ -28,7 +28,7 @@ def summarize(exc: BaseException) -> str:
     text = " ".join(text.split())
     text = text[:600] + ("..." if len(text) > 600 else "") if text else type(exc).__name__
     if not where and text.endswith(".") and not text.endswith("..."):
-        text = text[:-1]  # callers write their own full stop after the reason
+        text = text[:-1] or type(exc).__name__  # callers write their own full stop after the reason
     return text + where
 
 

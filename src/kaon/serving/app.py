@@ -53,7 +53,8 @@ log = logging.getLogger("kaon.serving")
 # orjson writes only what it writes exactly as pydantic does (dicts with str keys, lists, str, int, float, bool,
 # None; numpy through numpy_to_json); dataclasses, datetimes and subclasses go to numpy_to_json, which refuses them
 _PLAIN_JSON_ONLY = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
-# A loose return type, and whether an answer has its shape (one that does not is pydantic's to write, and warn of)
+# A loose return type, and whether an answer has its shape (one that does not is pydantic's to write, and warn
+# of); a list's first row stands for the rest: checking every row would cost each request more than orjson saves
 _LOOSE_SHAPES: dict[Any, Callable[[Any], bool]] = {
     Any: lambda result: True,
     list[Any]: lambda result: type(result) is list,

@@ -229,10 +229,13 @@ class ModelCheckpoint(_Monitor):
 
     def _path_error(self, field: str, logged: Sequence[str]) -> ConfigError:
         fields = ["epoch", *logged]
+        if field.startswith("val_") and not any(name.startswith("val_") for name in logged):
+            hint = " (this fit has no validation data: pass validation_data= or validation_split=)"
+        else:
+            hint = _did_you_mean(field, fields)
         return ConfigError(
             f"ModelCheckpoint's path {self.path!r} names the field {field!r}, which fit does not log"
-            f"{_did_you_mean(field, fields)}. Available fields: {', '.join(fields)}. "
-            f"Received: path={self.path!r}")
+            f"{hint}. Available fields: {', '.join(fields)}. Received: path={self.path!r}")
 
 
 def _path_fields(path: str) -> list[str]:
