@@ -81,12 +81,16 @@ def test_bad_validation_splits_are_clear_errors(small, kwargs, words):
 
 def test_evaluate_returns_floats_and_predict_returns_one_row_per_sample(small):
     x_train, y_train, x_test, y_test = small
-    trainer = Trainer(make_model(), metrics=["accuracy", "top_k_accuracy"], track=False)
+    # top_K_accuracy takes its K from the name (top_k_accuracy is 5; on 3 classes it was always 1.0)
+    trainer = Trainer(make_model(), metrics=["accuracy", "top_2_accuracy", "top_k_accuracy"], track=False)
     trainer.fit(x_train, y_train, epochs=1, verbose=False)
     scores = trainer.evaluate(x_test, y_test)
-    assert set(scores) == {"loss", "accuracy", "top_k_accuracy"}
+    assert set(scores) == {"loss", "accuracy", "top_2_accuracy", "top_k_accuracy"}
     assert all(isinstance(v, float) for v in scores.values())
-    assert scores["top_k_accuracy"] >= scores["accuracy"]
+    assert scores["accuracy"] <= scores["top_2_accuracy"] <= scores["top_k_accuracy"]
+    assert trainer.metrics_[1].k == 2 and trainer.metrics_[2].k == 5
+    with pytest.raises(ConfigError, match="top_0_accuracy"):
+        Trainer(make_model(), metrics=["top_0_accuracy"], track=False)
     predictions = trainer.predict(x_test, batch_size=64)
     assert isinstance(predictions, np.ndarray)
     assert predictions.shape == (200, 10) and predictions.dtype == np.float32

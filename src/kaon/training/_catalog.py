@@ -9,7 +9,7 @@ import torch
 
 from kaon.errors import ConfigError
 from kaon.training.losses import LOSSES, Loss
-from kaon.training.metrics import METRICS, MeanMetric, Metric
+from kaon.training.metrics import METRICS, MeanMetric, Metric, metric_factory
 from kaon.training.privacy import DifferentialPrivacy
 
 OptimizerSpec = str | torch.optim.Optimizer | Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -103,7 +103,7 @@ def check_metrics(metrics: Sequence[object]) -> None:
         raise ConfigError(f"metrics must be a list. Received: metrics={metrics!r}; write metrics=[{metrics!r}]")
     for metric in metrics:
         if isinstance(metric, str):
-            if metric.lower() not in METRICS:
+            if metric_factory(metric) is None:
                 raise unknown_name("metric", metric, METRICS)
         elif not (isinstance(metric, Metric) or callable(metric)):
             raise ConfigError(
@@ -116,7 +116,9 @@ def build_metrics(metrics: Sequence[MetricSpec], *, from_logits: bool) -> list[M
     built: list[Metric] = []
     for metric in metrics:
         if isinstance(metric, str):
-            made = METRICS[metric.lower()](from_logits)
+            factory = metric_factory(metric)
+            assert factory is not None  # check_metrics refused the others
+            made = factory(from_logits)
             made.name = metric.lower()
         elif isinstance(metric, Metric):
             made = metric

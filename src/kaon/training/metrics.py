@@ -12,6 +12,7 @@ reading it with float() is the only point where the host waits for the device.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import torch
@@ -237,3 +238,14 @@ METRICS: dict[str, Callable[[bool], Metric]] = {
     "recall": lambda from_logits: Recall(from_logits=from_logits),
     "auc": lambda from_logits: AUC(from_logits=from_logits),
 }
+
+
+def metric_factory(name: str) -> Callable[[bool], Metric] | None:
+    """The factory of a metric by name: one of METRICS, or top_K_accuracy for any K ('top_3_accuracy'; plain
+    'top_k_accuracy' is k=5, as in Keras). None for an unknown name."""
+    key = name.lower()
+    found = METRICS.get(key)
+    if found is None and (match := re.fullmatch(r"top_([1-9]\d*)_accuracy", key)):
+        k = int(match.group(1))
+        return lambda from_logits: TopKAccuracy(k)
+    return found
