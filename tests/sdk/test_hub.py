@@ -62,6 +62,21 @@ def test_an_example_of_the_wrong_width_is_one_error_without_torchs_logged_traceb
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_a_version_that_takes_other_inputs_than_the_one_before_is_warned_about():
+    """An unrelated nn.Linear(13, 3) registered as 'lin' quietly became lin@2 and lin@latest."""
+    import warnings
+
+    import torch
+
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same inputs again: nothing to say
+        kaon.register(_torch_model(), "lin", input_example=x)
+        kaon.register(_torch_model(), "lin", input_example=x)
+    with pytest.warns(UserWarning, match=r"lin@3 takes other inputs than lin@2: .*\(-1, 13\).*\(-1, 1, 8, 8\)"):
+        kaon.register(torch.nn.Linear(13, 3), "lin", input_example=np.zeros((2, 13), np.float32))
+
+
 class _ValueBranch:  # built lazily: torch is imported by the test
     @staticmethod
     def make():

@@ -86,9 +86,31 @@ def register(model: Any, name: str, *, input_example: Any = None, signature: Any
         version = reg.register_version(name, files, framework=saved.framework, signature=sig_dict,
                                        metrics=metrics or {}, parent=parent, run_id=run_id,
                                        description=description)
+    _say_if_inputs_changed(reg, version, sig_dict)
     for alias in aliases or []:
         reg.set_alias(name, alias, version.version)
     return reg.get_version(version.ref)
+
+
+def _say_if_inputs_changed(registry: Any, version: Any, signature: dict[str, Any]) -> None:
+    """A warning when the new version takes other inputs than the one before it: the clients of name@latest
+    (which now points at it) must change, or it is another model under the same name."""
+    import warnings
+
+    earlier = [v for v in registry.list_versions(version.name) if v.version < version.version]
+    if not earlier:
+        return
+    previous = max(earlier, key=lambda v: v.version)
+
+    def inputs(sig: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return [(s.get("name"), tuple(s.get("shape") or ()), s.get("dtype")) for s in sig.get("inputs") or []]
+
+    if inputs(previous.signature or {}) != inputs(signature):
+        warnings.warn(
+            f"{version.ref} takes other inputs than {previous.ref}: {inputs(signature)} where {previous.ref} took "
+            f"{inputs(previous.signature or {})}. {version.name}@latest points at {version.ref} now, so its clients "
+            f"must send the new inputs; if it is another model, register it under its own name.",
+            UserWarning, stacklevel=3)
 
 
 def _check_labels(labels: list[str] | None, signature: dict[str, Any]) -> None:
