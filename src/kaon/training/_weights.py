@@ -129,12 +129,6 @@ def final_activation(model: nn.Module) -> str | None:
     return next((name for kind, name in _TORCH_ACTIVATIONS if isinstance(last, kind)), None)
 
 
-def outputs_probabilities(model: nn.Module) -> bool:
-    """True when the model ends in softmax or sigmoid (a Keras final activation, or nn.Softmax / nn.Sigmoid last
-    in an nn.Sequential), so its outputs are probabilities."""
-    return final_activation(model) in ("softmax", "sigmoid")
-
-
 def input_count(model: nn.Module) -> int | None:
     """How many inputs the model takes (its forward's required positional arguments, or a Keras model's
     inputs); None when it cannot tell (*args, a model not built yet)."""

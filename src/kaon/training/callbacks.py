@@ -14,9 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import re
 import secrets
-import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
@@ -82,7 +80,7 @@ class _Monitor(Callback):
 
     def not_logged(self, logged: Sequence[str]) -> ConfigError:
         """The error for a monitored value that is not among the `logged` names."""
-        if self.monitor.startswith("val_") and not any(name.startswith("val_") for name in logged):
+        if _without_validation(self.monitor, logged):
             why = (": this fit has no validation data (val_* values need validation_data=... or "
                    "validation_split=... in fit)")
         else:
@@ -101,6 +99,11 @@ class _Monitor(Callback):
         if self.mode == "min":
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
+
+
+def _without_validation(name: str, logged: Sequence[str]) -> bool:
+    """True when `name` is a val_* value and the fit logs none: it has no validation data."""
+    return name.startswith("val_") and not any(value.startswith("val_") for value in logged)
 
 
 def _did_you_mean(name: str, names: Sequence[str]) -> str:
@@ -206,15 +209,12 @@ class ModelCheckpoint(_Monitor):
         if is_best:
             self.best_path = target
 
-
     def check_logged(self, logged: Sequence[str]) -> None:
-        """Before training: the monitored value (with save_best_only) and the path's fields must be logged."""
+        """Before training: the monitored value (with save_best_only) and the path's fields must be logged, in a
+        format their values take ({loss:02d} does not)."""
         if self.save_best_only:
             super().check_logged(logged)
-        for field in _path_fields(self.path):
-            if field != "epoch" and field not in logged:
-                raise self._path_error(field, logged)
-        self._fill_path(0, dict.fromkeys(logged, 0.0))  # a format the values do not take ({loss:02d}) fails now
+        self._fill_path(0, dict.fromkeys(logged, 0.0))
 
     def _fill_path(self, epoch: int, logs: Mapping[str, float]) -> str:
         try:
@@ -229,23 +229,12 @@ class ModelCheckpoint(_Monitor):
 
     def _path_error(self, field: str, logged: Sequence[str]) -> ConfigError:
         fields = ["epoch", *logged]
-        if field.startswith("val_") and not any(name.startswith("val_") for name in logged):
-            hint = " (this fit has no validation data: pass validation_data= or validation_split=)"
-        else:
-            hint = _did_you_mean(field, fields)
+        hint = (" (this fit has no validation data: pass validation_data= or validation_split=)"
+                if _without_validation(field, logged) else _did_you_mean(field, fields))
         return ConfigError(
             f"ModelCheckpoint's path {self.path!r} names the field {field!r}, which fit does not log"
             f"{hint}. Available fields: {', '.join(fields)}. Received: path={self.path!r}")
 
-
-def _path_fields(path: str) -> list[str]:
-    """The names a format string reads: 'ck/{epoch:02d}-{val_loss:.2f}' -> ['epoch', 'val_loss'] ([] if unparsable,
-    which the save then reports)."""
-    try:
-        parsed = list(string.Formatter().parse(path))
-    except ValueError:
-        return []
-    return [re.split(r"[.\[]", field, maxsplit=1)[0] for _, field, _, _ in parsed if field]
 
 
 class ReduceLROnPlateau(_Monitor):

@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from kaon.errors import ConfigError
-from kaon.training._callback_list import CallbackList, check_callbacks, check_logged
+from kaon.training._callback_list import CallbackList, check_callbacks
 from kaon.training._data import ArrayBatches, Inputs, validation_pair
 from kaon.training._progress import EpochLines
 from kaon.training._tracking import RunTracker, run_params, run_summary
@@ -108,9 +108,7 @@ def fit_distributed(trainer: Trainer, x: Any, y: Any, *, epochs: int, batch_size
     _check_supported(trainer, x, validation_data)
     job_trainer = worker_copy(trainer)
     trainer._build()
-    logged = trainer._epoch_log_names(validation=validation_data is not None)
-    if logged is not None:  # as local fit: a monitored value that will not be logged fails before the workers start
-        check_logged(callbacks, logged)
+    trainer._check_logged(callbacks, validation=validation_data is not None)  # before the workers start
     train = trainer._batches(x, y, batch_size, shuffle=False, name="x")  # local fit's checks, on the driver
     validation = None
     if validation_data is not None:

@@ -223,9 +223,7 @@ class Trainer:
             vx, vy = validation_pair(validation_data)
             val = self._batches(vx, vy, batch_size, shuffle=False, name="validation_data")
         check_callbacks(callbacks)
-        logged = self._epoch_log_names(validation=val is not None)
-        if logged is not None:  # a monitor= or path field that names no logged value fails now, not after epoch 1
-            check_logged(callbacks, logged)
+        self._check_logged(callbacks, validation=val is not None)
         private = None
         if self.privacy is not None:
             self._set_training(True)  # Opacus validates a model in training mode
@@ -266,6 +264,12 @@ class Trainer:
             if problems and error is None:
                 warnings.warn("closing callbacks failed: " + "; ".join(problems), RuntimeWarning, stacklevel=2)
         return history
+
+    def _check_logged(self, callbacks: Sequence[Callback], *, validation: bool) -> None:
+        """A monitor= or path field that names no value fit will log fails now, not after the first epoch."""
+        logged = self._epoch_log_names(validation=validation)
+        if logged is not None:
+            check_logged(callbacks, logged)
 
     def _epoch_log_names(self, *, validation: bool) -> list[str] | None:
         """The names of the values fit will log each epoch, before callbacks add theirs; None when a subclass's own
