@@ -156,7 +156,8 @@ def test_a_callback_that_raises_is_named_and_the_history_is_kept(small, tmp_path
     assert "callback Broken raised ZeroDivisionError in on_epoch_end (epoch 2): boom" in message
     assert isinstance(info.value.__cause__, ZeroDivisionError)
     assert info.value.history.epoch == [0]  # type: ignore[attr-defined]
-    assert len(csv_path.read_text().splitlines()) == 3  # header + epochs 0 and 1, flushed and closed
+    # header + epoch 0, flushed and closed: the recorders run after Broken, so the CSV keeps the epochs History does
+    assert len(csv_path.read_text().splitlines()) == 2
 
 
 class CountEpochs(Callback):
@@ -363,3 +364,57 @@ def test_a_resumed_fit_continues_the_optimizer_where_it_stopped(tmp_path):
     with pytest.warns(RuntimeWarning, match="was not saved with these weights"):
         stale.load_weights(tmp_path / "again1.safetensors")
     assert not stale.optimizer_.state
+
+
+@pytest.mark.parametrize("logger_first", [True, False], ids=["logger-listed-first", "logger-listed-last"])
+def test_csv_logger_records_the_reduced_rate_wherever_it_is_listed(small, tmp_path, logger_first):
+    """Listed before ReduceLROnPlateau, CSVLogger wrote its rows before 'lr' was logged: no lr column at all."""
+    x_train, y_train, _, _ = small
+    path = tmp_path / "log.csv"
+    scripted, reduce = ScriptedLoss([1.0] * 4), ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1)
+    callbacks = [CSVLogger(path), scripted, reduce] if logger_first else [scripted, reduce, CSVLogger(path)]
+    history = Trainer(make_model(), lr=0.01, track=False).fit(x_train[:100], y_train[:100], epochs=4,
+                                                              verbose=False, callbacks=callbacks)
+    rows = list(csv.DictReader(path.open()))
+    assert list(rows[0]) == ["epoch", "loss", "accuracy", "val_loss", "lr"]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.01, 0.005, 0.0025, 0.00125])
+    assert [float(r["lr"]) for r in rows] == pytest.approx(history.history["lr"])
+
+
+def test_a_checkpoint_listed_before_reduce_lr_on_plateau_can_name_the_rate_it_sets(small, tmp_path):
+    """It was refused before training ('lr' is not logged yet where the checkpoint ran), though the rate is known."""
+    x_train, y_train, _, _ = small
+    checkpoint = ModelCheckpoint(tmp_path / "{epoch}-lr{lr:g}.safetensors", monitor="val_loss")
+    Trainer(make_model(), lr=0.01, track=False).fit(
+        x_train[:100], y_train[:100], epochs=3, verbose=False,
+        callbacks=[checkpoint, ScriptedLoss([1.0] * 3), ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1)])
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == [
+        "1-lr0.01.safetensors", "2-lr0.005.safetensors", "3-lr0.0025.safetensors"]
+    assert load_file_metadata(tmp_path / "3-lr0.0025.safetensors")["lr"] == repr(0.0025)
+
+
+def load_file_metadata(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata()
+
+
+@pytest.mark.parametrize(("name", "suggested"), [
+    ("best.h5", "best.safetensors"),
+    ("best.weights.h5", "best.weights.safetensors"),
+    ("model.keras", "model.safetensors"),
+    ("best.pt", "best.safetensors"),
+    ("ckpt/{epoch:02d}-{val_loss:.3f}", "ckpt/{epoch:02d}-{val_loss:.3f}.safetensors"),
+])
+def test_model_checkpoint_refuses_a_path_that_names_another_format(tmp_path, name, suggested):
+    """ModelCheckpoint('best.h5') wrote safetensors under the name of Keras' HDF5 format."""
+    path = tmp_path / name
+    with pytest.raises(ConfigError) as info:
+        ModelCheckpoint(path)
+    message = str(info.value)
+    assert "ModelCheckpoint writes safetensors files: its path must end in '.safetensors'" in message
+    assert f"Received: path={str(path)!r}" in message
+    assert f"path={str(tmp_path / suggested)!r}" in message.split("Received:")[1]
+    assert not list(tmp_path.iterdir())
+    assert ModelCheckpoint(tmp_path / "BEST.SafeTensors").path.endswith("BEST.SafeTensors")

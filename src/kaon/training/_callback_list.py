@@ -1,4 +1,5 @@
-"""Call every callback's hook in order; a callback that raises stops fit with an error naming it."""
+"""Call every callback's hook in order (at an epoch's end, the recording ones last); a callback that raises stops fit
+with an error naming it."""
 
 from __future__ import annotations
 
@@ -36,14 +37,24 @@ def check_callbacks(callbacks: Sequence[object]) -> None:
 _KNOWN_LOGS = {EarlyStopping: (), ModelCheckpoint: (), ReduceLROnPlateau: ("lr",), TensorBoard: (), CSVLogger: ()}
 
 
+def end_order(callbacks: Sequence[Callback]) -> list[Callback]:
+    """The order the callbacks run in at the end of an epoch and of training: as listed, but those that record the
+    epoch (records_epoch) after the others, so that a CSVLogger writes the 'lr' a ReduceLROnPlateau listed after it
+    sets, and every recorder writes the same values whatever its place in the list."""
+    return ([callback for callback in callbacks if not callback.records_epoch]
+            + [callback for callback in callbacks if callback.records_epoch])
+
+
 def check_logged(callbacks: Sequence[Callback], logged: Sequence[str]) -> None:
     """Before training: a callback that monitors a value fit will not log (or names one in its path) fails now,
-    not after the first epoch. `logged`: the epoch logs fit will have. Callbacks that follow one of another type
-    are not checked: that one may add its own values to the logs."""
+    not after the first epoch. `logged`: the epoch logs fit will have. Callbacks that run after one of another type
+    with its own on_epoch_end (in end_order) are not checked: that one may add its own values to the logs."""
     names = list(logged)
-    for callback in callbacks:
+    for callback in end_order(callbacks):
         added = _KNOWN_LOGS.get(type(callback))
         if added is None:
+            if type(callback).on_epoch_end is Callback.on_epoch_end:
+                continue  # it never sees the epoch logs, so it adds nothing to them
             return
         check = getattr(callback, "check_logged", None)
         if check is not None:
@@ -57,6 +68,7 @@ class CallbackList:
         for callback in callbacks:
             callback.set_trainer(trainer)
         self.callbacks = list(callbacks)
+        self._end_order = end_order(self.callbacks)
         # Only callbacks that override the per-step hook cost anything per step.
         self._batch_end = [c for c in self.callbacks
                            if type(c).on_train_batch_end is not Callback.on_train_batch_end]
@@ -83,7 +95,7 @@ class CallbackList:
             self._call(callback, "on_train_begin", logs)
 
     def on_train_end(self, logs: dict[str, float]) -> None:
-        for callback in self.callbacks:
+        for callback in self._end_order:
             self._call(callback, "on_train_end", logs)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, float]) -> None:
@@ -92,7 +104,7 @@ class CallbackList:
             self._call(callback, "on_epoch_begin", epoch, logs)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        for callback in self.callbacks:
+        for callback in self._end_order:
             self._call(callback, "on_epoch_end", epoch, logs)
 
     def on_train_batch_end(self, step: int, logs: Mapping[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -41,21 +41,39 @@ class LossMean:
         self.losses, self.sizes, self._checked = [], [], 0
 
 
-class LiveLogs(Mapping[str, torch.Tensor]):
-    """A read-only view, {'loss': ..., metric name: ...}, computed when a value is read."""
+ADVERSARIAL_PREFIX = "adv_"  # adversarial training's figures on the attacked copies: adv_loss, adv_accuracy
 
-    def __init__(self, loss: LossMean, metrics: Sequence[Metric]) -> None:
-        self._loss = loss
-        self._metrics = {metric.name: metric for metric in metrics}
+
+class LiveLogs(Mapping[str, torch.Tensor]):
+    """A read-only view, {'loss': ..., metric name: ...}, computed when a value is read.
+
+    With `adversarial` (adversarial training: the loss and metrics of the attacked copies, kept apart from the clean
+    batch's) it adds 'adv_loss' and 'adv_<metric>', once a step has recorded them: evaluation, which attacks
+    nothing, logs only the clean names.
+    """
+
+    def __init__(self, loss: LossMean, metrics: Sequence[Metric],
+                 adversarial: tuple[LossMean, Sequence[Metric]] | None = None) -> None:
+        self._values: dict[str, Callable[[], torch.Tensor]] = {"loss": loss.result}
+        self._values.update({metric.name: metric.result for metric in metrics})
+        self._clean_names = list(self._values)
+        self._adversarial_loss: LossMean | None = None
+        if adversarial is not None:
+            self._adversarial_loss, adversarial_metrics = adversarial
+            self._values[f"{ADVERSARIAL_PREFIX}loss"] = self._adversarial_loss.result
+            self._values.update({f"{ADVERSARIAL_PREFIX}{metric.name}": metric.result
+                                 for metric in adversarial_metrics})
+
+    def _names(self) -> list[str]:
+        if self._adversarial_loss is not None and not self._adversarial_loss.losses:
+            return self._clean_names
+        return list(self._values)
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        if key == "loss":
-            return self._loss.result()
-        return self._metrics[key].result()
+        return self._values[key]()
 
     def __iter__(self) -> Iterator[str]:
-        yield "loss"
-        yield from self._metrics
+        yield from self._names()
 
     def __len__(self) -> int:
-        return 1 + len(self._metrics)
+        return len(self._names())

@@ -19,6 +19,8 @@ def format_logs(logs: Mapping[str, Any]) -> str:
 class EpochLines(Callback):
     """One line per epoch: for logs, CI and notebooks that are not terminals."""
 
+    records_epoch = True  # prints the logs as the other callbacks left them ('lr')
+
     def __init__(self, *, epochs: int, steps: int | None) -> None:
         super().__init__()
         self.epochs = epochs

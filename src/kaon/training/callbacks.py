@@ -7,6 +7,11 @@
 Epoch logs are floats. Batch logs (`on_train_batch_end`) hold tensors: reading one with float()
 makes the host wait for the device, so a callback that does it every step slows training down.
 A callback that raises stops fit with a TrainingError naming it; `close()` still runs for all.
+
+At the end of each epoch (and of training) callbacks run in the order listed, except that those which only
+record the epoch (`records_epoch = True`: CSVLogger, TensorBoard, ModelCheckpoint, History) run after all the
+others: a CSVLogger listed before ReduceLROnPlateau still writes the 'lr' that callback sets. Set it on a
+callback of yours that writes the logs somewhere and changes nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ Mode = Literal["auto", "min", "max"]
 
 class Callback:
     """Base class: override the hooks you need; each default does nothing."""
+
+    # True for a callback that records each epoch (its logs, the weights) and changes neither: it runs after the
+    # others at the end of an epoch and of training, to see the values and learning rate they set.
+    records_epoch: bool = False
 
     def __init__(self) -> None:
         self.trainer: Trainer | None = None
@@ -155,16 +164,22 @@ class EarlyStopping(_Monitor):
 class ModelCheckpoint(_Monitor):
     """Write the weights as safetensors after each epoch, or only when `monitor` improves.
 
+    `path` must end in ".safetensors", the only format written: a Keras-style "best.h5" or "model.keras", or a
+    torch "best.pt" (a pickle, which kaon does not write), is refused with a ConfigError when the callback is made,
+    rather than holding safetensors under another format's name. Load the file with `Trainer.load_weights`.
     `path` may hold fields filled from the epoch and the logs: "ckpt/{epoch:02d}-{val_loss:.3f}.safetensors".
     The file is written to a temp file and renamed, so it is never half-written. With `save_optimizer` (the
     default) the optimizer's state goes beside it ("02.safetensors.optimizer"), for `Trainer.load_weights` to
     resume a fit where it stopped; the weights file alone loads anywhere, as before.
     """
 
+    records_epoch = True
+
     def __init__(self, path: str | Path, monitor: str = "val_loss", *, save_best_only: bool = False,
                  mode: Mode = "auto", save_optimizer: bool = True) -> None:
         super().__init__(monitor, mode, 0.0)
         self.path = str(path)
+        _check_checkpoint_path(self.path)
         self.save_best_only = save_best_only
         self.save_optimizer = save_optimizer
         self.last_path: Path | None = None
@@ -236,6 +251,29 @@ class ModelCheckpoint(_Monitor):
             f"{hint}. Available fields: {', '.join(fields)}. Received: path={self.path!r}")
 
 
+# What a user who names a checkpoint after another format expects to get, for the error that refuses it.
+_OTHER_FORMATS = {".h5": "Keras' HDF5 format", ".hdf5": "Keras' HDF5 format", ".keras": "the Keras archive format",
+                  ".pt": "a torch pickle", ".pth": "a torch pickle", ".ckpt": "a torch pickle",
+                  ".bin": "a torch pickle", ".pkl": "a pickle", ".onnx": "an ONNX model", ".npz": "a numpy archive"}
+
+
+def _check_checkpoint_path(path: str) -> None:
+    """Refuse a checkpoint path that does not end in .safetensors: the file would not be in the format it names."""
+    if path.lower().endswith(".safetensors"):
+        return
+    suffix = Path(path).suffix.lower()
+    if "{" in suffix or "}" in suffix:  # "ckpt/{epoch}-{val_loss:.3f}": a format field, not a suffix
+        suffix = ""
+    if suffix in _OTHER_FORMATS:
+        named = f" ('{suffix}' names {_OTHER_FORMATS[suffix]}, which ModelCheckpoint does not write)"
+        suggested = path[: -len(suffix)] + ".safetensors"
+    else:
+        named = f" ('{suffix}' is no format it writes)" if suffix else " (no suffix)"
+        suggested = path + ".safetensors"
+    raise ConfigError(
+        f"ModelCheckpoint writes safetensors files: its path must end in '.safetensors'. Received: path={path!r}"
+        f"{named}. Use path={suggested!r}, and load the file with Trainer.load_weights(...).")
+
 
 class ReduceLROnPlateau(_Monitor):
     """Multiply the learning rate by `factor` when `monitor` has not improved for `patience` epochs.
@@ -281,6 +319,8 @@ class TensorBoard(Callback):
     curves overlay in TensorBoard. View with: tensorboard --logdir <log_dir>
     """
 
+    records_epoch = True
+
     def __init__(self, log_dir: str | Path = "logs") -> None:
         super().__init__()
         self.log_dir = Path(log_dir)
@@ -308,6 +348,8 @@ class TensorBoard(Callback):
 
 class CSVLogger(Callback):
     """Append one row per epoch to a CSV file: epoch, then each logged value (NA where missing)."""
+
+    records_epoch = True
 
     def __init__(self, path: str | Path, *, separator: str = ",", append: bool = False) -> None:
         super().__init__()

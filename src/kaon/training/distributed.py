@@ -173,7 +173,7 @@ def worker_copy(trainer: Trainer) -> Trainer:
 
 # What Trainer._build adds besides the learned state whose names end in _.
 _BUILT = frozenset({"_is_keras", "_forward_train", "_forward_eval", "_forward", "_loss_in_use", "_loss_mean",
-                    "_autocast_dtype", "_scaler", "_generator", "_sync"})
+                    "_adversarial_loss", "_adversarial_metrics", "_autocast_dtype", "_scaler", "_generator", "_sync"})
 
 
 class _Job:

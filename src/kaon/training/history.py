@@ -19,6 +19,8 @@ class History(Callback):
         {'loss': [0.5]}
     """
 
+    records_epoch = True
+
     def __init__(self) -> None:
         super().__init__()
         self.history: dict[str, list[float]] = {}

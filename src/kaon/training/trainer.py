@@ -16,6 +16,7 @@ compute_loss and compute_metrics; or write your own loop around the same model.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import time
@@ -33,7 +34,7 @@ from kaon.errors import ConfigError, InvalidInputError, KaonError
 from kaon.training import _catalog, _diagnose
 from kaon.training._callback_list import CallbackList, check_callbacks, check_logged
 from kaon.training._data import Batches, Inputs, LoaderBatches, make_batches, split_validation, validation_pair
-from kaon.training._logs import LiveLogs, LossMean
+from kaon.training._logs import ADVERSARIAL_PREFIX, LiveLogs, LossMean
 from kaon.training._progress import make_progress
 from kaon.training._tracking import RunTracker, run_params, run_summary
 from kaon.training._weights import final_activation, input_count, is_keras_model, last_module, parameters
@@ -125,20 +126,28 @@ class Trainer:
     # ---- the steps: override these ------------------------------------------------------------
 
     def train_step(self, batch: Any) -> Mapping[str, float | torch.Tensor]:
-        """One optimization step on `batch` ((x, y) tensors on the device); return the logs so far."""
+        """One optimization step on `batch` ((x, y) tensors on the device); return the logs so far.
+
+        With `adversarial`, the step trains on the batch and its attacked copy together, and logs them apart: 'loss'
+        and the metrics are the clean batch's (as without it, and as val_* are), 'adv_loss' and 'adv_<metric>' the
+        attacked copy's. The loss trained on is their mean (for a loss that averages over samples).
+        """
         x, y = _unpack(batch)
         if x.shape[0] == 0:  # Poisson sampling (privacy) can draw an empty batch
             return self.logs_
+        num_clean: int | None = None
         if self.adversarial is not None:
             if isinstance(x, Inputs):
                 raise ConfigError(f"adversarial training perturbs a model's one input. Received: {x.describe()}; "
                                   "train without adversarial=, or combine the inputs into one tensor.")
             # Clean and adversarial examples side by side: keeps clean accuracy, costs one more forward pass.
             x_adv = _within_data_range(self.adversarial, x).perturb(self.model, x, y, self.compute_loss)
+            num_clean = int(x.shape[0])
             x, y = torch.cat([x, x_adv]), torch.cat([y, y])
         with self._autocast():
             y_pred = self._forward(x)
             loss = self.compute_loss(y_pred, y)
+            halves = None if num_clean is None else self._half_losses(y_pred, y, num_clean)
         self.optimizer_.zero_grad(set_to_none=True)
         if self._scaler is not None:
             self._scaler.scale(loss).backward()
@@ -147,7 +156,29 @@ class Trainer:
         else:
             loss.backward()
             self.optimizer_.step()
-        return self.compute_metrics(loss, y_pred, y)
+        if halves is None:
+            return self.compute_metrics(loss, y_pred, y)
+        clean_loss, adversarial_loss = halves
+        self.compute_metrics(clean_loss, y_pred[:num_clean], y[:num_clean])
+        return self._compute_adversarial_metrics(adversarial_loss, y_pred[num_clean:], y[num_clean:])
+
+    def _half_losses(self, y_pred: torch.Tensor, y: torch.Tensor,
+                     num_clean: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of the clean samples and that of their attacked copies (the first `num_clean` and the rest), for
+        the logs: the loss trained on, over both, would mix a clean figure with an adversarial one."""
+        with torch.no_grad():
+            return (self.compute_loss(y_pred[:num_clean], y[:num_clean]),
+                    self.compute_loss(y_pred[num_clean:], y[num_clean:]))
+
+    def _compute_adversarial_metrics(self, loss: torch.Tensor, y_pred: torch.Tensor,
+                                     y: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        """compute_metrics for the attacked copies: into adv_loss and adv_<metric>."""
+        assert self._adversarial_loss is not None
+        self._adversarial_loss.update(loss.detach(), int(y_pred.shape[0]))
+        y_pred = y_pred.detach()
+        for metric in self._adversarial_metrics:
+            metric.update(y_pred, y)  # the clean copy of each metric has just read outputs of this shape
+        return self.logs_
 
     def test_step(self, batch: Any) -> Mapping[str, float | torch.Tensor]:
         """Loss and metrics on one batch, without gradients; return the logs so far."""
@@ -277,9 +308,12 @@ class Trainer:
         steps = ("train_step", "test_step", "compute_metrics")
         if any(getattr(type(self), step) is not getattr(Trainer, step) for step in steps):
             return None
-        names = ["loss", *(metric.name for metric in self.metrics_)]
-        if validation:
-            names += [f"val_{name}" for name in names]
+        clean = ["loss", *(metric.name for metric in self.metrics_)]
+        names = list(clean)
+        if self.adversarial is not None:
+            names += [f"{ADVERSARIAL_PREFIX}{name}" for name in clean]
+        if validation:  # evaluated on the clean data only
+            names += [f"val_{name}" for name in clean]
         if self.privacy is not None:
             names.append("epsilon")
         return names
@@ -371,11 +405,15 @@ class Trainer:
         return {k: float(v) for k, v in logs.items()}
 
     def _check_loss(self, epoch: int, logs: dict[str, float] | None) -> dict[str, float]:
-        """Stop on a NaN/inf loss, naming the first bad step when the default step tracked it."""
-        bad_step = self._loss_mean.first_non_finite()
-        value = logs.get("loss") if logs is not None else None
-        if bad_step is not None or (value is not None and not np.isfinite(value)):
-            loss = float(self._loss_mean.losses[bad_step]) if bad_step is not None else value
+        """Stop on a NaN/inf loss (clean or, in adversarial training, adversarial), naming the first bad step when
+        the default step tracked it."""
+        means = [self._loss_mean, *([self._adversarial_loss] if self._adversarial_loss is not None else [])]
+        bad = [(step, float(mean.losses[step])) for mean in means if (step := mean.first_non_finite()) is not None]
+        bad_step: int | None = None
+        loss = logs.get("loss") if logs is not None else None
+        if bad:
+            bad_step, loss = min(bad, key=lambda found: found[0])
+        if bad_step is not None or (loss is not None and not np.isfinite(loss)):
             lr = float(self.optimizer_.param_groups[0]["lr"])
             raise _diagnose.non_finite_loss(epoch, bad_step, float(loss if loss is not None else "nan"), lr)
         return logs or {}
@@ -416,7 +454,13 @@ class Trainer:
         self._loss_in_use = self.loss_fn_
         self.metrics_ = _catalog.build_metrics(self.metrics, from_logits=from_logits)
         self._loss_mean = LossMean()
-        self.logs_ = LiveLogs(self._loss_mean, self.metrics_)
+        self._adversarial_loss: LossMean | None = None
+        self._adversarial_metrics: list[Metric] = []
+        if self.adversarial is not None:  # the attacked copies' figures, apart from the clean batch's
+            self._adversarial_loss = LossMean()
+            self._adversarial_metrics = [copy.deepcopy(metric) for metric in self.metrics_]
+        self.logs_ = LiveLogs(self._loss_mean, self.metrics_, None if self._adversarial_loss is None
+                              else (self._adversarial_loss, self._adversarial_metrics))
         self._autocast_dtype = None
         self._scaler = None
         if self.precision != "fp32":
@@ -531,7 +575,9 @@ class Trainer:
 
     def _reset_logs(self) -> None:
         self._loss_mean.reset()
-        for metric in self.metrics_:
+        if self._adversarial_loss is not None:
+            self._adversarial_loss.reset()
+        for metric in [*self.metrics_, *self._adversarial_metrics]:
             metric.reset()
 
     def _batches(self, x: Any, y: Any, batch_size: int, *, shuffle: bool, name: str) -> Batches:
