@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,14 +46,49 @@ def check_version(version: object) -> int:
     return version
 
 
-def to_float(key: str, value: object) -> float:
-    try:
-        return float(value)  # type: ignore[arg-type]  # numpy and torch scalars convert too
-    except (TypeError, ValueError) as exc:
+_MAX_FLOAT = sys.float_info.max
+
+
+def to_metrics(metrics: object, *, finite: bool) -> dict[str, float]:
+    """`metrics` as {name: int or float}, or InvalidInputError naming the first value that is not a number.
+
+    A run's curve may hold NaN and infinity (a diverged loss is worth seeing), so `finite=False` keeps them;
+    a version's metrics are what versions are compared by, and are stored as JSON: `finite=True` refuses them.
+    """
+    if not isinstance(metrics, Mapping):
         raise InvalidInputError(
-            f"metric '{key}' must be a number. Received: {value!r} ({type(value).__name__}). "
-            "Log a float, e.g. loss.item()."
-        ) from exc
+            f"metrics must be a dict of name -> number, e.g. {{'loss': 0.25}}. Received: {metrics!r:.200}"
+        )
+    return {check_text(key, "metric name", max_length=255): to_number(key, value, finite=finite)
+            for key, value in metrics.items()}
+
+
+def to_number(key: str, value: object, *, finite: bool) -> float:
+    """A metric value as a plain int or float. Numpy scalars and 0-d arrays or tensors convert; text, bools,
+    None, containers and arrays of more than one dimension do not, whatever float() would make of them."""
+    number: Any = value
+    if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
+        number = number.item()  # np.float32(0.5), np.array(0.5), torch.tensor(0.5)
+    if isinstance(number, numbers.Real) and not isinstance(number, bool):
+        if isinstance(number, numbers.Integral) and abs(int(number)) <= _MAX_FLOAT:
+            return int(number)
+        try:
+            number = float(number)
+        except OverflowError:  # an int beyond float's range: stored like 1e400
+            number = math.inf if number > 0 else -math.inf
+        if finite and not math.isfinite(number):
+            raise InvalidInputError(
+                f"metric '{key}' must be a finite number: a model version is compared with others by its "
+                f"metrics, and NaN or infinity compares with nothing. Received: {value!r:.100}. Register the "
+                "version without that metric, or evaluate the model again, e.g. on more samples."
+            )
+        return number
+    hint = (" (for a yes/no, log float(x): 1.0 or 0.0)" if isinstance(number, bool)
+            else " (for a tensor or array of one value, pass x.item())" if getattr(value, "ndim", 0) else "")
+    raise InvalidInputError(
+        f"metric '{key}' must be a number: an int, a float, a numpy scalar or a 0-d tensor{hint}. "
+        f"Received: {value!r:.100} ({type(value).__name__}). Pass a float, e.g. loss.item() or float(x)."
+    )
 
 
 def to_json(value: object, what: str) -> dict[str, Any]:

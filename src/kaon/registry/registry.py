@@ -55,7 +55,7 @@ from kaon.registry._schema import (
     RunMetricRow,
     RunRow,
 )
-from kaon.registry._validation import check_limit, check_run_id, check_text, check_version, to_float, to_json
+from kaon.registry._validation import check_limit, check_run_id, check_text, check_version, to_json, to_metrics
 from kaon.registry.artifacts import ArtifactStore, check_filename, check_source_file
 from kaon.registry.records import ModelVersionRecord, RunRecord
 from kaon.registry.refs import LATEST, check_name, check_settable_alias, parse_ref
@@ -112,20 +112,17 @@ class Registry:
         return run_record(row)
 
     def log_metrics(self, run_id: int, metrics: Mapping[str, float], step: int) -> None:
-        """Append one value per key at `step`, all in one transaction."""
+        """Append one value per key at `step`, all in one transaction.
+
+        A value is a number: an int, a float (NaN and infinity included), a numpy scalar or a 0-d tensor.
+        """
         check_run_id(run_id)
-        if not isinstance(metrics, Mapping):
-            raise InvalidInputError(
-                f"metrics must be a dict of name -> number, e.g. {{'loss': 0.25}}. Received: {metrics!r:.200}"
-            )
+        values = to_metrics(metrics, finite=False)  # NaN and inf stay: a diverged curve is worth seeing
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise InvalidInputError(f"step must be an integer >= 0. Received: step={step!r}")
         logged_at = now()
-        rows = [
-            {"run_id": run_id, "key": check_text(key, "metric name", max_length=255),
-             "step": step, "value": to_float(key, value), "timestamp": logged_at}
-            for key, value in metrics.items()
-        ]
+        rows = [{"run_id": run_id, "key": key, "step": step, "value": float(value), "timestamp": logged_at}
+                for key, value in values.items()]
         if not rows:
             return
         try:
@@ -271,8 +268,10 @@ class Registry:
     ) -> ModelVersionRecord:
         """Store `files` and register them as the next version of `name`; moves alias 'latest'.
 
-        The version number is taken under a row lock (SQLite: the write lock), so two processes
-        registering the same name at once get distinct numbers. Numbers are never reused.
+        `metrics` maps names to finite numbers (numpy scalars and 0-d tensors convert). Every argument is
+        checked before a file is stored. The version number is taken under a row lock (SQLite: the write
+        lock), so two processes registering the same name at once get distinct numbers. Numbers are never
+        reused.
         """
         check_name(name)
         check_text(framework, "framework", max_length=64)
@@ -286,10 +285,15 @@ class Registry:
             )
         sources = {check_filename(fn): check_source_file(path, f"file '{fn}'") for fn, path in files.items()}
         signature_json = to_json(signature or {}, "signature")
-        metrics_json = to_json(metrics or {}, "metrics")
+        metrics_json = to_metrics(metrics if metrics is not None else {}, finite=True)
         parent_ref = parse_ref(parent) if parent is not None else None
         if run_id is not None:
             check_run_id(run_id)
+        with self._reading() as session:  # refused before a file is stored; checked again when writing
+            if parent_ref:
+                resolve(session, *parent_ref)
+            if run_id is not None and session.get(RunRow, run_id) is None:
+                raise run_not_found(run_id)
         hashes = {filename: self.store_artifact(source) for filename, source in sources.items()}
         for _ in range(_MAX_ATTEMPTS):
             try:
