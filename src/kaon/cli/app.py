@@ -21,7 +21,32 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err_console = Console(stderr=True)
+# Wider than any value kaon prints: a table written to a file or a pipe keeps its values whole.
+UNLIMITED_WIDTH = 100_000
+# What fills the line (a rule, a panel) is this wide in a file or a pipe.
+FILE_WIDTH = 80
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A Rich Console that fits a terminal's width, and cuts nothing when the output is a file or a pipe.
+
+    Rich falls back to 80 columns off a terminal (or takes the width of the terminal stdin is on), so
+    `kaon models list > models.txt` cut long names with an ellipsis. An explicit COLUMNS is still obeyed.
+    """
+    stream = sys.stderr if stderr else sys.stdout
+    to_terminal = callable(getattr(stream, "isatty", None)) and stream.isatty()
+    if to_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=UNLIMITED_WIDTH)
+
+
+def fill_width(console: Console) -> int:
+    """The width for what fills the line, a Rule or a Panel: the terminal's, or FILE_WIDTH off a terminal
+    (where the console is UNLIMITED_WIDTH wide). Print those with it: console.print(Rule(...), width=...)."""
+    return FILE_WIDTH if console.width >= UNLIMITED_WIDTH else console.width
+
+
+err_console = make_console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kaon.cli.app import app, handles_errors
+from kaon.cli.app import app, handles_errors, make_console
 from kaon.errors import InvalidInputError
 
-console = Console()
+console = make_console()
 
 
 def _epsilons(text: str) -> list[float]:

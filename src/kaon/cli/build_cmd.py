@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 
-from kaon.cli.app import app, handles_errors
+from kaon.cli.app import app, handles_errors, make_console
 
 if TYPE_CHECKING:
     from kaon.cluster.deployment import Deployment
 
-console = Console()
+console = make_console()
 export_app = typer.Typer(help="Export a deployment for another platform.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 

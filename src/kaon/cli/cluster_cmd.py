@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
-from kaon.cli.app import app, handles_errors
+from kaon.cli.app import app, handles_errors, make_console
 from kaon.cluster._text import plural
 from kaon.errors import ConfigError, NotFoundError
 
@@ -28,8 +27,8 @@ if TYPE_CHECKING:
     from kaon.cluster.client import ControlPlaneClient
     from kaon.cluster.deployment import Deployment
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 # ---- kaon up / down ----------------------------------------------------------------------------

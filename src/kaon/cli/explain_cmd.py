@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kaon.cli.app import app, handles_errors
+from kaon.cli.app import app, handles_errors, make_console
 from kaon.errors import InvalidInputError
 
-console = Console()
+console = make_console()
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _NPZ_KEYS = ("x", "inputs", "images", "x_test")
 

@@ -21,7 +21,7 @@ from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
-from kaon.cli.app import app, handles_errors
+from kaon.cli.app import app, handles_errors, make_console
 from kaon.errors import ConfigError, UnauthorizedError
 
 
@@ -190,12 +190,11 @@ def monitor(
 ) -> None:
     """A live view of a server: request rate, latency, errors, drift, alerts and outliers."""
     import httpx
-    from rich.console import Console
     from rich.live import Live
 
     token = token or os.environ.get("KAON_TOKEN")
     headers = {"authorization": f"Bearer {token}"} if token else {}
-    console = Console()
+    console = make_console()
     with httpx.Client(headers=headers, timeout=5.0, verify=not insecure) as client:
         previous = fetch(client, url)
         if once:

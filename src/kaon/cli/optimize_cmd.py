@@ -10,16 +10,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kaon.cli.app import app, handles_errors
+from kaon.cli.app import app, handles_errors, make_console
 
 if TYPE_CHECKING:
     from kaon.optimization import OptimizationReport
 
-console = Console()
+console = make_console()
 
 
 @app.command()

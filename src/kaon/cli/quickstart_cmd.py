@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 
 import typer
-from rich.console import Console
+from rich.rule import Rule
 
-from kaon.cli.app import app, handles_errors
+from kaon.cli.app import app, fill_width, handles_errors, make_console
 from kaon.config import ServeConfig, kaon_home
 
-console = Console()
+console = make_console()
 
 
 @app.command()
@@ -44,7 +44,7 @@ def quickstart(
         bind_listener(config.host, config.port).close()
     started = time.perf_counter()
     home = kaon_home()
-    console.rule("[bold]kaon quickstart")
+    console.print(Rule("[bold]kaon quickstart"), width=fill_width(console))
     console.print(f"KAON_HOME: {home}")
 
     console.print("[bold]1. train[/] a CNN on scikit-learn's bundled digits (8x8, 10 classes)")

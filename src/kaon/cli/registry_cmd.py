@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from kaon.cli.app import reporting_errors
+from kaon.cli.app import make_console, reporting_errors
 from kaon.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ models_app = typer.Typer(
     help="Registered model versions: list, inspect, move aliases, delete.", no_args_is_help=True
 )
 
-console = Console()
+console = make_console()
 
 
 
@@ -94,7 +94,7 @@ def show_run(
         artifacts = registry.run_artifacts(run_id)
         plot_path = _plot_history(run_id, run.name, history) if plot else None
 
-    about = Table(title=f"Run {run.id}: {escape(run.name)}", show_header=False)
+    about = _titled(f"Run {run.id}: {escape(run.name)}", show_header=False)
     about.add_column("field", style="bold")
     about.add_column("value")
     about.add_row("kind", run.kind)
@@ -200,7 +200,7 @@ def show_model(
         console.print("[bold]signature[/]")
         console.print_json(json.dumps(record.signature))
     if versions:
-        table = Table(title=f"Versions of {record.name}")
+        table = _titled(f"Versions of {record.name}")
         for column in ("version", "aliases", "framework", "created", "parent", "metrics"):
             table.add_column(column, justify="right" if column == "version" else "left")
         for version in versions:
@@ -265,7 +265,7 @@ def delete_version(
 
 
 def _version_table(record: ModelVersionRecord) -> Table:
-    table = Table(title=f"Model {record.ref}", show_header=False)
+    table = _titled(f"Model {record.ref}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     table.add_row("framework", record.framework)
@@ -276,6 +276,11 @@ def _version_table(record: ModelVersionRecord) -> Table:
     table.add_row("metrics", _compact(record.metrics))
     table.add_row("description", escape(record.description) or "-")
     return table
+
+
+def _titled(title: str, **options: Any) -> Table:
+    """A table at least as wide as its title, so that a long name in the title is not wrapped when there is room."""
+    return Table(title=title, min_width=Text.from_markup(title).cell_len, **options)
 
 
 def _status(status: str) -> str:

@@ -17,15 +17,14 @@ from datetime import datetime
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kaon.cli.app import reporting_errors
+from kaon.cli.app import make_console, reporting_errors
 
 token_app = typer.Typer(help="API tokens: create (shown once), list, revoke; the audit log.", no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 
