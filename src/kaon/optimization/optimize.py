@@ -18,7 +18,8 @@ artifacts.
 
 A run stopped by an error or by Ctrl-C ends `failed` or `interrupted` (`OptimizationInterrupted`, a
 KeyboardInterrupt); unless it had registered a version already, the work folder it made
-(KAON_HOME/optimize/...) is removed with the half-built variants in it.
+(KAON_HOME/optimize/..., or an `output_dir` that did not exist, with the parents it created for it) is
+removed with the half-built variants in it. A folder that was there before the run is kept.
 """
 
 from __future__ import annotations
@@ -92,12 +93,17 @@ def optimize(ref_or_model: Any, *, max_accuracy_drop: float = 0.5, target: Targe
     source = open_source(ref_or_model, registry=reg, example=given.x if given is not None else None)
     samples = _samples(source, given, reg)
     tune, held, held_out = samples.split()
-    made = output_dir is None or not Path(output_dir).exists()  # a folder of the user's own is never removed
-    folder: Path | None = None
+    # what this run creates, and so removes if it fails: the new output folder and its new parents (a/b of
+    # a/b/c), or the default KAON_HOME/optimize/<name>-<time>; a folder that was there already is kept
+    made = _new_folders(Path(output_dir)) if output_dir else []
     run_id = None
     report: OptimizationReport | None = None
     try:
-        folder = Path(output_dir) if output_dir else _default_folder(source)
+        if output_dir:
+            folder = Path(output_dir)
+        else:
+            folder = _default_folder(source)
+            made = [folder]
         if source.record is not None:
             params = {"model": source.record.ref, "target": target, "max_accuracy_drop": max_accuracy_drop,
                       "methods": list(requested), "calibration_samples": calibration_samples,
@@ -120,7 +126,7 @@ def optimize(ref_or_model: Any, *, max_accuracy_drop: float = 0.5, target: Targe
             reg.finish_run(run_id, summary=_summary(report))
     except BaseException as exc:
         registered = report.registered if report is not None else None
-        _give_up(exc, reg, run_id, registered, folder if made else None)
+        _give_up(exc, reg, run_id, registered, made)
         if isinstance(exc, KeyboardInterrupt):
             raise OptimizationInterrupted(registered) from exc
         raise
@@ -135,12 +141,24 @@ class OptimizationInterrupted(KeyboardInterrupt):  # noqa: N818 - a KeyboardInte
         self.registered = registered
 
 
+def _new_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first: the folders a run writing into
+    `folder` creates."""
+    new = []
+    for path in (folder, *folder.parents):
+        if path.exists() or path.is_symlink():
+            break
+        new.append(path)
+    return new
+
+
 def _give_up(exc: BaseException, registry: Any, run_id: int | None, registered: str | None,
-             folder: Path | None) -> None:
-    """After an error or Ctrl-C: the run ends 'failed' or 'interrupted' (as training records it), and the work
-    folder optimize made goes unless a version was registered from it. Nobody is told about a report in it
-    (the CLI prints the error, or that it was interrupted), and the variants half-built there are of no use;
-    a finished run's folder stays (its report is printed and kept with the run, even when nothing qualified)."""
+             made: list[Path]) -> None:
+    """After an error or Ctrl-C: the run ends 'failed' or 'interrupted' (as training records it), and the
+    folders optimize made (`made`, deepest first: the output folder, then the parents it created for it) go
+    unless a version was registered from them. Nobody is told about a report in them (the CLI prints the
+    error, or that it was interrupted), and the variants half-built there are of no use; a finished run's
+    folder stays (its report is printed and kept with the run, even when nothing qualified)."""
     if run_id is not None:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         summary: dict[str, Any] = {"error": f"{type(exc).__name__}: {exc}"[:2000]} if status == "failed" else {}
@@ -150,8 +168,14 @@ def _give_up(exc: BaseException, registry: Any, run_id: int | None, registered: 
             registry.finish_run(run_id, status=status, summary=summary)
         except Exception as problem:  # noqa: BLE001 - the error being raised is the one to tell about
             log.warning("could not record optimize run %s as %s: %s", run_id, status, problem)
-    if folder is not None and registered is None:
-        shutil.rmtree(folder, ignore_errors=True)
+    if registered is not None or not made:
+        return
+    shutil.rmtree(made[0], ignore_errors=True)
+    for parent in made[1:]:
+        try:
+            parent.rmdir()
+        except OSError:  # not empty: something else wrote there meanwhile, and it is kept
+            break
 
 
 def _run(source: Source, requested: tuple[str, ...], target: Target, max_accuracy_drop: float, num_threads: int,
