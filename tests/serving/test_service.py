@@ -120,13 +120,19 @@ def test_image_type_accepts_hw_chw_hwc_and_base64_png():
         adapter.validate_python("not an image!")
 
 
-def test_the_batch_fast_path_agrees_with_the_validator_and_leaves_every_other_case_to_it():
+@pytest.mark.parametrize("simd", [True, False], ids=["simdjson", "orjson"])
+def test_the_batch_fast_path_agrees_with_the_validator_and_leaves_every_other_case_to_it(simd):
     """`{param: [items]}` of plain numbers is decoded in one pass; anything else returns None (pydantic decides)."""
+    import functools
+
     import orjson
 
-    from kaon.serving.tensors import Image, Tensor, batch_fast_path, tensor_info
+    from kaon.serving import tensors
+    from kaon.serving.tensors import Image, Tensor, tensor_info
 
+    batch_fast_path = functools.partial(tensors.batch_fast_path, simd=simd)
     decode = batch_fast_path("inputs", tensor_info(Tensor((2, 3))))
+    assert ("_parsed_floats" in decode.__qualname__) is simd  # pysimdjson is a dependency: its path is the one used
     items = [[[1, 2, 3], [4, 5, 6]], [[0.5, 0, 0], [0, 0, 1e30]]]
     fast = decode(orjson.dumps({"inputs": items}))
     assert fast is not None and len(fast) == 2 and all(a.dtype == np.float32 and a.shape == (2, 3) for a in fast)
@@ -151,14 +157,45 @@ def test_the_batch_fast_path_agrees_with_the_validator_and_leaves_every_other_ca
     assert wide(b'{"inputs": [[null, 1.0]]}') is None  # numpy reads null as NaN: the validator's 422 decides it
     flags = batch_fast_path("inputs", tensor_info(Tensor((2,), "bool")))
     assert flags(b'{"inputs": [[true, false]]}') is None and flags(b'{"inputs": [[2, 0.5]]}') is None
+    assert wide(b'{"inputs": [[1, 2]]}')[0].flags.writeable  # an endpoint may change its inputs in place
     lone = batch_fast_path("inputs", tensor_info(Tensor(())))
     assert lone(b'{"inputs": ["1.5"]}') is None  # a string is not a number, though numpy would cast it
     assert tensor_info(Image(8, 8)).shape == (1, 8, 8) and tensor_info(int) is None
 
 
+def test_the_simdjson_path_checks_the_shape_that_flattening_hides():
+    """simdjson's buffer flattens nested arrays whatever their shape: the skeleton of brackets and commas decides.
+    Every body here that is not a regular batch of (2, 3) items is the validator's to word."""
+    import json
+
+    from kaon.serving.tensors import Tensor, batch_fast_path, tensor_info
+
+    decode = batch_fast_path("x", tensor_info(Tensor((2, 3))))
+    items = [[[1, 2, 3], [4, 5, 6]], [[7, 8, 9], [10, 11, 12.5]]]
+    for body in (json.dumps({"x": items}), json.dumps({"x": items}, indent=2), json.dumps({"inputs": items}),
+                 '\r\n {"x" :[[[1,2,3] , [4,5,6]],[[7,8,9],[10,11,12.5]]]}\t'):
+        got = decode(body.encode())
+        assert got is not None, body
+        np.testing.assert_array_equal(np.stack(got), np.asarray(items, dtype=np.float32))
+    not_mine = [
+        b'{"x": [[[1, 2, 3, 4], [5, 6]], [[7, 8, 9], [10, 11, 12]]]}',  # ragged, the same count of numbers
+        b'{"x": [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]]}',  # flat items of the right size
+        b'{"x": [[[[1, 2, 3]], [[4, 5, 6]]], [[[7, 8, 9]], [[10, 11, 12]]]]}',  # one axis too many
+        b'{"x": [[[1, 2, 3], [4, 5, 6]]], "x": [[[1, 2, 3], [4, 5, 6]]]}',  # a repeated key
+        b'{"x": [[[1, 2, 3], [4, 5, 6]]], "inputs": [[[1, 2, 3], [4, 5, 6]]]}',  # both names
+        b'{"\\u0078": [[[1, 2, 3], [4, 5, 6]]]}',  # an escaped name: the validator reads it
+        b'{"x": [[[1, 2, 3], [4, 5, true]]]}', b'{"x": [[[1, 2, 3], [4, 5, {"a": 1}]]]}',
+        b'{"x": [[[1, 2, 3], [4, 5, 6]]]} trailing', b'{"x": [[[1, 2, 3], [4, 5, 123456789012345678901234]]]}',
+        b'{"x": [[[1, 2, 3], [4, 5, 01]]]}', b'{"x": [[[1, 2, 3], [4, 5, 3.5e38]]]}',  # past float32's range
+    ]
+    assert [decode(body) for body in not_mine] == [None] * len(not_mine)
+    assert decode(b'{"x": [[[1, 2, 3], [4, 5, 3.4e38]]]}')[0][1, 2] == np.float32(3.4e38)  # within it
+
+
 @pytest.mark.parametrize(("item", "sent"), [((1, 4, 4), (4, 4)), ((3, 4, 4), (4, 4, 3)), ((4, 4, 1), (4, 4)),
                                             ((4, 4, 3), (3, 4, 4))])
-def test_the_batch_fast_path_takes_an_image_in_each_layout_the_validator_takes(item, sent):
+@pytest.mark.parametrize("simd", [True, False], ids=["simdjson", "orjson"])
+def test_the_batch_fast_path_takes_an_image_in_each_layout_the_validator_takes(item, sent, simd):
     """An (H, W) image for a one-channel model, or channels at the other end: the same arrays as the per-item
     validator gives (the benchmark's digits arrive as 8x8 for a (1, 8, 8) model), not the slower path."""
     import orjson
@@ -169,7 +206,7 @@ def test_the_batch_fast_path_takes_an_image_in_each_layout_the_validator_takes(i
     image = Tensor(item, image=True)
     validate = _array_validator(item, "float32", image=True)
     items = np.random.default_rng(0).random((2, *sent)).round(3).tolist()
-    fast = batch_fast_path("inputs", tensor_info(image))(orjson.dumps({"inputs": items}))
+    fast = batch_fast_path("inputs", tensor_info(image), simd=simd)(orjson.dumps({"inputs": items}))
     assert fast is not None, "the fast path left a valid layout to the slow path"
     for got, one in zip(fast, items, strict=True):
         expected = validate(one)
@@ -177,7 +214,7 @@ def test_the_batch_fast_path_takes_an_image_in_each_layout_the_validator_takes(i
         np.testing.assert_array_equal(got, expected)
     assert pydantic.TypeAdapter(list[image]).validate_python(items)[0].shape == item
     wrong = np.zeros((1, 5, *sent[1:])).tolist()  # neither layout: left to the validator, which words the error
-    assert batch_fast_path("inputs", tensor_info(image))(orjson.dumps({"inputs": wrong})) is None
+    assert batch_fast_path("inputs", tensor_info(image), simd=simd)(orjson.dumps({"inputs": wrong})) is None
 
 
 @pytest.mark.parametrize("shape", [(8, 8), (2, 3, 8, 8), (4,)])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -220,11 +221,13 @@ def tensor_info(tp: Any) -> TensorInfo | None:
     return next((meta for meta in getattr(tp, "__metadata__", ()) if isinstance(meta, TensorInfo)), None)
 
 
-def batch_fast_path(param: str, info: TensorInfo) -> Callable[[bytes], list[np.ndarray] | None]:
+def batch_fast_path(param: str, info: TensorInfo, simd: bool = True) -> Callable[[bytes], list[np.ndarray] | None]:
     """A decoder for the common body `{param: [item, ...]}` of well-formed numbers, or None to say "not
     that case": the endpoint's own validation then decides, and words the error. Same result as the
     per-item validator (`np.asarray(item, dtype)`, finite, the exact item shape) at about half the cost:
-    one orjson parse and one array for the whole batch instead of a pydantic pass and one per item."""
+    one orjson parse and one array for the whole batch instead of a pydantic pass and one per item.
+    A float item of a fixed shape is parsed by simdjson where it is installed (`_parsed_floats`; `simd=False`:
+    orjson's path all the same)."""
     want, dtype = info.shape, np.dtype(info.dtype)
     if dtype.kind not in "iuf" or not want:
         # numpy casts any value to a bool, and a lone "1.5" to a number: the validator decides those
@@ -242,6 +245,10 @@ def batch_fast_path(param: str, info: TensorInfo) -> Callable[[bytes], list[np.n
             how = _other_layout(other, want, channels_last)
             if how is not None:
                 relayouts[other] = _relayout(how, channels_last, 1)
+    if simd and dtype.kind == "f" and fixed:
+        parsed = _parsed_floats(param, want, dtype, relayouts)
+        if parsed is not None:
+            return parsed
     isfinite, all_of = np.isfinite, np.logical_and.reduce
 
     def decode(body: bytes) -> list[np.ndarray] | None:
@@ -274,6 +281,91 @@ def batch_fast_path(param: str, info: TensorInfo) -> Callable[[bytes], list[np.n
         return list(batch)
 
     return decode
+
+
+# What a JSON number and the whitespace between values are made of: deleted, a document of nested arrays of numbers
+# leaves its skeleton of brackets and commas, which says whether the arrays are regular and of which shape
+_NUMBER_BYTES = b"0123456789+-.eE \t\n\r"
+_SKELETON_CACHE_BYTES = 4 * 1024 * 1024  # expected skeletons kept per endpoint, by (batch size, item shape)
+
+
+def _parsed_floats(param: str, want: tuple[int, ...], dtype: np.dtype[Any],
+                   relayouts: dict[tuple[int, ...], Callable[[np.ndarray], np.ndarray]],
+                   ) -> Callable[[bytes], list[np.ndarray] | None] | None:
+    """`batch_fast_path` for a float item of a fixed shape, with simdjson (pysimdjson): the numbers go from the
+    body to one float64 buffer without a Python float each, 2-3x faster than orjson + `np.asarray` (a 28x28
+    item: 12 us instead of 36; 8x8: 2 us instead of 4.6). simdjson validates the document, numbers included, as
+    strictly as JSON says; `as_buffer` flattens nested arrays whatever their shape, so the shape is checked on
+    the body's skeleton. None when pysimdjson is not installed (the orjson decoder is used)."""
+    try:
+        import simdjson
+    except ImportError:
+        return None
+    parser = simdjson.Parser()
+    object_type, array_type = simdjson.Object, simdjson.Array
+    # each item shape this parameter takes: want, or an image in another layout (then laid out as want)
+    shapes = [(want, None), *relayouts.items()]
+    prefixes = {key: f'{{"{key}":'.encode().translate(None, _NUMBER_BYTES) for key in (param, BATCH_ALIAS)}
+    skeletons: dict[tuple[int, tuple[int, ...]], bytes] = {}
+    cached = [0]  # their bytes: a client sending every batch size cannot grow the cache past the bound
+    narrow = dtype != np.float64  # float64 takes every number simdjson parses (it refuses 1e400)
+    limit = float(np.finfo(dtype).max) ** 2 if narrow else math.inf
+
+    def skeleton(count: int, shape: tuple[int, ...]) -> bytes:
+        known = skeletons.get((count, shape))
+        if known is None:
+            known = _skeleton((count, *shape))
+            if cached[0] + len(known) <= _SKELETON_CACHE_BYTES:
+                skeletons[(count, shape)] = known
+                cached[0] += len(known)
+        return known
+
+    def decode(body: bytes) -> list[np.ndarray] | None:
+        try:
+            document = parser.parse(body)
+        except (ValueError, RuntimeError):  # not JSON, a number out of range: the validator words the error
+            return None
+        try:  # document and arrays refer to the parser's memory: they are released before the next parse
+            if type(document) is not object_type or len(document) != 1:
+                return None
+            key = param if param in document else BATCH_ALIAS
+            items = document.get(key)
+            if type(items) is not array_type or not len(items):
+                return None
+            count = len(items)
+            try:
+                flat = np.frombuffer(items.as_buffer(of_type="d"), np.float64)  # a copy: it outlives the parser
+            except (TypeError, ValueError, RuntimeError):  # a string, null, bool or object among the numbers
+                return None
+        finally:
+            document = items = None
+        per_item, rest = divmod(len(flat), count)
+        if rest:
+            return None
+        frame = body.translate(None, _NUMBER_BYTES)
+        prefix = prefixes[key]
+        if not frame.startswith(prefix) or frame[-1:] != b"}":
+            return None
+        frame = frame[len(prefix):-1]
+        layout = next((found for found in shapes
+                       if math.prod(found[0]) == per_item and frame == skeleton(count, found[0])), None)
+        if layout is None:
+            return None
+        shape, relayout = layout
+        if narrow and not flat.dot(flat) <= limit:  # a number past the dtype's range would cast to infinity
+            return None
+        batch = flat.astype(dtype).reshape(count, *shape)  # a writable array, as the validator's
+        return list(batch if relayout is None else relayout(batch))
+
+    return decode
+
+
+def _skeleton(shape: tuple[int, ...]) -> bytes:
+    """The brackets and commas of a regular nested array of `shape` written as JSON."""
+    if not shape:
+        return b""
+    inner = _skeleton(shape[1:])
+    return b"[" + b",".join([inner] * shape[0]) + b"]"
 
 
 def Image(height: int, width: int, channels: int = 1, encoded: bool = False) -> Any:  # noqa: N802
