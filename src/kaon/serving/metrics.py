@@ -7,18 +7,26 @@ it, reports the sum over all of them: counters and histograms add up, gauges are
 
 from __future__ import annotations
 
+import bisect
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # How often a worker copies its function-backed gauges (queue depth, in flight) into the shared files.
 MULTIPROCESS_REFRESH_S = 0.5
+
+
+REQUESTS = ("kaon_requests", "HTTP requests by route and status")
+LATENCY = ("kaon_request_latency_seconds", "Request latency by route")
 
 
 def multiprocess_dir() -> str | None:
@@ -32,10 +40,13 @@ class ServerMetrics:
         self.multiprocess = multiprocess_dir() is not None
         self.registry = CollectorRegistry(auto_describe=True)
         live = {"multiprocess_mode": "livesum"} if self.multiprocess else {}
-        self.requests = Counter("kaon_requests", "HTTP requests by route and status",
-                                ["route", "status"], registry=self.registry)
-        self.latency = Histogram("kaon_request_latency_seconds", "Request latency by route", ["route"],
-                                 buckets=LATENCY_BUCKETS_S, registry=self.registry)
+        if self.multiprocess:  # every worker's values in the shared files, current at each scrape
+            self.requests = Counter(REQUESTS[0], REQUESTS[1], ["route", "status"], registry=self.registry)
+            self.latency = Histogram(LATENCY[0], LATENCY[1], ["route"], buckets=LATENCY_BUCKETS_S,
+                                     registry=self.registry)
+        else:
+            self._counts = RequestCounts()
+            self.registry.register(self._counts)
         self.batch_size = Histogram("kaon_batch_size", "Realised batch size per forward pass", ["endpoint"],
                                     buckets=BATCH_BUCKETS, registry=self.registry)
         self.queue_depth = Gauge("kaon_queue_depth", "Items waiting in a batcher queue", ["endpoint"],
@@ -64,6 +75,11 @@ class ServerMetrics:
                 gauge.set(read())
 
     def observe(self, route: str, status: int, seconds: float) -> None:
+        """One answered request. In one process: two counts in plain Python (~0.4 us; prometheus_client's
+        Counter and Histogram, each behind its lock, cost ~2 us a request, 5% of a small model's CPU at c64)."""
+        if not self.multiprocess:
+            self._counts.observe(route, status, seconds)
+            return
         key = (route, status)
         children = self._children.get(key)
         if children is None:  # label lookups cost more than the increment itself; cache them
@@ -82,3 +98,43 @@ class ServerMetrics:
         combined = CollectorRegistry()
         MultiProcessCollector(combined)
         return generate_latest(combined)
+
+
+class RequestCounts(Collector):
+    """Requests by route and status, and their latency histogram by route, kept in plain Python and written
+    out by prometheus_client at each scrape (the same series as a Counter and a Histogram would give).
+    Updated on the event loop only; a scrape from another thread reads counts at most one request old."""
+
+    def __init__(self) -> None:
+        self.created = time.time()
+        self.requests: dict[tuple[str, int], int] = {}
+        self.latency: dict[str, list[float]] = {}  # per route: a count per bucket (+Inf last), then the sum
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        key = (route, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        counts = self.latency.get(route)
+        if counts is None:
+            counts = self.latency[route] = [0.0] * (len(LATENCY_BUCKETS_S) + 2)
+        counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1  # its bucket: the first bound >= seconds
+        counts[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(REQUESTS[0], REQUESTS[1], labels=["route", "status"])
+        for (route, status), count in list(self.requests.items()):
+            requests.add_metric([route, str(status)], count, created=self.created)
+        latency = HistogramMetricFamily(LATENCY[0], LATENCY[1], labels=["route"])
+        bounds = [*map(floatToGoString, LATENCY_BUCKETS_S), "+Inf"]
+        for route, kept in list(self.latency.items()):
+            *per_bucket, total = list(kept)  # a copy: the loop may add to it meanwhile (a scrape from a thread)
+            cumulative, buckets = 0.0, []
+            for bound, in_bucket in zip(bounds, per_bucket, strict=True):
+                cumulative += in_bucket
+                buckets.append((bound, cumulative))
+            latency.add_metric([route], buckets, total)
+        yield requests
+        yield latency
+
+    def describe(self) -> Iterator[Metric]:  # the names, for the registry's duplicate check
+        yield CounterMetricFamily(REQUESTS[0], REQUESTS[1], labels=["route", "status"])
+        yield HistogramMetricFamily(LATENCY[0], LATENCY[1], labels=["route"])
