@@ -197,6 +197,37 @@ def test_a_plain_post_is_answered_directly_and_like_the_asgi_path() -> None:
     asyncio.run(scenario())
 
 
+def test_keep_alive_closes_a_connection_idle_for_the_timeout_and_only_then() -> None:
+    """One keep-alive check per connection instead of a timer per request: a connection used more often than
+    the timeout stays open, one busy for longer than it is not cut, and one idle for the timeout is closed."""
+    async def scenario() -> None:
+        async with started() as app:
+            config = uvicorn.Config(app, http=KaonHttpToolsProtocol.for_app(app), lifespan="off",
+                                    log_level="warning", timeout_keep_alive=0.3)
+            config.load()
+            protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
+            transport = Connection()
+            protocol.connection_made(transport)
+            loop = asyncio.get_running_loop()
+            started_at = loop.time()
+            for count in range(1, 5):  # 4 requests 0.15 s apart: 0.6 s open, never 0.3 s idle
+                protocol.data_received(post("/double", b'{"xs": [1]}'))
+                assert len(await _answered(transport, count)) == count
+                await asyncio.sleep(0.15)
+            assert not transport.closed and loop.time() - started_at > 0.5
+            protocol.data_received(post("/slow", b'{"seconds": 0.5}'))  # busy past the timeout: not idle
+            await asyncio.sleep(0.45)
+            assert not transport.closed
+            answers = await _answered(transport, 5)
+            assert len(answers) == 5 and _parts(answers[-1])[2] == b"0.5"
+            idle_from = loop.time()
+            while not transport.closed and loop.time() - idle_from < 2:
+                await asyncio.sleep(0.01)
+            assert transport.closed and 0.28 <= loop.time() - idle_from <= 0.6
+
+    asyncio.run(scenario())
+
+
 def test_each_request_target_form_and_the_headers_reach_the_app_on_both_paths() -> None:
     """The direct path reads the path from a query or an absolute-form target too; the ASGI path gets the
     request's own headers although its scope is built only once the headers are in."""
