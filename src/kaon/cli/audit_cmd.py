@@ -61,7 +61,7 @@ def _stored_samples(ref: str, max_samples: int | None) -> tuple[Any, Any] | None
 @handles_errors
 def audit(
     model_ref: str = typer.Argument(..., help="name@alias | model.pt2 | model.onnx"),
-    data: Path = typer.Option(None, "--data", "-d", help=".npz with inputs and labels (x/y). [default: the "
+    data: Path = typer.Option(None, "--data", "-d", help=".npz with inputs and labels (x/y). \\[default: the "
                                                           "samples attached to the version (attach_samples); "
                                                           "digits models: the bundled digits test split]"),
     out: Path = typer.Option(None, "--out", "-o", help="Also write the report files here."),

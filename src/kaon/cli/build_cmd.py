@@ -24,8 +24,8 @@ app.add_typer(export_app, name="export")
 @handles_errors
 def build(
     name: str = typer.Argument(..., help="A deployment name (kaon status lists them) or a deployment.yaml."),
-    output: Path = typer.Option(None, help="The build context folder. [default: build/NAME]"),
-    image: str = typer.Option(None, help="Image tag for the instructions. [default: kaon-NAME:latest]"),
+    output: Path = typer.Option(None, help="The build context folder. \\[default: build/NAME]"),
+    image: str = typer.Option(None, help="Image tag for the instructions. \\[default: kaon-NAME:latest]"),
 ) -> None:
     """Write a Dockerfile and its build context: pinned requirements, artifacts by hash, non-root, HEALTHCHECK."""
     from kaon.cluster.packaging import build_context
@@ -41,8 +41,8 @@ def build(
 @handles_errors
 def export_k8s(
     name: str = typer.Argument(..., help="A deployment name or a deployment.yaml."),
-    image: str = typer.Option(None, help="The image kaon build made. [default: kaon-NAME:latest]"),
-    output: Path = typer.Option(None, help="Where to write the manifests. [default: build/NAME/k8s]"),
+    image: str = typer.Option(None, help="The image kaon build made. \\[default: kaon-NAME:latest]"),
+    output: Path = typer.Option(None, help="Where to write the manifests. \\[default: build/NAME/k8s]"),
     namespace: str = typer.Option(None, help="metadata.namespace for every object."),
     in_flight_metric: bool = typer.Option(
         False, "--in-flight-metric",

@@ -37,11 +37,11 @@ err_console = make_console(stderr=True)
 @app.command()
 @handles_errors
 def up(
-    port: int = typer.Option(None, help="API port. [default: 8470, or any free port when taken]"),
+    port: int = typer.Option(None, help="API port. \\[default: 8470, or any free port when taken]"),
     host: str = typer.Option("127.0.0.1", help="API address (keep it on loopback)."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background; log to KAON_HOME/cluster."),
-    cpus: float = typer.Option(None, help="CPU cores replicas may use here. [default: all]"),
-    memory_mb: int = typer.Option(None, help="Memory replicas may use here, MiB. [default: all]"),
+    cpus: float = typer.Option(None, help="CPU cores replicas may use here. \\[default: all]"),
+    memory_mb: int = typer.Option(None, help="Memory replicas may use here, MiB. \\[default: all]"),
     log_level: str = typer.Option("info", help="debug | info | warning | error."),
 ) -> None:
     """Run the control plane: deployments, their replicas, autoscaling and the API (Ctrl-C stops it)."""
@@ -130,8 +130,8 @@ def down() -> None:
 @handles_errors
 def deploy(
     source: str = typer.Argument(..., help="deployment.yaml | a model (name@alias, model.onnx) | service.py:Class"),
-    name: str = typer.Option(None, help="Deployment name. [default: from the file or the target]"),
-    port: int = typer.Option(None, help="The deployment answers on 127.0.0.1:PORT. [default: first free from 8100]"),
+    name: str = typer.Option(None, help="Deployment name. \\[default: from the file or the target]"),
+    port: int = typer.Option(None, help="The deployment answers on 127.0.0.1:PORT. \\[default: first free from 8100]"),
     min_replicas: int = typer.Option(None, min=0, help="Fewest replicas (0: scale to zero when idle)."),
     max_replicas: int = typer.Option(None, min=1, help="Most replicas."),
     policy: str = typer.Option(None, help="fixed | reactive | predictive."),
@@ -184,7 +184,7 @@ def _deployed_message(status: dict[str, Any], *, waited: bool) -> str:
                 f"(cold start{f' ~{cold:.1f} s' if cold else ''}).")
     if ready == 0:
         return (f"'{name}' is deployed at {url}; {plural(desired, 'replica')} starting (kaon status {name} shows "
-                f"how far). kaon logs {name} | kaon stop {name}")
+                f"how far). Logs: kaon logs {name}; to stop it: kaon stop {name}")
     message = f"'{name}' is serving at {url} with {plural(ready, 'replica')}, policy {status['policy']}"
     if ready < desired and not waited:
         message += f" ({desired - ready} more starting)"
@@ -193,7 +193,8 @@ def _deployed_message(status: dict[str, Any], *, waited: bool) -> str:
         idle_s = float(status.get("spec", {}).get("idle_timeout_s", 0))
         message += (f" It scales to zero after {idle_s:g} s without requests (at once if it has had none yet); "
                     "the next request then starts a replica.")
-    return f"{message} kaon status {name} | kaon logs {name} | kaon stop {name}"
+    # commands a user pastes one at a time: "a | b | c" would run as one pipeline, stop included
+    return f"{message} Status: kaon status {name}; logs: kaon logs {name}; to stop it: kaon stop {name}"
 
 
 def _replaced_message(name: str, replaced: dict[str, Any]) -> str:
@@ -303,7 +304,7 @@ def _progress_table(status: dict[str, Any], want: int) -> Table:
 @app.command()
 @handles_errors
 def status(
-    name: str = typer.Argument(None, help="A deployment. [default: all]"),
+    name: str = typer.Argument(None, help="A deployment. \\[default: all]"),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Deployments: replicas (pid, state, node, in-flight), the autoscaler's last decision and why; stopped ones too."""
@@ -616,7 +617,7 @@ def _scaled_message(name: str, replicas: int | None, result: dict[str, Any]) -> 
 @scale_app.command("simulate")
 @handles_errors
 def simulate_cmd(
-    trace: Path = typer.Option(None, help="CSV (t_s,rate) or JSON {step_s, rates}. [default: a bursty demo trace]"),
+    trace: Path = typer.Option(None, help="CSV (t_s,rate) or JSON {step_s, rates}. \\[default: a bursty demo trace]"),
     policy: str = typer.Option("predictive", help="fixed | reactive | predictive | compare (both)."),
     deployment: Path = typer.Option(None, help="Take the autoscaling settings from this deployment file."),
     min_replicas: int = typer.Option(1, min=0),
@@ -630,9 +631,10 @@ def simulate_cmd(
     capacity_rps: float = typer.Option(30.0, help="Requests/s one replica serves."),
     slo_ms: float = typer.Option(250.0, help="A request slower than this violates the SLO."),
     num_warm_replicas: int = typer.Option(0, min=0),
-    cost_per_replica_hour: float = typer.Option(None, help="USD. [default: 0.5 vCPU + 0.5 GiB at Fargate-like prices]"),
+    cost_per_replica_hour: float = typer.Option(
+        None, help="USD. \\[default: 0.5 vCPU + 0.5 GiB at Fargate-like prices]"),
     step_s: float = typer.Option(None, help="Seconds per row, for a trace without a t_s column."),
-    season_s: float = typer.Option(None, help="The load's period. [default: detected]"),
+    season_s: float = typer.Option(None, help="The load's period. \\[default: detected]"),
     seed: int = typer.Option(0),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:

@@ -35,9 +35,9 @@ def explain(
     method: str = typer.Option(None, "--method", "-m",
                                help="saliency | integrated_gradients | occlusion | kernel_shap | lime | "
                                     "shap_gradient | shap_permutation (pip install 'kaon\\[shap]') | "
-                                    "attention | attention_rollout  [default: integrated_gradients, "
+                                    "attention | attention_rollout  \\[default: integrated_gradients, "
                                     "occlusion for an ONNX model]"),
-    target: int = typer.Option(None, help="Output index to explain. [default: the predicted class]"),
+    target: int = typer.Option(None, help="Output index to explain. \\[default: the predicted class]"),
     reference: str = typer.Option(None, help="Text encoders: explain the similarity to this text."),
     out: Path = typer.Option(Path("explanation"), "--out", "-o", help="Folder for the arrays, PNGs and JSON."),
     top: int = typer.Option(5, min=1, help="How many top features to print per input."),

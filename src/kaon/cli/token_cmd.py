@@ -35,7 +35,7 @@ def create(
     = "predict",
     rate: Annotated[str | None, typer.Option("--rate", help="Rate limit, e.g. 50/s or 3000/min.")] = None,
     burst: Annotated[int | None, typer.Option("--burst", min=1, help="Requests allowed at once above the rate. "
-                                                                    "[default: one second's worth]")] = None,
+                                                                    "\\[default: one second's worth]")] = None,
     max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", min=1,
                                                        help="Requests in flight at once.")] = None,
     expires: Annotated[str | None, typer.Option("--expires", help="Lifetime, e.g. 30d, 12h.")] = None,
