@@ -38,6 +38,13 @@ def test_reactive_scales_up_to_in_flight_over_target_at_once_without_delay():
     assert "18 requests in flight" in state.reason and "2 -> 5" in state.reason
 
 
+def test_the_reason_rounds_a_smoothed_load():
+    """The router's in-flight count is smoothed: `kaon status` said '0.628729 requests in flight'."""
+    config = ScalingConfig(min_replicas=1, max_replicas=8, target_in_flight=2, upscale_delay_s=0)
+    _, state = reactive(config, Load(in_flight=0.628729, ready_replicas=1), Forecast(), ScalingState(1), now=0.0)
+    assert "0.629 requests in flight" in state.reason
+
+
 def test_reactive_waits_upscale_delay_before_scaling_up():
     config = ScalingConfig(min_replicas=1, max_replicas=8, target_in_flight=4, upscale_delay_s=3)
     counts, state = run(reactive, config, [Load(in_flight=12)] * 5, start_replicas=1)

@@ -218,10 +218,10 @@ def _reactive_target(config: ScalingConfig, load: Load,
     if current > 0:
         ratio = in_flight / (current * config.target_in_flight)
         if abs(ratio - 1.0) <= config.tolerance:
-            return current, (f"{in_flight:g} requests in flight, within {config.tolerance:.0%} of "
+            return current, (f"{in_flight:.3g} requests in flight, within {config.tolerance:.0%} of "
                              f"{config.target_in_flight:g} per replica"), numbers
     want = math.ceil(in_flight / config.target_in_flight - 1e-9)
-    return want, (f"{in_flight:g} requests in flight, target {config.target_in_flight:g} per replica"), numbers
+    return want, (f"{in_flight:.3g} requests in flight, target {config.target_in_flight:g} per replica"), numbers
 
 
 def _settle(config: ScalingConfig, load: Load, state: ScalingState, now: float, want: int, why: str,
