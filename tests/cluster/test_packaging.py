@@ -181,6 +181,25 @@ def test_kaon_build_and_export_from_a_stored_deployment(tmp_path, digits_onnx, k
     assert "kserve.yaml" in exported.stdout and (tmp_path / "k8s" / "hpa.yaml").exists()
     missing = kaon("build", "nope", check=False)
     assert missing.returncode == 1 and "no deployment named 'nope'" in missing.stderr
+    assert "auth: off" in built.stdout and "auth: off" in exported.stdout  # no token here: it says it serves openly
+    assert "KAON_REQUIRE_AUTH" not in (tmp_path / "ctx" / "Dockerfile").read_text()
+
+
+def test_where_tokens_are_on_the_image_and_pods_require_one_too(tmp_path, digits_onnx, kaon_home):
+    """Tokens stay in this machine's registry: an image that served without them would serve openly what needs a
+    token here. It requires one (KAON_REQUIRE_AUTH), with PostgreSQL's driver to read a shared registry."""
+    with Registry() as registry:
+        DeploymentStore(registry).save_deployment("digits", {"name": "digits", "target": str(digits_onnx)},
+                                                  status="stopped")
+    kaon("token", "create", "--name", "ci", "--scopes", "predict")
+    built = kaon("build", "digits", "--output", str(tmp_path / "ctx"))
+    assert "auth: on" in built.stdout and "KAON_DATABASE_URL" in built.stdout
+    assert "KAON_REQUIRE_AUTH=true" in (tmp_path / "ctx" / "Dockerfile").read_text()
+    assert "psycopg2-binary==" in (tmp_path / "ctx" / "requirements.txt").read_text()
+    exported = kaon("export", "k8s", "digits", "--output", str(tmp_path / "k8s"), "--image", "x/y:1")
+    assert "auth: on" in exported.stdout
+    pod = yaml.safe_load((tmp_path / "k8s" / "deployment.yaml").read_text())["spec"]["template"]["spec"]
+    assert {"name": "KAON_REQUIRE_AUTH", "value": "true"} in pod["containers"][0]["env"]
 
 
 def test_k8s_hpa_scales_on_cpu_unless_asked_for_the_in_flight_metric(tmp_path):

@@ -30,11 +30,12 @@ def build(
     """Write a Dockerfile and its build context: pinned requirements, artifacts by hash, non-root, HEALTHCHECK."""
     from kaon.cluster.packaging import build_context
 
-    spec = _load(name)
+    spec, auth = _with_auth(_load(name))
     context = build_context(spec, output or Path("build") / spec.name, image=image)
     console.print(f"wrote {context.dockerfile} ({len(context.requirements)} pinned requirements, "
                   f"{len(context.artifacts)} artifact(s) by sha256)")
     console.print(f"build it where a container engine runs:  docker build -t {context.image} {context.folder}")
+    console.print(auth, highlight=False)
 
 
 @export_app.command("k8s")
@@ -52,13 +53,32 @@ def export_k8s(
     """Write Deployment, Service and HorizontalPodAutoscaler manifests, and a KServe InferenceService."""
     from kaon.cluster.k8s import export_k8s as write
 
-    spec = _load(name)
+    spec, auth = _with_auth(_load(name))
     folder = output or Path("build") / spec.name / "k8s"
     written = write(spec, folder, image or f"kaon-{spec.name}:latest", namespace=namespace,
                     in_flight_metric=in_flight_metric)
     console.print(f"wrote {', '.join(p.name for p in written)} to {folder}; "
                   f"apply with: kubectl apply -f {folder / 'deployment.yaml'} -f {folder / 'service.yaml'} "
                   f"-f {folder / 'hpa.yaml'}  (or kserve.yaml on KServe)")
+    console.print(auth, highlight=False)
+
+
+def _with_auth(spec: Deployment) -> tuple[Deployment, str]:
+    """The spec to package, and what to tell about auth. Tokens live in the registry, which the image does not
+    carry: where auth is on here (any token created, or require_auth in the spec), the image requires a token
+    too (KAON_REQUIRE_AUTH) and reads them from the registry KAON_DATABASE_URL names, so that it never serves
+    openly what needs a token here; without tokens here it serves without auth, and says so."""
+    from kaon.registry import Registry
+
+    tokens = Registry().tokens.list(include_revoked=True)
+    if tokens or spec.serve.get("require_auth"):
+        packaged = spec.model_copy(update={"serve": {**spec.serve, "require_auth": True}})
+        return packaged, (
+            "auth: on, as here (KAON_REQUIRE_AUTH=true): every request needs a token, and the container reads "
+            "tokens from its registry. Give it the registry that holds them: KAON_DATABASE_URL=postgresql+psycopg2://"
+            "... (from a Secret); with none, every request is a 401.")
+    return spec, ("auth: off (no token was created here): the container serves anyone who reaches it. "
+                  "Keep it behind your gateway, or create a token (kaon token create) and build again.")
 
 
 def _load(name: str) -> Deployment:

@@ -58,7 +58,8 @@ def build_context(spec: Deployment, output: Path, *, image: str | None = None) -
         shutil.rmtree(output)
     (output / "artifacts").mkdir(parents=True)
     files, framework, command_target, model_name = _collect_model(spec, output)
-    requirements = pinned_requirements(framework)
+    # an image that requires a token reads tokens from a shared registry: PostgreSQL's driver (KAON_DATABASE_URL)
+    requirements = pinned_requirements(framework, ("postgres",) if spec.serve.get("require_auth") else ())
     (output / "requirements.txt").write_text(_requirements_text(requirements))
     _copy_kaon(output / "kaon")
     sums = "".join(f"{sha}  {sha}\n" for sha in sorted(set(files.values())))
@@ -125,9 +126,10 @@ CMD {_json_list(command)}
 """
 
 
-def pinned_requirements(framework: str | None) -> list[str]:
-    """kaon's runtime dependencies, and the framework's, each pinned to the version installed here."""
-    extras = set(_FRAMEWORK_EXTRAS.get(framework or "", ()))
+def pinned_requirements(framework: str | None, extras: tuple[str, ...] = ()) -> list[str]:
+    """kaon's runtime dependencies, and the framework's and `extras`' ones, each pinned to the version installed
+    here."""
+    extras = (*_FRAMEWORK_EXTRAS.get(framework or "", ()), *extras)
     try:
         declared = importlib.metadata.requires("kaon") or []
     except importlib.metadata.PackageNotFoundError:
