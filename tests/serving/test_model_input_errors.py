@@ -64,3 +64,23 @@ def test_a_zip_that_is_not_a_program_is_one_line_naming_the_reason_not_torchs_tr
         kaon.load(tmp_path / "other.pt2")
     assert "Traceback" not in capfd.readouterr().err
     assert torch_export_log.handlers == handlers  # torch's own logging is left as it was
+
+
+def test_numbers_past_float32_are_a_422_and_no_warning_in_the_servers_log(models_dir, probe):
+    """A client's 1e39 (infinite as float32) or 1e200 (its square past float64) is refused; numpy's overflow
+    warnings about them would be lines in the server's log that any client can write, without a request id."""
+    import httpx
+
+    from tests.servers import Server
+
+    x, _ = probe
+    server = Server(["serve", str(models_dir / "digits.onnx")], env={"KAON_HOME": str(models_dir / "home-warn")})
+    try:
+        server.wait_ready()
+        for big in (1e39, 1e200, -1e300):
+            answer = httpx.post(server.url + "/predict", json={"inputs": np.full(x[:2].shape, big).tolist()})
+            assert answer.status_code == 422, answer.text
+            assert "finite" in answer.json()["error"]["message"]
+    finally:
+        server.stop()
+    assert "RuntimeWarning" not in server.output() and "overflow" not in server.output()

@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -102,36 +104,41 @@ class ServerMetrics:
 
 class RequestCounts(Collector):
     """Requests by route and status, and their latency histogram by route, kept in plain Python and written
-    out by prometheus_client at each scrape (the same series as a Counter and a Histogram would give).
+    out by prometheus_client at each scrape: the series a Counter and a Histogram would give, `_created` (the
+    time a series was first observed) included unless prometheus_client's created series are off.
     Updated on the event loop only; a scrape from another thread reads counts at most one request old."""
 
     def __init__(self) -> None:
-        self.created = time.time()
-        self.requests: dict[tuple[str, int], int] = {}
-        self.latency: dict[str, list[float]] = {}  # per route: a count per bucket (+Inf last), then the sum
+        self.requests: dict[tuple[str, int], list[float]] = {}  # per route and status: the count, then created
+        self.latency: dict[str, list[float]] = {}  # per route: a count per bucket (+Inf last), the sum, created
 
     def observe(self, route: str, status: int, seconds: float) -> None:
-        key = (route, status)
-        self.requests[key] = self.requests.get(key, 0) + 1
+        count = self.requests.get((route, status))
+        if count is None:
+            count = self.requests[(route, status)] = [0, time.time()]
+        count[0] += 1
         counts = self.latency.get(route)
         if counts is None:
-            counts = self.latency[route] = [0.0] * (len(LATENCY_BUCKETS_S) + 2)
+            counts = self.latency[route] = [0.0] * (len(LATENCY_BUCKETS_S) + 2) + [time.time()]
         counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1  # its bucket: the first bound >= seconds
-        counts[-1] += seconds
+        counts[-2] += seconds
 
     def collect(self) -> Iterator[Metric]:
+        created = getattr(prometheus_metrics, "_use_created", True)  # disable_created_metrics() turns it off
         requests = CounterMetricFamily(REQUESTS[0], REQUESTS[1], labels=["route", "status"])
-        for (route, status), count in list(self.requests.items()):
-            requests.add_metric([route, str(status)], count, created=self.created)
+        for (route, status), (count, first) in list(self.requests.items()):
+            requests.add_metric([route, str(status)], count, created=first if created else None)
         latency = HistogramMetricFamily(LATENCY[0], LATENCY[1], labels=["route"])
         bounds = [*map(floatToGoString, LATENCY_BUCKETS_S), "+Inf"]
         for route, kept in list(self.latency.items()):
-            *per_bucket, total = list(kept)  # a copy: the loop may add to it meanwhile (a scrape from a thread)
+            *per_bucket, total, first = list(kept)  # a copy: the loop may add to it meanwhile (a scrape from a thread)
             cumulative, buckets = 0.0, []
             for bound, in_bucket in zip(bounds, per_bucket, strict=True):
                 cumulative += in_bucket
                 buckets.append((bound, cumulative))
             latency.add_metric([route], buckets, total)
+            if created:  # HistogramMetricFamily.add_metric takes no created time: its sample, as Histogram writes it
+                latency.samples.append(Sample(f"{LATENCY[0]}_created", {"route": route}, first))
         yield requests
         yield latency
 
