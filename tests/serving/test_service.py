@@ -191,6 +191,10 @@ def test_the_simdjson_path_checks_the_shape_that_flattening_hides():
     assert [decode(body) for body in not_mine] == [None] * len(not_mine)
     assert decode(b'{"x": [[[1, 2, 3], [4, 5, 3.4e38]]]}')[0][1, 2] == np.float32(3.4e38)  # within it
     assert decode(b'{"x": [[[1, 2, 3], [4, 5, 1e200]]]}') is None  # its square is past float64's range too
+    single = batch_fast_path("x", tensor_info(Tensor((2, 1))))  # "[5]" and "[]" leave the same skeleton
+    for _ in range(2):  # the second time from the cache of skeletons already seen
+        assert [a.tolist() for a in single(b'{"x": [[[5], [6]]]}')] == [[[5.0], [6.0]]]
+        assert single(b'{"x": [[[], []]]}') is None and single(b'{"x": [[[5], []]]}') is None
     half = batch_fast_path("x", tensor_info(Tensor((64,), "float16")))  # many numbers, each within range
     assert half(json.dumps({"x": [[1000.5] * 64] * 100}).encode()) is not None
     assert half(json.dumps({"x": [[1000.5] * 63 + [65520.0]]}).encode()) is None
