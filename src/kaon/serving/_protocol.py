@@ -122,6 +122,8 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
     _shutting_down = False
     _idle_since: float | None = None  # loop time of the last response while no request is on
     _idle_timer: asyncio.TimerHandle | None = None  # the keep-alive check (one per connection, not per request)
+    _defaults_of: ClassVar[list[tuple[bytes, bytes]] | None] = None  # the server's default headers, as last seen
+    _default_lines: ClassVar[bytes] = b""  # ... and written as header lines
 
     @classmethod
     def for_app(cls, app: KaonApp) -> type[KaonHttpToolsProtocol]:
@@ -228,8 +230,13 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
 
     def _write(self, app: KaonApp, answer: Answer, keep_alive: bool) -> None:
         head = [STATUS_LINE[answer.response.status], app.security_header_lines]
-        for name, value in (*answer_headers(answer), *self.server_state.default_headers):
+        for name, value in answer_headers(answer):
             head += [name, b": ", value, b"\r\n"]
+        defaults = self.server_state.default_headers  # date and server: the server makes a new list each second
+        if defaults is not self._defaults_of:
+            type(self)._defaults_of = defaults
+            type(self)._default_lines = b"".join(name + b": " + value + b"\r\n" for name, value in defaults)
+        head.append(self._default_lines)
         if not keep_alive:
             head.append(b"connection: close\r\n")
         head += [b"\r\n", answer.response.body]
@@ -259,7 +266,8 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
         # uvicorn's, but the keep-alive timer is armed once and checked when it fires (see _idle_check): a
         # call_later and a cancel per request cost ~1.7 us, 4% of a small model's request at c64
         self.server_state.total_requests += 1
-        self._unset_keepalive_if_required()
+        if self.timeout_keep_alive_task is not None:  # uvicorn's own timer, armed by its path for a pipelined one
+            self._unset_keepalive_if_required()
         self.flow.resume_reading()
         self._idle_since = self.loop.time()
         if self._idle_timer is None:
@@ -267,7 +275,8 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
 
     def _unset_keepalive_if_required(self) -> None:  # uvicorn calls it when data arrives and when the peer is gone
         self._idle_since = None
-        super()._unset_keepalive_if_required()
+        if self.timeout_keep_alive_task is not None:
+            super()._unset_keepalive_if_required()
 
     def _idle_check(self) -> None:
         """Close the connection if it has been idle for the keep-alive timeout (--timeout-keep-alive), as

@@ -366,6 +366,8 @@ def _parsed_floats(param: str, want: tuple[int, ...], dtype: np.dtype[Any],
         if narrow and not flat.dot(flat) <= limit and not np.abs(flat).max() <= largest:
             return None
         if mover is None:  # want's layout, or an image without its one channel's axis: a reshape to want
+            if count == 1:  # most requests: one array, not a batch of one to split (0.5 us)
+                return [flat.astype(dtype).reshape(want)]
             return list(flat.astype(dtype).reshape(count, *want))  # writable arrays, as the validator's
         return list(mover(flat.astype(dtype).reshape(count, *shape)))
 
