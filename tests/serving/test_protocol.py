@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import uvicorn
 from uvicorn.server import ServerState
 
@@ -193,6 +194,23 @@ def test_a_plain_post_is_answered_directly_and_like_the_asgi_path() -> None:
             assert state.total_requests == 3
             metrics = app.metrics.render().decode()
             assert 'kaon_requests_total{route="/double",status="200"} 3.0' in metrics
+
+    asyncio.run(scenario())
+
+
+def test_a_body_arriving_in_pieces_is_answered_whole_on_the_direct_path() -> None:
+    async def scenario() -> None:
+        async with started() as app:
+            protocol, transport = await _connection(app, ServerState())
+            body = b'{"xs": [' + b", ".join(b"%d" % i for i in range(300)) + b"]}"
+            request = post("/double", body)
+            head_end = request.index(b"\r\n\r\n") + 4
+            for start, end in ((0, head_end + 5), (head_end + 5, head_end + 400), (head_end + 400, len(request))):
+                protocol.data_received(request[start:end])  # the body in three pieces
+                await asyncio.sleep(0)
+            assert type(protocol.cycle) is DirectCycle
+            (answer,) = await _answered(transport)
+            assert _parts(answer)[0] == 200 and _parts(answer)[2] == orjson.dumps([2.0 * i for i in range(300)])
 
     asyncio.run(scenario())
 

@@ -105,7 +105,7 @@ class DirectCycle:
         self.started = time.perf_counter()
         self.path, self.query, self.headers, self.keep_alive = path, query, headers, keep_alive
         self.announced = announced  # the batcher counting it as on its way in, until `_answer` hands it on
-        self.body = bytearray()
+        self.body: bytes | bytearray = b""
         self.disconnected = False
         self.response_complete = False
         self.message_event = _NO_READER
@@ -184,7 +184,13 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         if self._direct_request:
-            self.cycle.body += body
+            cycle: DirectCycle = self.cycle  # type: ignore[assignment]
+            if not cycle.body:  # most bodies come in one piece: kept as it is, not copied twice
+                cycle.body = body
+            elif type(cycle.body) is bytes:
+                cycle.body = bytearray(cycle.body) + body  # then appended to in place
+            else:
+                cycle.body += body
             return
         super().on_body(body)
 
