@@ -86,6 +86,22 @@ def test_a_model_that_answers_logits_is_not_printed_as_probabilities(tmp_path):
     assert "(output " in result.output and "(p=" not in result.output
 
 
+def test_a_binary_models_one_output_is_not_named_as_class_0(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 1), torch.nn.Sigmoid()).eval()  # one score: p of class 1
+    x = np.random.default_rng(0).random((2, 4), dtype=np.float32)
+    program = torch.export.export(module, (torch.from_numpy(x),),
+                                  dynamic_shapes=({0: torch.export.Dim("b", min=1)},))
+    torch.export.save(program, str(tmp_path / "binary.pt2"))
+    np.save(tmp_path / "x.npy", x)
+    result = runner.invoke(app, ["explain", str(tmp_path / "binary.pt2"), "--input", str(tmp_path / "x.npy"),
+                                 "--no-trust", "--out", str(tmp_path / "out")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert result.output.count("its one output (") == 2 and "0 (output" not in result.output
+
+
 def test_no_method_is_integrated_gradients_on_torch_and_occlusion_on_onnx(model_files, probe, tmp_path):
     np.save(tmp_path / "x.npy", probe[0][:1])
     for kind, method in (("onnx", "occlusion"), ("pt2", "integrated_gradients")):

@@ -107,8 +107,11 @@ def _print(exp: Any, k: int, is_text: bool) -> None:
         explains = escape(exp.label_of(target))
         if exp.predictions is not None and isinstance(target, int) and exp.predictions.ndim == 2:
             value = float(exp.predictions[i, target])
-            is_p = are_probabilities(exp.predictions[i])  # logits are not p
-            explains += f" (p={value:.3f})" if is_p else f" (output {value:.3f})"
+            if exp.predictions.shape[1] == 1 and not exp.labels:  # a binary model's one score: "0" read as class 0
+                explains = f"its one output ({value:.3f})"
+            else:
+                is_p = are_probabilities(exp.predictions[i])  # logits are not p
+                explains += f" (p={value:.3f})" if is_p else f" (output {value:.3f})"
         cells = ", ".join(f"{escape(str(f if is_text else tuple(f)))}: {v:+.4f}" for f, v in row)
         table.add_row(str(i), explains, cells)
     console.print(table)
