@@ -285,8 +285,8 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
             super()._unset_keepalive_if_required()
 
     def _idle_check(self) -> None:
-        """Close the connection if it has been idle for the keep-alive timeout (--timeout-keep-alive), as
-        uvicorn's timer does; busy, or idle for less, it is checked again when that timeout would end."""
+        """Close the connection if it has been idle for the keep-alive timeout (uvicorn's timeout_keep_alive, 5 s),
+        as uvicorn's timer does; busy, or idle for less, it is checked again when that timeout would end."""
         self._idle_timer = None
         if self._idle_since is None or self.transport.is_closing():  # a request is on: its response re-arms it
             return

@@ -155,7 +155,8 @@ class Batcher:
         self._waiter: asyncio.Future[None] | None = None  # what the batcher's task sleeps on while it waits
         self._task: asyncio.Task[None] | None = None
         # the loop the batcher runs on, kept: asyncio.get_running_loop() makes a getpid() system call each time
-        # on Python 3.11 (fork safety), ~3 us a request in a VM (py-spy: 7% of a c64 server's busy time)
+        # on Python 3.11 (fork safety), ~1.5 us a request at c64 here (an A/B; py-spy, whose stops lengthen system
+        # calls, put 7% of the loop's busy samples there)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kaon-{name}")
         self._mean_batch_s: float | None = None  # EWMA of a batch's run time; the first batch uses the thread
