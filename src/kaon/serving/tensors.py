@@ -239,18 +239,18 @@ def batch_fast_path(param: str, info: TensorInfo, simd: bool = True) -> Callable
     integers = dtype.kind in "iu"  # numpy would cast 1.7, "1" and true: the validator decides those
     fixed = -1 not in want  # the item shape is one tuple comparison (each a microsecond matters here)
     image, channels_last = info.image, _channels_last(want, info.image)
-    # an image may come as (H, W) or with its channels at the other end, as the validator takes it: the batch
-    # function for each such item shape, found once (a dict lookup per request instead of _image_layout's checks)
-    relayouts: dict[tuple[int, ...], Callable[[np.ndarray], np.ndarray]] = {}
-    moved: list[tuple[tuple[int, ...], Callable[[np.ndarray], np.ndarray] | None]] = [(want, None)]
+    # an image may come as (H, W) or with its channels at the other end, as the validator takes it: each item shape
+    # taken, found once (a dict lookup per request instead of _image_layout's checks), with how a batch of it is
+    # laid out as want: None for a reshape (want itself, or an image without its one channel's axis), else the
+    # function that moves the channels
+    layouts: dict[tuple[int, ...], Callable[[np.ndarray], np.ndarray] | None] = {want: None}
     if image and len(want) == 3:
         for other in {want[1:], want[:2], (*want[1:], want[0]), (want[2], *want[:2])}:
             how = _other_layout(other, want, channels_last)
             if how is not None:
-                relayouts[other] = _relayout(how, channels_last, 1)
-                moved.append((other, None if how == "axis" else relayouts[other]))  # a new axis: a reshape
+                layouts[other] = None if how == "axis" else _relayout(how, channels_last, 1)
     if simd and dtype.kind == "f" and fixed:
-        parsed = _parsed_floats(param, want, dtype, moved)
+        parsed = _parsed_floats(param, want, dtype, layouts)
         if parsed is not None:
             return parsed
     isfinite, all_of = np.isfinite, np.logical_and.reduce
@@ -276,10 +276,10 @@ def batch_fast_path(param: str, info: TensorInfo, simd: bool = True) -> Callable
         got = batch.shape[1:]
         if got != want and (fixed or len(got) != len(want)
                             or any(w not in (-1, g) for w, g in zip(want, got, strict=True))):
-            relayout = relayouts.get(got)
-            if relayout is None:
+            if got not in layouts:
                 return None
-            batch = relayout(batch)
+            mover = layouts[got]
+            batch = batch.reshape(len(batch), *want) if mover is None else mover(batch)
         if check_finite and not all_of(isfinite(batch), axis=None):
             return None
         return list(batch)
@@ -294,7 +294,7 @@ _SKELETON_CACHE_BYTES = 4 * 1024 * 1024  # body skeletons whose layout is kept, 
 
 
 def _parsed_floats(param: str, want: tuple[int, ...], dtype: np.dtype[Any],
-                   layouts: list[tuple[tuple[int, ...], Callable[[np.ndarray], np.ndarray] | None]],
+                   layouts: dict[tuple[int, ...], Callable[[np.ndarray], np.ndarray] | None],
                    ) -> Callable[[bytes], list[np.ndarray] | None] | None:
     """`batch_fast_path` for a float item of a fixed shape, with simdjson (pysimdjson): the numbers go from the
     body to one float64 buffer without a Python float each, 2-3x faster than orjson + `np.asarray` (a 28x28
@@ -309,27 +309,28 @@ def _parsed_floats(param: str, want: tuple[int, ...], dtype: np.dtype[Any],
     parser = simdjson.Parser()
     object_type, array_type = simdjson.Object, simdjson.Array
     prefixes = {key: f'{{"{key}":'.encode().translate(None, _NUMBER_BYTES) for key in (param, BATCH_ALIAS)}
-    # a body's skeleton (numbers and whitespace deleted) -> its items' layout: the same skeleton means the same
-    # batch size and item shape, so a client sending the same batch again pays one dict lookup
-    known: dict[bytes, tuple[tuple[int, ...], Callable[[np.ndarray], np.ndarray] | None]] = {}
+    # a body's skeleton (numbers and whitespace deleted) -> its items' shape, how they are laid out as want, and
+    # the count of numbers: the same skeleton means the same batch size and item shape, so a client sending the
+    # same batch again pays one dict lookup
+    known: dict[bytes, tuple[tuple[int, ...], Callable[[np.ndarray], np.ndarray] | None, int]] = {}
     cached = [0]  # their bytes: a client sending every batch size cannot grow the cache past the bound
     narrow = dtype != np.float64  # float64 takes every number simdjson parses (it refuses 1e400)
     largest = float(np.finfo(dtype).max)
     limit = largest ** 2 if narrow else math.inf
 
     def layout_of(frame: bytes, key: str, count: int, numbers: int,
-                  ) -> tuple[tuple[int, ...], Callable[[np.ndarray], np.ndarray] | None] | None:
+                  ) -> tuple[tuple[int, ...], Callable[[np.ndarray], np.ndarray] | None, int] | None:
         """The layout whose skeleton `frame` is, for `count` items of `numbers` numbers in all; None if none."""
         prefix = prefixes[key]
         if not frame.startswith(prefix) or frame[-1:] != b"}":
             return None
         skeleton = frame[len(prefix):-1]
-        for shape, mover in layouts:
+        for shape, mover in layouts.items():
             if count * math.prod(shape) == numbers and skeleton == _skeleton((count, *shape)):
                 if cached[0] + len(frame) <= _SKELETON_CACHE_BYTES:
-                    known[frame] = (shape, mover)
+                    known[frame] = (shape, mover, numbers)
                     cached[0] += len(frame)
-                return shape, mover
+                return shape, mover, numbers
         return None
 
     def decode(body: bytes) -> list[np.ndarray] | None:
@@ -358,8 +359,8 @@ def _parsed_floats(param: str, want: tuple[int, ...], dtype: np.dtype[Any],
         layout = known.get(frame) or layout_of(frame, key, count, len(flat))
         if layout is None:
             return None
-        shape, mover = layout
-        if len(flat) != count * math.prod(shape):  # "[]" is also the skeleton of "[5]": an empty array is not one
+        shape, mover, numbers = layout
+        if len(flat) != numbers:  # "[]" is also the skeleton of "[5]": an empty array is not one
             return None
         # a number past the dtype's range would cast to infinity: the sum of squares says none is (0.4 us), or
         # else the largest magnitude decides (1 us; float16's range is soon summed past)
