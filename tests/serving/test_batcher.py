@@ -164,9 +164,11 @@ def test_async_handlers_are_awaited():
     assert _run(scenario()) == [2, 3]
 
 
-def test_fast_handlers_move_onto_the_event_loop_and_slow_ones_stay_on_the_worker_thread():
+def test_fast_handlers_move_onto_the_event_loop_and_slow_ones_stay_on_the_worker_thread(monkeypatch):
     import threading
     import time
+
+    monkeypatch.setenv("KAON_PROCESS_CORES", "2")  # a process with a core for the thread (one core: next test)
 
     def run(delay_s: float, count: int) -> list[str]:
         threads: list[str] = []
@@ -192,6 +194,49 @@ def test_fast_handlers_move_onto_the_event_loop_and_slow_ones_stay_on_the_worker
     assert all(name.startswith("kaon-") for name in run(0.002, 12))
 
 
+@pytest.mark.parametrize("cores", ["1", "2"])
+def test_on_one_core_batches_up_to_the_one_core_limit_run_on_the_event_loop(monkeypatch, cores):
+    """A worker with one core to itself gains nothing from the batch thread: its 20 ms batches run inline."""
+    import threading
+    import time
+
+    from kaon.serving import batcher as batcher_module
+
+    monkeypatch.setenv("KAON_PROCESS_CORES", cores)
+    assert batcher_module.default_inline_max_s() == (batcher_module.ONE_CORE_INLINE_MAX_S if cores == "1"
+                                                     else batcher_module.INLINE_MAX_S)
+    on_loop: list[bool] = []
+
+    def handler(items):
+        on_loop.append(threading.current_thread() is threading.main_thread())
+        time.sleep(0.02)
+        return items
+
+    async def scenario():
+        batcher = Batcher(handler, max_batch_size=4, max_wait_ms=1, max_queue=10)
+        for i in range(6):
+            assert await batcher.submit([i]) == [i]
+        await batcher.stop()
+
+    _run(scenario())
+    # the first batch is timed in the thread; then 20 ms is under the one-core limit and over the usual one
+    assert on_loop == ([False] + [True] * 5 if cores == "1" else [False] * 6)
+    # an explicit limit wins over the process's default
+    assert Batcher(handler, max_batch_size=1, max_wait_ms=1, max_queue=1, inline_max_s=0.5).inline_max_s == 0.5
+
+
+def test_a_process_counts_its_cores_from_its_worker_share_or_its_affinity(monkeypatch):
+    import os
+
+    from kaon._internal.processes import available_cores, process_cores
+
+    monkeypatch.setenv("KAON_PROCESS_CORES", "3")
+    assert process_cores() == 3
+    for unusable in ("", "0", "two", "-1"):  # not a share: every core this process may run on
+        monkeypatch.setenv("KAON_PROCESS_CORES", unusable)
+        assert process_cores() == available_cores() == len(os.sched_getaffinity(0))
+
+
 def test_a_fast_handler_timed_slow_in_the_thread_is_probed_back_onto_the_event_loop(monkeypatch):
     """Under load a worker thread's timing counts its waits for the GIL: a periodic inline probe corrects it."""
     import threading
@@ -200,6 +245,7 @@ def test_a_fast_handler_timed_slow_in_the_thread_is_probed_back_onto_the_event_l
     from kaon.serving import batcher as batcher_module
 
     # limits far from the sleeps below, so a loaded machine's longer sleeps cannot cross them
+    monkeypatch.setenv("KAON_PROCESS_CORES", "2")
     monkeypatch.setattr(batcher_module, "PROBE_EVERY", 5)
     monkeypatch.setattr(batcher_module, "INLINE_MAX_S", 0.01)
     monkeypatch.setattr(batcher_module, "PROBE_MAX_S", 1.0)

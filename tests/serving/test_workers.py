@@ -55,6 +55,7 @@ def test_workers_share_the_port_and_sum_their_metrics(models_dir, probe, tmp_pat
                            Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
             assert environ["KAON_NUM_THREADS"] == os.environ.get("KAON_NUM_THREADS", share)
             assert environ["OMP_NUM_THREADS"] == os.environ.get("OMP_NUM_THREADS", share)
+            assert environ["KAON_PROCESS_CORES"] == share  # what the batcher's inline limit follows
         sent = 24
         for _ in range(sent):  # a new connection each time: the kernel hands them to either worker
             answer = httpx.post(server.url + "/predict", json={"inputs": x[:2].tolist()})

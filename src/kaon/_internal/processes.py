@@ -1,9 +1,26 @@
-"""Is a process on this machine still running? The same answer for a pid file and for a run's owner."""
+"""Is a process on this machine still running? The same answer for a pid file and for a run's owner. And how
+many cores this process has to itself."""
 
 from __future__ import annotations
 
 import os
 import socket
+
+# Set by `kaon serve --workers N` in each worker: its share of the cores (the machine's divided by N).
+PROCESS_CORES_ENV = "KAON_PROCESS_CORES"
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def process_cores() -> int:
+    """The cores this process has to itself: a worker's share (PROCESS_CORES_ENV), else every available one."""
+    share = os.environ.get(PROCESS_CORES_ENV, "")
+    return int(share) if share.isdigit() and int(share) > 0 else available_cores()
 
 
 def process_alive(pid: int) -> bool:

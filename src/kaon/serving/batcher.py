@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from kaon._internal.processes import process_cores
 from kaon.errors import KaonError, OverloadedError, PayloadTooLargeError
 
 # A handler whose batches take less than this on average runs on the event loop itself: handing a
@@ -27,6 +28,17 @@ INLINE_MAX_S = 0.0005
 # batch of a handler measured under PROBE_MAX_S runs inline once, where the timing is the handler's own.
 PROBE_EVERY = 64
 PROBE_MAX_S = 0.005
+# A process with one core to itself (a `--workers N` worker given one core's share, or a one-core machine) gains
+# no parallelism from the batch thread, only thread switches and caches the two threads evict for each other.
+# There, batches up to ONE_CORE_INLINE_MAX_S run on the event loop as well, so /healthz still answers within
+# about that long. Measured with the heavy CNN of bench/serving.py (~20 ms batches), --workers 2 on 2 cores, c64:
+# 6 interleaved rounds, median 1,400 req/s inline against 1,335 in the thread (BENCHMARKS.md, session 12).
+ONE_CORE_INLINE_MAX_S = 0.1
+
+
+def default_inline_max_s() -> float:
+    """How long a batch may take and still run on the event loop, for this process."""
+    return ONE_CORE_INLINE_MAX_S if process_cores() <= 1 else INLINE_MAX_S
 
 
 @dataclass(frozen=True)
@@ -140,8 +152,11 @@ class Batcher:
         clock: Callable[[], float] = time.monotonic,
         on_batch: Callable[[int], None] | None = None,
         name: str = "endpoint",
+        inline_max_s: float | None = None,
     ) -> None:
         self.handler = handler
+        # a handler whose batches take less than this on average runs on the event loop (INLINE_MAX_S)
+        self.inline_max_s = default_inline_max_s() if inline_max_s is None else inline_max_s
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue = max_queue
@@ -258,7 +273,7 @@ class Batcher:
         mean = self._mean_batch_s
         if mean is None:
             return False
-        return mean < INLINE_MAX_S or (mean < PROBE_MAX_S and self._threaded_batches >= PROBE_EVERY)
+        return mean < self.inline_max_s or (mean < PROBE_MAX_S and self._threaded_batches >= PROBE_EVERY)
 
     def _timed(self, items: list[Any]) -> tuple[Any, float]:
         """Run the handler and say how long it took (the thread hand-off itself is not counted)."""

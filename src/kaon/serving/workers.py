@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kaon._internal.processes import PROCESS_CORES_ENV, available_cores
 from kaon.config import ServeConfig
 from kaon.errors import ConfigError
 
@@ -75,21 +76,15 @@ def worker_env(config: ServeConfig, fd: int, index: int, metrics_dir: str, ready
     # Share the cores out: N workers whose models each spread over every core (onnxruntime's and torch's
     # default) make each model's threads wait on the others' event loops. Measured on 2 cores, the heavy CNN of
     # bench/serving.py at c64: 2 workers x 1 thread 819-907 req/s, 1 worker x 2 threads 766-807 (BENCHMARKS.md).
-    share = str(max(1, _cpu_count() // max(1, config.workers)))
+    share = str(max(1, available_cores() // max(1, config.workers)))
     for name in ("KAON_NUM_THREADS", "OMP_NUM_THREADS"):  # onnxruntime (kaon.models.onnx), torch
         env.setdefault(name, share)  # the user's own setting wins
+    env[PROCESS_CORES_ENV] = share  # the batcher runs batches inline in a one-core worker (batcher.py)
     env.update({"KAON_WORKERS": "1", LISTEN_FD_ENV: str(fd), WORKER_INDEX_ENV: str(index),
                 SUPERVISOR_PID_ENV: str(os.getpid()),
                 READY_FILE_ENV: str(ready_file), "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
                 "PYTHONUNBUFFERED": "1"})
     return env
-
-
-def _cpu_count() -> int:
-    """The CPUs this process may run on (its affinity mask where the platform has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def watch_supervisor(interval_s: float = 1.0) -> None:
