@@ -65,3 +65,29 @@ def test_readme_service_snippet_defines_a_working_service():
 def test_readme_names_the_two_commands():
     text = README.read_text()
     assert "bash install.sh && kaon quickstart" in text and "python -m pytest -q" in text
+
+
+def test_readme_training_lines_name_the_callbacks_and_their_adversarial_example_runs():
+    """README's training section named neither the callbacks nor records_epoch, nor the adv_* values."""
+    import torch
+
+    import kaon.training
+    from kaon.training import Callback, EarlyStopping, Trainer
+
+    text = README.read_text()
+    section = text[text.index("Training in Python:"):text.index("## Layout")]
+    spans = re.findall(r"`([^`]+)`", section)
+    exported = [getattr(kaon.training, name) for name in kaon.training.__all__]
+    callbacks = [value.__name__ for value in exported if isinstance(value, type) and issubclass(value, Callback)
+                 and value.__name__ not in ("Callback", "History")]  # the base class; History: fit's own
+    assert set(callbacks) <= set(spans) and "records_epoch = True" in spans
+
+    make_trainer = next(span for span in spans if "adversarial=" in span).replace("...", "model, track=False")
+    stopping = next(span for span in spans if span.startswith("EarlyStopping("))
+    torch.manual_seed(0)
+    namespace = {"kaon": kaon, "Trainer": Trainer, "EarlyStopping": EarlyStopping, "model": torch.nn.Linear(5, 3)}
+    trainer = eval(make_trainer, namespace)  # noqa: S307 - our own README
+    history = trainer.fit(torch.rand(40, 5).numpy(), torch.randint(0, 3, (40,)).numpy(), epochs=2,
+                          validation_split=0.25, callbacks=[eval(stopping, namespace)], verbose=False)  # noqa: S307
+    logged = [span.replace("<metric>", "accuracy") for span in spans if re.fullmatch(r"(val_)?adv_[a-z_<>]+", span)]
+    assert logged and set(logged) <= set(history.history)

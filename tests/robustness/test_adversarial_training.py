@@ -40,6 +40,25 @@ def test_adversarial_must_have_perturb_and_excludes_privacy():
         Trainer(DigitsCNN(), adversarial=kaon.PGD(0.1), privacy=DifferentialPrivacy(target_epsilon=8), track=False)
 
 
+def test_adversarial_training_on_integer_inputs_says_they_cannot_be_perturbed():
+    """Token ids reached the attack's requires_grad_: a bare RuntimeError from torch ('only Tensors of floating point
+    dtype can require gradients') with no word of adversarial=."""
+
+    class Bag(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = torch.nn.EmbeddingBag(10, 4)
+            self.linear = torch.nn.Linear(4, 3)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.linear(self.embedding(ids))
+
+    ids, y = torch.randint(0, 10, (32, 6)), torch.randint(0, 3, (32,))
+    expected = r"must be floating point\. Received: x of dtype int64 .* without adversarial="
+    with pytest.raises(ConfigError, match=expected):
+        Trainer(Bag(), adversarial=kaon.FGSM(0.1), track=False).fit(ids.numpy(), y.numpy(), epochs=1, verbose=False)
+
+
 def test_adversarial_examples_of_standardized_data_stay_within_epsilon():
     """kaon's attacks clip to [0, 1] by default: on standardized data every input was clamped into [0, 1],
     up to 3.7 away from itself with epsilon=0.1. The Trainer widens the range to the data's."""

@@ -48,8 +48,8 @@ class LiveLogs(Mapping[str, torch.Tensor]):
     """A read-only view, {'loss': ..., metric name: ...}, computed when a value is read.
 
     With `adversarial` (adversarial training: the loss and metrics of the attacked copies, kept apart from the clean
-    batch's) it adds 'adv_loss' and 'adv_<metric>', once a step has recorded them: evaluation, which attacks
-    nothing, logs only the clean names.
+    batch's) it adds 'adv_loss' and 'adv_<metric>', once a step has recorded them: a training step, or a validation
+    step in fit (read as val_adv_*); evaluate(), which attacks nothing, logs only the clean names.
     """
 
     def __init__(self, loss: LossMean, metrics: Sequence[Metric],

@@ -92,6 +92,9 @@ class _Monitor(Callback):
         if _without_validation(self.monitor, logged):
             why = (": this fit has no validation data (val_* values need validation_data=... or "
                    "validation_split=... in fit)")
+        elif _without_attack(self.monitor, logged):
+            why = (": this fit trains without an attack (adv_* and val_adv_* values need "
+                   "Trainer(..., adversarial=kaon.PGD(epsilon=0.1)) or another attack)")
         else:
             why = _did_you_mean(self.monitor, logged)
         return ConfigError(f"{type(self).__name__} monitors {self.monitor!r}, which fit does not log{why}. "
@@ -113,6 +116,14 @@ class _Monitor(Callback):
 def _without_validation(name: str, logged: Sequence[str]) -> bool:
     """True when `name` is a val_* value and the fit logs none: it has no validation data."""
     return name.startswith("val_") and not any(value.startswith("val_") for value in logged)
+
+
+def _without_attack(name: str, logged: Sequence[str]) -> bool:
+    """True when `name` is an adv_* or val_adv_* value and the fit logs none: it is not adversarial training."""
+    def adversarial(value: str) -> bool:
+        return value.removeprefix("val_").startswith("adv_")
+
+    return adversarial(name) and not any(adversarial(value) for value in logged)
 
 
 def _did_you_mean(name: str, names: Sequence[str]) -> str:

@@ -79,6 +79,8 @@ class Trainer:
     logs_: LiveLogs
     # Set on each worker of a distributed fit (kaon.training.distributed): averages logs, shares decisions.
     _sync: WorkerSync | None = None
+    # True while fit's validation runs with `adversarial`: test_step scores the attacked copies too (val_adv_*).
+    _attacking_validation = False
 
     def __init__(
         self,
@@ -130,18 +132,15 @@ class Trainer:
 
         With `adversarial`, the step trains on the batch and its attacked copy together, and logs them apart: 'loss'
         and the metrics are the clean batch's (as without it, and as val_* are), 'adv_loss' and 'adv_<metric>' the
-        attacked copy's. The loss trained on is their mean (for a loss that averages over samples).
+        attacked copy's (as val_adv_* are). The loss trained on is their mean (for a loss that averages over samples).
         """
         x, y = _unpack(batch)
         if x.shape[0] == 0:  # Poisson sampling (privacy) can draw an empty batch
             return self.logs_
         num_clean: int | None = None
         if self.adversarial is not None:
-            if isinstance(x, Inputs):
-                raise ConfigError(f"adversarial training perturbs a model's one input. Received: {x.describe()}; "
-                                  "train without adversarial=, or combine the inputs into one tensor.")
             # Clean and adversarial examples side by side: keeps clean accuracy, costs one more forward pass.
-            x_adv = _within_data_range(self.adversarial, x).perturb(self.model, x, y, self.compute_loss)
+            x_adv = self._attack(x, y)
             num_clean = int(x.shape[0])
             x, y = torch.cat([x, x_adv]), torch.cat([y, y])
         with self._autocast():
@@ -181,12 +180,40 @@ class Trainer:
         return self.logs_
 
     def test_step(self, batch: Any) -> Mapping[str, float | torch.Tensor]:
-        """Loss and metrics on one batch, without gradients; return the logs so far."""
+        """Loss and metrics on one batch, without gradients; return the logs so far.
+
+        In fit's validation with `adversarial`, the batch's attacked copy is scored too, into val_adv_loss and
+        val_adv_<metric>: attacked by the training's attack with the model as it is evaluated, in eval mode, and
+        without updating it. evaluate() scores the data as given.
+        """
         x, y = _unpack(batch)
         with self._autocast():
             y_pred = self._forward(x)
             loss = self.compute_loss(y_pred, y)
-        return self.compute_metrics(loss, y_pred, y)
+        logs = self.compute_metrics(loss, y_pred, y)
+        if not self._attacking_validation:
+            return logs
+        x_adv = self._attack(x, y)
+        with self._autocast():
+            y_pred = self._forward(x_adv)
+            loss = self.compute_loss(y_pred, y)
+        return self._compute_adversarial_metrics(loss, y_pred, y)
+
+    def _attack(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The attacked copy of `x`. Gradients are on for the attack even where the caller turned them off (the
+        validation's torch.no_grad): an attack follows the loss's gradient w.r.t. the inputs."""
+        assert self.adversarial is not None
+        if isinstance(x, Inputs):
+            raise ConfigError(f"adversarial training perturbs a model's one input. Received: {x.describe()}; "
+                              "train without adversarial=, or combine the inputs into one tensor.")
+        if isinstance(x, torch.Tensor) and not x.is_floating_point():  # else torch's bare 'can require gradients'
+            raise ConfigError(
+                "adversarial training moves each input by up to epsilon along the loss's gradient, so the input must "
+                f"be floating point. Received: x of dtype {str(x.dtype).removeprefix('torch.')} (token ids or other "
+                "integers have no gradient). Train without adversarial=, or perturb the embeddings in a train_step "
+                "of your own.")
+        with torch.enable_grad():
+            return _within_data_range(self.adversarial, x).perturb(self.model, x, y, self.compute_loss)
 
     def compute_loss(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._loss_in_use(y_pred, y)
@@ -212,10 +239,11 @@ class Trainer:
         """Train for `epochs` passes over (x, y), a Dataset or a DataLoader; return the History.
 
         `validation_data` ((x, y), a Dataset or a DataLoader) is evaluated after each epoch into
-        val_* values; or `validation_split` (arrays only) holds out the last fraction of (x, y) for it,
-        as Keras does (taken before shuffling). `class_weight` ({class: weight}) scales each training
-        sample's loss by its class's weight (validation losses stay unweighted, as in Keras). `shuffle`
-        applies to arrays and Datasets; a DataLoader keeps its own sampler.
+        val_* values (with `adversarial`, its attacked copy into val_adv_* too); or `validation_split` (arrays
+        only) holds out the last fraction of (x, y) for it, as Keras does (taken before shuffling).
+        `class_weight` ({class: weight}) scales each training sample's loss by its class's weight (validation
+        losses stay unweighted, as in Keras). `shuffle` applies to arrays and Datasets; a DataLoader keeps its
+        own sampler.
         `verbose`: None or True prints a live bar on a terminal and a line per epoch elsewhere;
         False prints nothing. On an error the exception carries the History so far as `.history`.
         `initial_epoch` resumes a run, as in Keras: epochs initial_epoch+1 .. epochs are trained, e.g.
@@ -312,8 +340,8 @@ class Trainer:
         names = list(clean)
         if self.adversarial is not None:
             names += [f"{ADVERSARIAL_PREFIX}{name}" for name in clean]
-        if validation:  # evaluated on the clean data only
-            names += [f"val_{name}" for name in clean]
+        if validation:  # the attacked copies too, with adversarial
+            names += [f"val_{name}" for name in names]
         if self.privacy is not None:
             names.append("epsilon")
         return names
@@ -351,7 +379,8 @@ class Trainer:
             chain.on_epoch_begin(epoch, {})
             logs = self._average(self._train_epoch(train, epoch, chain, private), train)
             if val is not None:
-                logs.update({f"val_{k}": v for k, v in self._average(self._evaluate(val), val).items()})
+                val_logs = self._evaluate(val, attack=self.adversarial is not None)
+                logs.update({f"val_{k}": v for k, v in self._average(val_logs, val).items()})
             if private is not None:
                 logs["epsilon"] = history.epsilon = private.epsilon()
             chain.on_epoch_end(epoch, logs)
@@ -391,18 +420,35 @@ class Trainer:
                                     "DataLoader; check its length and drop_last.")
         return self._check_loss(epoch, {k: float(v) for k, v in logs.items()})
 
-    def _evaluate(self, batches: Batches) -> dict[str, float]:
+    def _evaluate(self, batches: Batches, *, attack: bool = False) -> dict[str, float]:
+        """The logs over `batches` in eval mode; with `attack` (fit's validation in adversarial training), of their
+        attacked copies too, as adv_*."""
         self._set_training(False)
         self._reset_logs()
         self._loss_in_use = self.loss_fn_
         logs: Mapping[str, Any] = self.logs_
-        with torch.no_grad():
-            for step, batch in enumerate(batches):
-                try:
-                    logs = self.test_step(batch)
-                except (RuntimeError, ValueError, IndexError) as exc:
-                    raise self._explain(exc, batch, f"evaluation, batch {step + 1}") from exc
+        self._attacking_validation = attack
+        try:
+            with torch.no_grad(), self._own_random_numbers(attack):
+                for step, batch in enumerate(batches):
+                    try:
+                        logs = self.test_step(batch)
+                    except (RuntimeError, ValueError, IndexError) as exc:
+                        raise self._explain(exc, batch, f"evaluation, batch {step + 1}") from exc
+        finally:
+            self._attacking_validation = False
         return {k: float(v) for k, v in logs.items()}
+
+    def _own_random_numbers(self, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+        """torch's random state put back afterwards: an attack that draws from it (PGD's random start) in validation
+        must not change what the training draws next (dropout, its own attacks), or validation data would change
+        the trained weights."""
+        if not enabled:
+            return contextlib.nullcontext()
+        if self.device_.type != "cuda":
+            return torch.random.fork_rng(devices=[])
+        index = self.device_.index
+        return torch.random.fork_rng(devices=[index if index is not None else torch.cuda.current_device()])
 
     def _check_loss(self, epoch: int, logs: dict[str, float] | None) -> dict[str, float]:
         """Stop on a NaN/inf loss (clean or, in adversarial training, adversarial), naming the first bad step when
@@ -697,7 +743,12 @@ def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Adversary(Protocol):
-    """What `Trainer(adversarial=...)` needs, e.g. kaon.PGD(epsilon=0.1): adversarial inputs for a batch."""
+    """What `Trainer(adversarial=...)` needs, e.g. kaon.PGD(epsilon=0.1): adversarial inputs for a batch.
+
+    fit calls it on each training batch and, with validation data, on each validation batch (the model in eval
+    mode, gradients enabled): it should take gradients w.r.t. the inputs only (torch.autograd.grad, as kaon's
+    attacks do), leaving the weights' gradients as they are.
+    """
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor: ...
