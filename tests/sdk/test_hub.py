@@ -150,3 +150,31 @@ def test_keras_seed_model_registers_and_loads_with_equal_outputs():
     assert version.framework == "keras"
     loaded = kaon.load("keras-digits")
     np.testing.assert_allclose(loaded.predict(x), model.predict(x, verbose=0), atol=1e-6)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"metrics": {"accuracy": "high"}}, InvalidInputError, r"metric 'accuracy' must be a number.*Received: 'high'"),
+    ({"metrics": {"loss": float("nan")}}, InvalidInputError, r"metric 'loss' must be a finite number"),
+    ({"metrics": [0.5]}, InvalidInputError, r"metrics must be a dict of name -> number"),
+    ({"description": 3}, InvalidInputError, r"description must be a string. Received: 3"),
+    ({"run_id": 0}, InvalidInputError, r"a run id is an integer between 1 and"),
+    ({"run_id": 999}, NotFoundError, r"no run with id 999"),
+    ({"parent": "nosuch@1"}, NotFoundError, r"nosuch"),
+    ({"signature": 42}, InvalidInputError, r"signature must be a kaon.types.Signature or a dict. Received: int"),
+])
+def test_bad_arguments_are_refused_before_the_model_is_exported(kwargs, error, message):
+    """kaon.register exported the model (seconds for a real one: torch.export traces it) and only then found a bad
+    metric, run or parent, so every mistake cost an export before its error."""
+    from kaon.registry import Registry
+
+    model = _torch_model()
+    forward_calls: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: forward_calls.append(1))  # torch.export runs forward
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    with pytest.raises(error, match=message):
+        kaon.register(model, "lin", input_example=x, **kwargs)
+    assert forward_calls == []
+    with Registry() as registry, pytest.raises(NotFoundError):
+        registry.list_versions("lin")
+    kaon.register(model, "lin", input_example=x, metrics={"accuracy": 0.5})
+    assert forward_calls  # the hook does see an export

@@ -275,8 +275,6 @@ class Registry:
         """
         check_name(name)
         check_text(framework, "framework", max_length=64)
-        if not isinstance(description, str):
-            raise InvalidInputError(f"description must be a string. Received: {description!r}")
         if not isinstance(files, Mapping) or not files:
             raise InvalidInputError(
                 "files must map at least one file name to its path, "
@@ -285,15 +283,8 @@ class Registry:
             )
         sources = {check_filename(fn): check_source_file(path, f"file '{fn}'") for fn, path in files.items()}
         signature_json = to_json(signature or {}, "signature")
-        metrics_json = to_metrics(metrics if metrics is not None else {}, finite=True)
-        parent_ref = parse_ref(parent) if parent is not None else None
-        if run_id is not None:
-            check_run_id(run_id)
-        with self._reading() as session:  # refused before a file is stored; checked again when writing
-            if parent_ref:
-                resolve(session, *parent_ref)
-            if run_id is not None and session.get(RunRow, run_id) is None:
-                raise run_not_found(run_id)
+        metrics_json, parent_ref = _check_version_fields(metrics, parent, run_id, description)
+        self._check_references(parent_ref, run_id)  # refused before a file is stored; checked again when writing
         hashes = {filename: self.store_artifact(source) for filename, source in sources.items()}
         for _ in range(_MAX_ATTEMPTS):
             try:
@@ -322,6 +313,24 @@ class Registry:
             f"could not take a version number for '{name}' in {_MAX_ATTEMPTS} tries: other processes kept "
             "registering the same name at the same moment. Register again."
         ) from conflict
+
+    def check_version_arguments(self, name: str, *, metrics: dict[str, Any] | None = None,
+                                parent: str | None = None, run_id: int | None = None, description: str = "") -> None:
+        """Raise as register_version would for these arguments (a parent or run that does not exist too), storing
+        nothing: kaon.register checks them so before it exports the model, which can take seconds."""
+        check_name(name)
+        _, parent_ref = _check_version_fields(metrics, parent, run_id, description)
+        self._check_references(parent_ref, run_id)
+
+    def _check_references(self, parent_ref: tuple[str, str | None] | None, run_id: int | None) -> None:
+        """NotFoundError for a parent version or a run that does not exist."""
+        if parent_ref is None and run_id is None:
+            return
+        with self._reading() as session:
+            if parent_ref:
+                resolve(session, *parent_ref)
+            if run_id is not None and session.get(RunRow, run_id) is None:
+                raise run_not_found(run_id)
 
     def get_version(self, ref: str) -> ModelVersionRecord:
         """Resolve 'name' (latest), 'name@3' or 'name@production' to a version record."""
@@ -434,3 +443,16 @@ class Registry:
         """One write transaction: committed when the block ends, rolled back if it raises."""
         with translate_errors(self.url), self._writes.begin() as session:
             yield session
+
+
+def _check_version_fields(metrics: Mapping[str, Any] | None, parent: str | None, run_id: int | None,
+                          description: str) -> tuple[dict[str, float], tuple[str, str | None] | None]:
+    """register_version's checks of a version's fields that need no database: the metrics as stored and the parent
+    as (name, selector), or InvalidInputError."""
+    if not isinstance(description, str):
+        raise InvalidInputError(f"description must be a string. Received: {description!r}")
+    metrics_json = to_metrics(metrics if metrics is not None else {}, finite=True)
+    parent_ref = parse_ref(parent) if parent is not None else None
+    if run_id is not None:
+        check_run_id(run_id)
+    return metrics_json, parent_ref

@@ -61,18 +61,19 @@ def register(model: Any, name: str, *, input_example: Any = None, signature: Any
     from kaon.registry import Registry
     from kaon.registry.refs import check_name, check_settable_alias
 
-    check_name(name)  # everything a user can get wrong is checked before a version is written
+    # Everything a user can get wrong is checked before a version is written, and what needs no model before the
+    # model is exported (torch.export takes seconds).
+    check_name(name)
     for alias in aliases or []:
         check_settable_alias(alias)
+    if signature is not None:
+        _signature_dict(signature)
     x_reference = check_reference_data(reference_data) if reference_data is not None else None
     reg = registry or Registry()
+    reg.check_version_arguments(name, metrics=metrics, parent=parent, run_id=run_id, description=description)
     with tempfile.TemporaryDirectory(prefix="kaon-register-") as tmp:
         saved = save_model(model, Path(tmp), input_example=input_example, labels=labels)
-        sig = signature if signature is not None else saved.signature
-        sig_dict = sig.to_dict() if hasattr(sig, "to_dict") else sig
-        if not isinstance(sig_dict, dict):
-            raise InvalidInputError(
-                f"signature must be a kaon.types.Signature or a dict. Received: {type(sig).__name__}")
+        sig_dict = _signature_dict(signature if signature is not None else saved.signature)
         _check_labels(labels if labels is not None else sig_dict.get("labels"), sig_dict)
         loaded = _check_loads(saved.files, saved.framework)
         files = dict(saved.files)
@@ -90,6 +91,14 @@ def register(model: Any, name: str, *, input_example: Any = None, signature: Any
     for alias in aliases or []:
         reg.set_alias(name, alias, version.version)
     return reg.get_version(version.ref)
+
+
+def _signature_dict(signature: Any) -> dict[str, Any]:
+    sig_dict = signature.to_dict() if hasattr(signature, "to_dict") else signature
+    if not isinstance(sig_dict, dict):
+        raise InvalidInputError(
+            f"signature must be a kaon.types.Signature or a dict. Received: {type(signature).__name__}")
+    return sig_dict
 
 
 def _say_if_inputs_changed(registry: Any, version: Any, signature: dict[str, Any]) -> None:
