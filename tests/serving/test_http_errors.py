@@ -90,3 +90,86 @@ def test_one_input_sent_without_its_batch_axis_is_one_error_that_says_so():
     assert status == 422 and "batch axis" not in str(body) and "finite" in str(body)
     status, body = asyncio.run(send("/long", {"rows": [0.25] * 60000}))  # a body over 256 KiB: the other path
     assert status == 422 and "one input of shape [60000], without the batch axis" in body["error"]["message"]
+
+
+def _digits_like_model():
+    """A numpy model taking (N, 1, 8, 8) float32: the digits' input, on the image fast path."""
+    from kaon.models import Model
+    from kaon.types import Signature, TensorSpec
+
+    class Sums(Model):
+        framework = "numpy"
+
+        def _run(self, inputs):
+            return {"y": inputs["image"].reshape(len(inputs["image"]), -1).sum(axis=1, keepdims=True)}
+
+    return Sums(Signature([TensorSpec("image", "float32", (-1, 1, 8, 8))], [TensorSpec("y", "float32", (-1, 1))]),
+                "sums")
+
+
+def _answers(service, bodies: list[tuple[str, bytes]]) -> list[tuple[int, dict]]:
+    import asyncio
+
+    from kaon.config import ServeConfig
+    from kaon.serving.app import KaonApp
+
+    async def send() -> list[tuple[int, dict]]:
+        app = KaonApp(service, ServeConfig())
+        await app.startup()
+        try:
+            answers = []
+            for path, body in bodies:
+                answer = await app.answer("POST", path, {"content-type": "application/json"}, body)
+                answers.append((answer.response.status, orjson.loads(answer.response.body)))
+            return answers
+        finally:
+            await app.shutdown()
+
+    return asyncio.run(send())
+
+
+@pytest.mark.parametrize("simd", [True, False], ids=["simdjson", "orjson"])
+def test_strings_and_booleans_in_a_numeric_tensor_are_a_422_on_every_json_path(simd, monkeypatch):
+    """numpy casts "0.5" and true to numbers: a float model took {"inputs": [[["0.5", ...]]]} as 0.5, and true as 1.0,
+    on the orjson fast path and in the per-item validator (simdjson's path leaves them to the validator)."""
+    import functools
+
+    from kaon.serving import app as app_module
+    from kaon.serving import tensors
+    from kaon.serving.targets import resolve_target
+
+    monkeypatch.setattr(app_module, "batch_fast_path", functools.partial(tensors.batch_fast_path, simd=simd))
+    good = [[[0.5] * 8 for _ in range(8)]]  # one (1, 8, 8) item
+    digits = [[[0, 1] * 4 for _ in range(8)]]  # whole numbers are numbers too
+    texts = [[["0.5"] + [0.5] * 7] + [[0.5] * 8 for _ in range(7)]]
+    flags = [[[True] + [0.5] * 7] + [[0.5] * 8 for _ in range(7)]]
+    only_flags = [[[True, False] * 4 for _ in range(8)]]
+    bodies = [orjson.dumps({"inputs": [item]}) for item in (good, digits, texts, flags, only_flags)]
+    answers = _answers(resolve_target(_digits_like_model()), [("/predict", body) for body in bodies])
+    assert [status for status, _ in answers] == [200, 200, 422, 422, 422], answers
+    for (_, body), received in zip(answers[2:], ("strings", "booleans", "booleans"), strict=True):
+        error = body["error"]
+        assert set(error) == {"code", "message", "fields", "request_id"} and error["code"] == "invalid_input"
+        assert f"expected numbers (float32). Received: {received}" in error["message"], error
+        assert error["fields"] and error["fields"][0]["name"].startswith("inputs.0")
+
+
+def test_strings_and_booleans_in_a_v2_json_tensor_are_a_422():
+    """The V2 protocol's JSON data are numbers (booleans only for BOOL): "0.5" and true were cast."""
+    from kaon.serving.targets import resolve_target
+
+    def infer(datatype: str, data: list) -> tuple[str, bytes]:
+        tensor = {"name": "image", "shape": [1, 1, 8, 8], "datatype": datatype, "data": data}
+        return "/v2/models/sums/infer", orjson.dumps({"inputs": [tensor]})
+
+    numbers = [0.5] * 64
+    answers = _answers(resolve_target(_digits_like_model()), [
+        infer("FP32", numbers), infer("FP32", [0, 1] * 32), infer("FP32", ["0.5"] + numbers[1:]),
+        infer("FP32", [True] + numbers[1:]), infer("INT64", [True] + [1] * 63), infer("INT64", ["1"] + [1] * 63),
+    ])
+    assert [status for status, _ in answers] == [200, 200, 422, 422, 422, 422], answers
+    messages = [body["error"] for _, body in answers[2:]]
+    assert "input 'image': expected numbers (float32). Received: strings" in messages[0]
+    assert "input 'image': expected numbers (float32). Received: booleans" in messages[1]
+    assert "expected integers (int64). Received: booleans" in messages[2]
+    assert "expected integers (int64). Received: strings" in messages[3]

@@ -472,3 +472,35 @@ def test_v2_infer_answers_504_after_the_servers_timeout_and_names_an_unknown_ver
     assert late.status_code == 504 and "within 0.2 s (--timeout-s)" in late.json()["error"] and waited < 0.55
     assert version.status_code == 404 and version.json()["error"] == (
         "model 'slow' has no version '7'; served: version '1'.")
+
+
+@pytest.mark.parametrize("simd", [True, False], ids=["simdjson", "orjson"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64"])
+def test_the_batch_fast_path_leaves_strings_and_booleans_among_numbers_to_the_validator(simd, dtype):
+    """numpy casts "0.5" and true to a float, and true to an int: such a body is the validator's to refuse."""
+    import functools
+
+    import orjson
+
+    from kaon.serving import tensors
+    from kaon.serving.tensors import Tensor, tensor_info
+
+    decode = functools.partial(tensors.batch_fast_path, simd=simd)("inputs", tensor_info(Tensor((2, 3), dtype)))
+    assert decode(b'{"inputs": [[[1, 2, 3], [4, 5, 6]]]}')[0].tolist() == [[1, 2, 3], [4, 5, 6]]
+    for odd in ('"1"', '"0.5"', "true", "false"):
+        body = b'{"inputs": [[[1, 2, 3], [4, 5, %s]]]}' % odd.encode()
+        assert decode(body) is None, body
+    assert decode(orjson.dumps({"inputs": [[[True, False, True], [False, True, False]]]})) is None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int64", "int32"])
+def test_a_tensor_refuses_strings_and_booleans_that_numpy_would_cast(dtype):
+    from kaon.serving.tensors import Tensor
+
+    adapter = pydantic.TypeAdapter(list[Tensor((2, 2), dtype)])
+    assert adapter.validate_python([[[1, 2], [3, 4]]])[0].dtype == np.dtype(dtype)
+    for item, received in (([["1", 2], [3, 4]], "strings"), ([[True, 2], [3, 4]], "booleans"),
+                           ([[True, False], [False, True]], "booleans")):
+        with pytest.raises(pydantic.ValidationError, match=f"expected (numbers|integers) \\({dtype}\\)\\. Received: "
+                                                           f"{received}"):
+            adapter.validate_python([item])

@@ -21,6 +21,8 @@ import numpy as np
 import orjson
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 
+from kaon.serving._numbers import check_finite as _check_finite
+from kaon.serving._numbers import numbers_to_array
 from kaon.serving.images import EncodedImage, decode_image_bytes
 from kaon.serving.service import BATCH_ALIAS
 
@@ -137,52 +139,6 @@ def _array_schema(shape: tuple[int, ...], dtype: str, image: bool) -> dict[str, 
     return schema
 
 
-def numbers_to_array(value: Any, dtype: np.dtype, expected: str) -> np.ndarray:
-    """JSON numbers (nested lists) as an array of `dtype`, or ValueError saying what is wrong: ragged or
-    non-numeric values, null/NaN/infinity or a value too large for a float dtype, a fraction or an out-of-range
-    value for an integer dtype. `expected` names the shape wanted, for the message."""
-    integers = dtype.kind in "iu"
-    try:
-        array = np.asarray(value, dtype=None if integers or dtype.kind == "b" else dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise ValueError(f"expected {expected}. Received: a ragged or non-numeric value ({exc}).") from exc
-    if integers:
-        return _as_integers(array, dtype)
-    if dtype.kind == "b":
-        if array.dtype.kind != "b" and not (array.dtype.kind in "iu" and np.isin(array, (0, 1)).all()):
-            raise ValueError(f"expected booleans (true/false, or 0/1). Received: {array.dtype} values.")
-        return array.astype(bool, copy=False)
-    _check_finite(array)
-    return array
-
-
-def _check_finite(array: np.ndarray) -> None:
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise ValueError(f"expected finite numbers ({array.dtype}). Received: null, NaN, infinity, or a value too "
-                         f"large for {array.dtype}.")
-
-
-def _as_integers(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """JSON values for an integer input: whole numbers within `dtype`'s range (2.0 is one), never a cast
-    without a word of 1.7 to 1, or of "1" and true to 1."""
-    whole = array.dtype.kind == "f" and np.isfinite(array).all() and (array == np.round(array)).all()
-    if array.dtype.kind == "O" and all(type(v) is int for v in array.flat):  # past 64 bits, numpy keeps Python ints
-        info = np.iinfo(dtype)
-        raise ValueError(f"expected integers within {dtype}'s range [{info.min}, {info.max}]. Received: values "
-                         f"from {min(array.flat)} to {max(array.flat)}.")
-    if array.dtype.kind not in "iu" and not whole:  # 2.0 is a whole number; its range is checked below
-        kind = {"f": "numbers with a fraction", "b": "booleans", "U": "strings"}.get(
-            array.dtype.kind, "non-integer values")
-        raise ValueError(f"expected integers ({dtype}). Received: {kind}. Send whole numbers, such as token ids.")
-    if array.size and array.dtype != dtype:
-        info = np.iinfo(dtype)
-        low, high = int(array.min()), int(array.max())
-        if low < info.min or high > info.max:
-            raise ValueError(f"expected integers within {dtype}'s range [{info.min}, {info.max}]. "
-                             f"Received: values from {low} to {high}.")
-    return array.astype(dtype, copy=False)
-
-
 def _serialize(array: np.ndarray) -> Any:
     return array.tolist()
 
@@ -256,6 +212,13 @@ def batch_fast_path(param: str, info: TensorInfo, simd: bool = True) -> Callable
     isfinite, all_of = np.isfinite, np.logical_and.reduce
 
     def decode(body: bytes) -> list[np.ndarray] | None:
+        # numpy casts "0.5" and true to a float, and true to an int (a string fails an int's dtype check below): a
+        # string or a boolean in the array is the validator's to refuse. Past the array's first bracket, numbers
+        # have no quote, t or f (memchr each: 0.2-0.4 us on an 8x8 body, where `in` and count took 1.1 us)
+        start = body.find(b"[")
+        if (body.find(b"t", start) >= 0 or body.find(b"f", start) >= 0
+                or (not integers and body.find(b'"', start) >= 0)):
+            return None
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
