@@ -73,6 +73,9 @@ class ServeConfig:
     max_batch_size: int = 64
     max_wait_ms: float = 2.0
     timeout_s: float = 30.0
+    # a request's body must arrive in full within this of its headers (nginx's client_body_timeout is 60 s): else a
+    # 408 and the connection closes, so a client that stalls mid-body does not hold a connection and its buffer
+    body_timeout_s: float = 60.0
     max_queue: int = 1024
     max_body_bytes: int = 16 * 1024 * 1024
     trust_pickle: bool = False
@@ -92,7 +95,7 @@ class ServeConfig:
     alert_webhook: str | None = None  # drift alerts are also POSTed here (JSON, retried)
     device: str = "auto"  # a model file's device: auto (a CUDA GPU when torch sees one), cpu, cuda, cuda:N
     precision: str = "fp32"  # fp32 | bf16 | fp16 for a torch model (.pt2); bf16/fp16 are for GPUs
-    top_k: int = 0  # > 0: a classifier model answers with its k best labels and scores instead of all
+    top_k: int = 0  # > 0: a classifier model answers with its k best labels and probabilities instead of all
     workers: int = 1  # server processes on one port (kaon.serving.workers); each loads its own model copy
     name: str | None = None
     # the URL clients reach this server at when a proxy or a kaon deployment's router stands in front of it:
@@ -107,6 +110,7 @@ class ServeConfig:
             ("max_batch_size", self.max_batch_size >= 1, "an integer >= 1"),
             ("max_wait_ms", self.max_wait_ms >= 0, "a number >= 0"),
             ("timeout_s", self.timeout_s > 0, "a number > 0"),
+            ("body_timeout_s", self.body_timeout_s > 0, "a number > 0"),
             ("max_queue", self.max_queue >= 1, "an integer >= 1"),
             ("max_body_bytes", self.max_body_bytes >= 1024, "an integer >= 1024"),
             ("request_log_sample", 0.0 <= self.request_log_sample <= 1.0, "a number in [0, 1]"),

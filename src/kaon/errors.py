@@ -13,6 +13,7 @@ The tree::
     ├── MissingDependencyError (500, missing_dependency)  an optional extra is not installed
     ├── RegistryError (503, registry_unavailable)   the database cannot be reached or written
     ├── UnauthorizedError (401, unauthorized) / ForbiddenError (403, forbidden)
+    ├── RequestTimeoutError (408, request_timeout)  a request's body did not arrive in time
     ├── PayloadTooLargeError (413, payload_too_large)
     ├── RateLimitedError (429, rate_limited)
     ├── OverloadedError (503, overloaded)           the queue is full; retry after `retry_after_s`
@@ -119,6 +120,11 @@ class UnauthorizedError(KaonError):
 class ForbiddenError(KaonError):
     status_code = 403
     code = "forbidden"
+
+
+class RequestTimeoutError(KaonError):
+    status_code = 408
+    code = "request_timeout"
 
 
 class PayloadTooLargeError(KaonError):

@@ -186,12 +186,12 @@ def test_decode_batch_stacks_uint8_decodes_once_in_either_layout(monkeypatch):
 
 
 def test_top_k_rows_are_sorted_and_labelled():
-    scores = np.array([[0.1, 0.5, 0.2, 0.9], [0.4, 0.3, 0.2, 0.1]], dtype=np.float32)
+    scores = np.array([[0.05, 0.3, 0.1, 0.55], [0.4, 0.3, 0.2, 0.1]], dtype=np.float32)  # probabilities
     rows = rows_to_predictions({"probs": scores}, ["a", "b", "c", "d"], top_k=2)
     def best(*pairs):
         return [{"label": label, "score": pytest.approx(score)} for label, score in pairs]
 
-    assert rows == [{"label": "d", "top_k": best(("d", 0.9), ("b", 0.5))},
+    assert rows == [{"label": "d", "top_k": best(("d", 0.55), ("b", 0.3))},
                     {"label": "a", "top_k": best(("a", 0.4), ("b", 0.3))}]
     assert len(rows_to_predictions({"probs": scores}, None, top_k=10)[0]["top_k"]) == 4  # k capped at the classes
     full = rows_to_predictions({"probs": scores}, None)

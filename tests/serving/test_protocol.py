@@ -527,3 +527,134 @@ def test_a_post_counts_as_arriving_from_its_headers_until_it_is_answered_or_gone
             assert batcher.num_arriving == 0
 
     asyncio.run(scenario())
+
+
+def test_a_body_that_stalls_past_body_timeout_s_is_a_408_and_a_closed_connection() -> None:
+    """A client that sends its headers and then stalls (or trickles its body) held the connection and its buffer
+    forever. The body has body_timeout_s from its headers to arrive in full: else a 408 envelope, and the connection
+    closes. Checked by the connection's one timer (no timer per request), on either path, on a new connection and
+    on one kept alive after an answered request; a slow body within the time is answered as usual."""
+    async def scenario() -> None:
+        async with started(ServeConfig(body_timeout_s=0.3)) as app:
+            state = ServerState()
+            loop = asyncio.get_running_loop()
+            request = post("/double", b'{"xs": [1, 2, 3]}')
+            stalled = {}
+            for name in ("direct", "chunked", "kept alive"):
+                protocol, out = await _connection(app, state)
+                if name == "chunked":  # uvicorn's ASGI path
+                    protocol.data_received(post("/double", b"", "transfer-encoding: chunked") + b'b\r\n{"xs"')
+                    assert type(protocol.cycle) is not DirectCycle
+                else:
+                    if name == "kept alive":
+                        protocol.data_received(request)
+                        assert [_parts(a)[0] for a in await _answered(out)] == [200]
+                        out.writes.clear()
+                    protocol.data_received(post("/double", b'{"xs": [1, 2, 3]}', "x-request-id: mine-1")[:-5])
+                    assert type(protocol.cycle) is DirectCycle
+                stalled[name] = (out, loop.time())
+            slow, slow_out = await _connection(app, state)
+            for start in range(0, len(request), len(request) // 3 + 1):  # three pieces over 0.2 s: in time
+                slow.data_received(request[start:start + len(request) // 3 + 1])
+                await asyncio.sleep(0.1)
+            for name, (out, since) in stalled.items():
+                while not out.closed and loop.time() - since < 3:
+                    await asyncio.sleep(0.01)
+                assert out.closed and 0.25 <= loop.time() - since <= 1.0, (name, loop.time() - since)
+                (answer,) = [b"HTTP/1.1 " + part for part in b"".join(out.writes).split(b"HTTP/1.1 ")[1:]]
+                status, headers, body = _parts(answer)
+                error = orjson.loads(body)["error"]
+                assert status == 408 and headers["connection"] == "close", name
+                assert error["code"] == "request_timeout" and "--body-timeout-s" in error["message"]
+                assert error["request_id"] == headers["x-request-id"]
+                assert (headers["x-request-id"] == "mine-1") is (name != "chunked"), name  # the client's own id
+            (answer,) = await _answered(slow_out)
+            assert _parts(answer)[0] == 200 and _parts(answer)[2] == b"[2.0,4.0,6.0]" and not slow_out.closed
+            assert 'kaon_requests_total{route="/double",status="408"} 2.0' in app.metrics.render().decode()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_being_answered_or_an_idle_connection_is_not_timed_as_a_body() -> None:
+    """Only a body still arriving is timed: a request in full that takes longer than body_timeout_s to answer is
+    answered, and an idle kept-alive connection closes at the keep-alive timeout, as before, without a 408."""
+    async def scenario() -> None:
+        async with started(ServeConfig(body_timeout_s=0.2)) as app:
+            config = uvicorn.Config(app, http=KaonHttpToolsProtocol.for_app(app), lifespan="off",
+                                    log_level="warning", timeout_keep_alive=0.6)
+            config.load()
+            protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
+            transport = Connection()
+            protocol.connection_made(transport)
+            loop = asyncio.get_running_loop()
+            protocol.data_received(post("/slow", b'{"seconds": 0.5}'))  # 0.5 s to answer: past the body's 0.2 s
+            (answer,) = await _answered(transport)
+            assert _parts(answer)[0] == 200 and not transport.closed
+            idle_from = loop.time()
+            while not transport.closed and loop.time() - idle_from < 3:
+                await asyncio.sleep(0.01)
+            assert transport.closed and 0.55 <= loop.time() - idle_from <= 0.9  # the keep-alive timeout
+            assert b"".join(transport.writes).count(b"HTTP/1.1 ") == 1  # no 408
+
+    asyncio.run(scenario())
+
+
+SLOW_CLIENT_SERVICE = '''
+import kaon
+
+
+class Echo(kaon.Service):
+    @kaon.endpoint(max_batch_size=8, max_wait_ms=1)
+    def double(self, xs: list[float]) -> list[float]:
+        return [2 * x for x in xs]
+'''
+
+
+def _response(sock: socket.socket) -> tuple[int, dict[str, str], bytes, bool]:
+    """One response read from `sock`: status, headers, body, and whether the server closed the connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    status, headers, body = _parts(data)
+    while len(body) < int(headers.get("content-length", 0)):
+        body += sock.recv(65536)
+    closed = False
+    if headers.get("connection") == "close":
+        closed = sock.recv(65536) == b""
+    return status, headers, body, closed
+
+
+def test_a_real_server_answers_408_to_a_stalled_body_and_serves_other_clients_meanwhile(tmp_path) -> None:
+    from tests.servers import Server
+
+    (tmp_path / "echo.py").write_text(SLOW_CLIENT_SERVICE)
+    server = Server(["serve", f"{tmp_path / 'echo.py'}:Echo", "--body-timeout-s", "1"],
+                    env={"KAON_HOME": str(tmp_path / "home")})
+    try:
+        server.wait_ready()
+        request = post("/double", b'{"xs": [1, 2, 3]}')
+        stalled = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        stalled.sendall(request[:-8])  # the headers and half the body, then nothing
+        since = time.monotonic()
+        # meanwhile another client is served, and one whose body takes 0.6 s (within the 1 s) too
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as other:
+            other.sendall(request)
+            assert _response(other)[:3:2] == (200, b"[2.0,4.0,6.0]")
+            for start in range(0, len(request), len(request) // 3 + 1):
+                other.sendall(request[start:start + len(request) // 3 + 1])
+                time.sleep(0.3)
+            status, _, body, closed = _response(other)
+            assert (status, body, closed) == (200, b"[2.0,4.0,6.0]", False)
+        status, headers, body, closed = _response(stalled)
+        waited = time.monotonic() - since
+        stalled.close()
+        assert status == 408 and closed and 0.9 <= waited <= 3.0, (status, waited)
+        assert orjson.loads(body)["error"]["code"] == "request_timeout"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as after:  # still serving
+            after.sendall(request)
+            assert _response(after)[0] == 200
+    finally:
+        server.stop()

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 
 
-def are_probabilities(rows: Any) -> bool:
-    """Whether every row is a probability distribution (non-negative, summing to 1 within 1e-3)."""
+def are_probabilities(rows: Any, atol: float = 1e-3) -> bool:
+    """Whether every row is a probability distribution (non-negative, summing to 1 within `atol`)."""
     a = np.asarray(rows)
-    return bool(a.size and a.min() >= 0 and np.allclose(a.sum(axis=-1), 1, atol=1e-3))
+    return bool(a.size and a.min() >= 0 and np.allclose(a.sum(axis=-1), 1, atol=atol))
 
 
 def probabilities(outputs: Any, binary: bool | None = None) -> np.ndarray:

@@ -15,6 +15,11 @@ uvicorn's per-header checks cost a small-model request ~25% of its CPU under c64
 serving). Everything else (GET routes and the docs, chunked or oversized bodies, `Expect: 100-continue`,
 HTTP/1.0, a request pipelined behind another, X-Forwarded-* headers while uvicorn's proxy_headers is on)
 takes uvicorn's ASGI path as before.
+
+Each connection has one timer, checking timestamps when it fires instead of a timer armed and cancelled per
+request: it closes a connection idle for the keep-alive timeout, and answers 408 and closes one whose request's
+body has not arrived in full within --body-timeout-s of its headers (uvicorn has no such limit: a client that
+sends headers and stalls held a connection and its buffer forever).
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from kaon.errors import RequestTimeoutError
 from kaon.serving.app import answer_headers
+from kaon.serving.http import decode_headers
 
 if TYPE_CHECKING:
     from kaon.serving.app import Answer, KaonApp
@@ -121,7 +128,10 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
     _answers = 0  # requests in full whose response is not complete yet (both paths)
     _shutting_down = False
     _idle_since: float | None = None  # loop time of the last response while no request is on
-    _idle_timer: asyncio.TimerHandle | None = None  # the keep-alive check (one per connection, not per request)
+    _idle_timer: asyncio.TimerHandle | None = None  # the connection's one timer: keep-alive and body checks
+    _check_every_s = 5.0  # the longest the timer waits: min(keep-alive, body timeout), set per connection
+    _body_timeout_s = 60.0
+    _asgi_body_since = 0.0  # perf_counter when an ASGI-path request's headers were in (DirectCycle.started: direct)
     _defaults_of: ClassVar[list[tuple[bytes, bytes]] | None] = None  # the server's default headers, as last seen
     _default_lines: ClassVar[bytes] = b""  # ... and written as header lines
 
@@ -148,6 +158,7 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()  # the scope, with what this request's url and header callbacks gathered
         self.url, self.headers, self.expect_100_continue = url, headers, expect_100_continue
         self.scope["headers"] = headers
+        self._asgi_body_since = time.perf_counter()  # its body's time starts (the ASGI path is not the hot one)
         super().on_headers_complete()
 
     def _direct(self, app: KaonApp) -> bool:
@@ -268,6 +279,8 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.pipeline or self.transport.is_closing():
             super().on_response_complete()
+            if self._idle_timer is None and not self.transport.is_closing():  # a pipelined body is still timed
+                self._idle_timer = self.loop.call_at(self.loop.time() + self._check_every_s, self._idle_check)
             return
         # uvicorn's, but the keep-alive timer is armed once and checked when it fires (see _idle_check): a
         # call_later and a cancel per request cost ~1.7 us, 4% of a small model's request at c64
@@ -277,7 +290,7 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
         self.flow.resume_reading()
         self._idle_since = self.loop.time()
         if self._idle_timer is None:
-            self._idle_timer = self.loop.call_at(self._idle_since + self.timeout_keep_alive, self._idle_check)
+            self._idle_timer = self.loop.call_at(self._idle_since + self._check_every_s, self._idle_check)
 
     def _unset_keepalive_if_required(self) -> None:  # uvicorn calls it when data arrives and when the peer is gone
         self._idle_since = None
@@ -285,16 +298,66 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
             super()._unset_keepalive_if_required()
 
     def _idle_check(self) -> None:
-        """Close the connection if it has been idle for the keep-alive timeout (uvicorn's timeout_keep_alive, 5 s),
-        as uvicorn's timer does; busy, or idle for less, it is checked again when that timeout would end."""
+        """The connection's timer. Idle: close it once idle for the keep-alive timeout (uvicorn's
+        timeout_keep_alive, 5 s), as uvicorn's timer does. A request arriving (or none yet on a new connection):
+        its body has body_timeout_s from its headers (`_body_timed_out`). A request in full being answered: its
+        response re-arms the timer. The timer never waits longer than `_check_every_s`, so a body's deadline is
+        met on time; a deadline or keep-alive end nearer than that is waited for exactly."""
         self._idle_timer = None
-        if self._idle_since is None or self.transport.is_closing():  # a request is on: its response re-arms it
+        if self.transport.is_closing() or self not in self.connections:  # closed, or handed to a WebSocket
             return
-        closes_at = self._idle_since + self.timeout_keep_alive
-        if self.loop.time() >= closes_at:
-            self.timeout_keep_alive_handler()
-        else:
-            self._idle_timer = self.loop.call_at(closes_at, self._idle_check)
+        now = self.loop.time()
+        if self._idle_since is not None:
+            closes_at = self._idle_since + self.timeout_keep_alive
+            if now >= closes_at:
+                self.timeout_keep_alive_handler()
+            else:
+                self._idle_timer = self.loop.call_at(min(closes_at, now + self._check_every_s), self._idle_check)
+            return
+        if not self._in_body and self.cycle is not None:  # a request in full, being answered
+            return
+        next_at = now + self._check_every_s
+        since = self._body_since()
+        if since is not None:
+            left_s = since + self._body_timeout_s - time.perf_counter()
+            if left_s <= 0:
+                self._body_timed_out()
+                return
+            next_at = min(next_at, now + left_s)
+        self._idle_timer = self.loop.call_at(next_at, self._idle_check)
+
+    def _body_since(self) -> float | None:
+        """When the body now arriving started to (perf_counter: its headers were in); None when none is (no
+        request yet, or one whose headers are still arriving)."""
+        if not self._in_body:
+            return None
+        cycle: Any = self.cycle
+        if self._direct_request:  # set from this request's headers on, until the next request begins
+            return float(cycle.started)
+        if type(cycle) is DirectCycle or cycle is None or not cycle.more_body:  # the last request's cycle
+            return None
+        if self.flow.read_paused or cycle.waiting_for_100_continue:
+            # uvicorn holds it (a pipelined request waits its turn, the app has not read the body so far, or the
+            # client waits for a 100 Continue): not the client's delay, and its time starts again from here
+            self._asgi_body_since = time.perf_counter()
+        return self._asgi_body_since
+
+    def _body_timed_out(self) -> None:
+        """A 408 in kaon's error envelope (unless the request's response has begun), and the connection closes."""
+        app, cycle = self.kaon_app, self.cycle
+        if app is not None and not getattr(cycle, "response_started", False):  # a DirectCycle writes at its end
+            direct: Any = cycle if type(cycle) is DirectCycle else None
+            path = direct.path if direct else self.scope["path"]
+            method = "POST" if direct else self.scope["method"]
+            headers = direct.headers if direct else decode_headers(self.scope["headers"])
+            answer = app.failed_answer(method, path, RequestTimeoutError(
+                f"the request's body did not arrive in full within {self._body_timeout_s:g} s of its headers "
+                f"(--body-timeout-s). Send the whole body at once, or raise --body-timeout-s for slow uploads."),
+                headers)
+            self._write(app, answer, keep_alive=False)
+            if direct:  # the ASGI path's request records its own outcome once it sees the connection gone
+                app.finish(answer, direct.started)
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._idle_timer is not None:
@@ -308,3 +371,10 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+        app = self.kaon_app
+        if app is not None:
+            self._body_timeout_s = app.config.body_timeout_s
+        keep_alive_s = self.timeout_keep_alive  # 0 (close once answered) would make the timer spin
+        self._check_every_s = min(keep_alive_s, self._body_timeout_s) if keep_alive_s > 0 else self._body_timeout_s
+        # armed once per connection: its first request's body is timed too (a response re-arms it after)
+        self._idle_timer = self.loop.call_at(self.loop.time() + self._check_every_s, self._idle_check)

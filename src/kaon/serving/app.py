@@ -385,9 +385,13 @@ class KaonApp:
                 await annotating
         return Answer(response, request_id, label, method, path, request)
 
-    def failed_answer(self, method: str, path: str, exc: BaseException) -> Answer:
-        """The 500 for a request `answer` itself failed on (a bug, logged with its trace and request id)."""
-        request_id = self._next_request_id()
+    def failed_answer(self, method: str, path: str, exc: BaseException,
+                      headers: dict[str, str] | None = None) -> Answer:
+        """The error answer for a request `answer` did not answer: the 500 for one it failed on itself (a bug,
+        logged with its trace and request id), or the server's 408 for a body that did not arrive in time.
+        `headers`: the request's, when they are known (a client's own x-request-id is echoed)."""
+        sent = headers.get("x-request-id") if headers else None
+        request_id = _client_request_id(sent) or self._next_request_id()
         is_v2 = path.startswith("/v2")
         return Answer(error_response(exc, request_id, v2=is_v2), request_id,
                       _label(self.routes.get((method, path)), is_v2), method, path, None)

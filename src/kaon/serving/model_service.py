@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from kaon._internal.scores import are_probabilities
 from kaon.errors import InvalidInputError
 from kaon.models import Model
 from kaon.serving.batcher import run_by_shape
@@ -37,11 +38,30 @@ def is_classifier(name: str, array: np.ndarray, labels: list[str] | None) -> boo
     return bool(labels) or not any(word in name.lower() for word in _NOT_CLASS_SCORES)
 
 
+# Rows of scores that sum to 1 within this are probabilities already (else logits, for a softmax). Wider than
+# kaon._internal.scores' 1e-3: a model served in bf16 rounds each probability by up to 0.002, and a quarter of
+# its rows miss 1 by more than 1e-3; a row of logits that is non-negative and sums to 1 within 1e-2 is no real case.
+PROBABILITY_ATOL = 1e-2
+
+
+def top_probabilities(scores: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """The probabilities of the classes `top` picks from each row of `scores` (N, classes), best first: the
+    scores themselves where every row is a distribution already, else their softmax's (the same that
+    kaon._internal.scores.probabilities and the explanations read)."""
+    scores = np.asarray(scores, dtype=np.result_type(scores.dtype, np.float32))
+    picked = np.take_along_axis(scores, top, axis=1)
+    if are_probabilities(scores, atol=PROBABILITY_ATOL):
+        return picked
+    best = picked[:, :1]  # each row's largest score: top[:, 0] is its argmax
+    return np.exp(picked - best) / np.exp(scores - best).sum(axis=1, keepdims=True)
+
+
 def rows_to_predictions(outputs: dict[str, np.ndarray], labels: list[str] | None,
                         top_k: int = 0) -> list[dict[str, Any]]:
     """Split batched outputs into one JSON-ready dict per input; classifiers (`is_classifier`) also get a
     'label'. With `top_k` > 0 a classifier's row is `{"label", "top_k": [{"label", "score"}, ...]}` instead of
-    every class's score: 1,000 ImageNet scores cost more to write as JSON than the model takes to run."""
+    every class's score: 1,000 ImageNet scores cost more to write as JSON than the model takes to run. The
+    scores are probabilities (`top_probabilities`: logits go through a softmax)."""
     names = list(outputs)
     count = len(outputs[names[0]])
     classify = len(names) == 1 and is_classifier(names[0], outputs[names[0]], labels)
@@ -52,7 +72,7 @@ def rows_to_predictions(outputs: dict[str, np.ndarray], labels: list[str] | None
     if classify and top_k > 0:
         scores = outputs[names[0]]
         top = top_k_indices(scores, min(top_k, scores.shape[1]))
-        top_scores = np.take_along_axis(scores, top, axis=1).tolist()
+        top_scores = top_probabilities(scores, top).tolist()
         return [{"label": label(row[0]),
                  "top_k": [{"label": label(c), "score": v} for c, v in zip(row, vals, strict=True)]}
                 for row, vals in zip(top.tolist(), top_scores, strict=True)]
