@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import httpx
@@ -145,3 +146,87 @@ def test_workers_need_a_target_they_can_load_themselves():
 
     with pytest.raises(ConfigError, match="must be a model file, a registry reference or path/to/service.py"):
         serve_workers(object(), ServeConfig(workers=2))
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    return inodes
+
+
+def _tcp_sockets(port: int, state: str) -> set[str]:
+    """Inodes of this machine's IPv4 TCP sockets on local `port` in `state` (0A: listening, 01: established)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
+            found.add(fields[9])
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT spreads connections on Linux only")
+def test_each_worker_listens_on_its_own_socket_and_connections_spread_over_them(models_dir, tmp_path):
+    """One shared listening socket went to whichever worker accepted first: a worker busy with a batch accepted
+    nothing, and all of a client's keep-alive connections could land on the other (half the throughput)."""
+    server = Server(["serve", str(models_dir / "digits.pt2"), "--workers", "2"],
+                    env={"KAON_HOME": str(tmp_path / "home")})
+    clients: list[socket.socket] = []
+    try:
+        import time
+
+        server.wait_ready(timeout_s=120)  # one worker answers; the other may still be loading
+        port = server.port
+        workers = _children(server.proc.pid)
+        deadline = time.monotonic() + 60
+        while True:
+            listening = _tcp_sockets(port, "0A")
+            own = {pid: _socket_inodes(pid) & listening for pid in workers}
+            if all(own.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert all(len(inodes) == 1 for inodes in own.values()), own  # each its own listening socket
+        assert len(set.union(*own.values())) == 2
+        assert not _socket_inodes(server.proc.pid) & listening  # the supervisor's holds the port, not listening
+        for _ in range(32):
+            client = socket.create_connection(("127.0.0.1", port), timeout=10)
+            clients.append(client)
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert client.recv(4096).startswith(b"HTTP/1.1 200")
+        established = _tcp_sockets(port, "01")
+        counts = [len(_socket_inodes(pid) & established) for pid in workers]
+        # spread by a hash of the addresses: 32 connections all but never leave a worker with fewer than 4
+        assert sum(counts) == 32 and min(counts) >= 4, counts
+    finally:
+        for client in clients:
+            client.close()
+        server.stop()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT spreads connections on Linux only")
+def test_a_second_workers_server_on_the_port_is_refused_even_while_the_first_starts(models_dir, tmp_path):
+    """The first's port-holding socket does not listen, and its workers listen only once loaded: without a lock the
+    second's port check would pass meanwhile, and its SO_REUSEPORT workers would share the first's port."""
+    import subprocess
+    import time
+
+    first = Server(["serve", str(models_dir / "digits.pt2"), "--workers", "2"], env={"KAON_HOME": str(tmp_path / "a")})
+    try:
+        port = first.port
+        deadline = time.monotonic() + 60
+        while len(_children(first.proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)  # the first holds the port; its workers are loading
+        second = subprocess.run([sys.executable, "-m", "kaon.cli", "serve", str(models_dir / "digits.pt2"),
+                                 "--workers", "2", "--port", str(port)], capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "KAON_HOME": str(tmp_path / "b")})
+        assert second.returncode != 0
+        assert "another `kaon serve --workers` is starting or serving on port" in second.stdout + second.stderr
+        first.wait_ready(timeout_s=120)  # the first is unharmed
+        assert httpx.get(first.url + "/readyz").status_code == 200
+    finally:
+        first.stop()

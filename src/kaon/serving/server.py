@@ -122,14 +122,23 @@ def serve(target: Service | type[Service] | KaonApp, config: ServeConfig | None 
         http=_http_protocol(app), loop="uvloop" if _has("uvloop") else "asyncio",
         **tls,
     ))
-    from kaon.serving.workers import LISTEN_FD_ENV, bind_listener, mark_ready, watch_supervisor
+    from kaon.serving.workers import (
+        LISTEN_FD_ENV,
+        REUSE_PORT_ENV,
+        bind_listener,
+        mark_ready,
+        reuse_port_socket,
+        watch_supervisor,
+    )
 
     listen_fd = os.environ.get(LISTEN_FD_ENV)
-    if listen_fd:  # a worker of `kaon serve --workers N`: accept on the supervisor's socket, banner to it
-        # set up before accepting (the lifespan waits for it): the other workers take the traffic meanwhile
+    if listen_fd or os.environ.get(REUSE_PORT_ENV) == "1":  # a worker of `kaon serve --workers N`, banner to it
+        # set up before accepting (the lifespan waits for it): the other workers take the traffic meanwhile; its own
+        # socket (SO_REUSEPORT) listens only from then on, so the kernel sends it no connection before
         app.on_ready = lambda: mark_ready(banner(app, config))
         watch_supervisor()
-        server.run(sockets=[socket.socket(fileno=int(listen_fd))])
+        sock = socket.socket(fileno=int(listen_fd)) if listen_fd else reuse_port_socket(config.host, config.port)
+        server.run(sockets=[sock])
     else:
         # one process: accept at once, so health probes are answered while setup() loads the model
         app.background_setup = True

@@ -2,11 +2,16 @@
 
 One Python process serves on one core: its event loop and its batches share one GIL. On a GPU that caps
 ResNet-50 with JPEG bodies at ~2,000 img/s while the card does ~14,000 (BENCHMARKS.md). Workers are
-separate processes, each with its own model copy, batcher and event loop, accepting on one listening
-socket that this supervisor binds first (a taken port fails here, before any model loads) and passes on.
+separate processes, each with its own model copy, batcher and event loop. The supervisor checks the port first
+(a taken port fails here, before any model loads). On Linux each worker then listens on a socket of its own
+(SO_REUSEPORT), once its model is loaded, and the kernel spreads new connections over the workers by a hash of
+their addresses; the supervisor keeps a bound socket that does not listen, which holds the port meanwhile. One
+listening socket shared by every worker (elsewhere) goes to whichever worker accepts first: a worker in the middle
+of a batch accepts nothing, so a client's 64 keep-alive connections could all land on the other one (measured:
+in 2 of 6 wrk runs of the heavy CNN, --workers 2 served at half its rate).
 
-    supervisor (binds host:port, prints the banner, forwards Ctrl-C/SIGTERM, restarts a worker that dies)
-       |-> worker 0: python -m kaon.cli serve TARGET   (KAON_* settings, the socket's fd, KAON_WORKER_INDEX=0)
+    supervisor (checks and holds host:port, prints the banner, forwards Ctrl-C/SIGTERM, restarts a dead worker)
+       |-> worker 0: python -m kaon.cli serve TARGET   (KAON_* settings, KAON_REUSE_PORT=1, KAON_WORKER_INDEX=0)
        |-> worker 1: ...
 
 Metrics are summed across workers (kaon.serving.metrics, prometheus_client's multiprocess mode). Each worker
@@ -36,7 +41,8 @@ from kaon.errors import ConfigError
 
 log = logging.getLogger("kaon.serving.workers")
 
-LISTEN_FD_ENV = "KAON_LISTEN_FD"
+LISTEN_FD_ENV = "KAON_LISTEN_FD"  # the shared listening socket's fd, where SO_REUSEPORT is not used
+REUSE_PORT_ENV = "KAON_REUSE_PORT"  # "1": the worker listens on a socket of its own (`reuse_port_socket`)
 READY_FILE_ENV = "KAON_READY_FILE"
 WORKER_INDEX_ENV = "KAON_WORKER_INDEX"
 SUPERVISOR_PID_ENV = "KAON_SUPERVISOR_PID"
@@ -45,10 +51,53 @@ RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
-    """The listening socket every worker accepts on. A taken port is a clear error."""
+    """The listening socket every worker accepts on (or one process serves on). A taken port is a clear error."""
+    sock = _bound(host, port, reuse_port=False)
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def reuse_port_supported() -> bool:
+    """Whether the kernel spreads a port's connections over the sockets listening on it (Linux's SO_REUSEPORT;
+    BSD and macOS have the option but hand every connection to one socket)."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port beside others (SO_REUSEPORT) and not listening yet: the supervisor's holds the
+    port and never listens, so the kernel hands it no connection; a worker's listens once its model is loaded
+    (uvicorn's server starts serving on it then)."""
+    return _bound(host, port, reuse_port=True)
+
+
+def _claim_port(host: str, port: int) -> Any:
+    """This machine's lock for kaon workers on `port`, held until the supervisor exits (or dies): the holding socket
+    does not listen, so until a worker listens a second supervisor's port check would pass, and its workers'
+    SO_REUSEPORT sockets would join this one's, two servers silently sharing one port. None where the lock file is
+    another user's: SO_REUSEPORT joins only sockets of one user."""
+    import fcntl
+
+    path = Path(tempfile.gettempdir()) / f"kaon-workers-port-{port}.lock"
+    try:
+        handle = open(path, "a")  # noqa: SIM115 - kept open: the lock lasts as long as the file is
+    except OSError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: another `kaon serve --workers` is starting or serving on "
+                          f"port {port} (it holds {path}). Pick another --port, or stop that server.") from None
+    return handle
+
+
+def _bound(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -60,13 +109,12 @@ def bind_listener(host: str, port: int) -> socket.socket:
         else:  # an address this machine does not have, or cannot parse
             advice = "Check --host: an address of this machine, such as 127.0.0.1 or 0.0.0.0 (every interface)."
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}. {advice}") from exc
-    sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 
-def worker_env(config: ServeConfig, fd: int, index: int, metrics_dir: str, ready_file: Path) -> dict[str, str]:
-    """A worker's environment: every setting as its KAON_* variable (ServeConfig.from_env reads them back)."""
+def worker_env(config: ServeConfig, fd: int | None, index: int, metrics_dir: str, ready_file: Path) -> dict[str, str]:
+    """A worker's environment: every setting as its KAON_* variable (ServeConfig.from_env reads them back), and
+    the shared listening socket's `fd`, or None for a socket of the worker's own (`reuse_port_socket`)."""
     env = dict(os.environ)
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
@@ -80,10 +128,13 @@ def worker_env(config: ServeConfig, fd: int, index: int, metrics_dir: str, ready
     for name in ("KAON_NUM_THREADS", "OMP_NUM_THREADS"):  # onnxruntime (kaon.models.onnx), torch
         env.setdefault(name, share)  # the user's own setting wins
     env[PROCESS_CORES_ENV] = share  # the batcher runs batches inline in a one-core worker (batcher.py)
-    env.update({"KAON_WORKERS": "1", LISTEN_FD_ENV: str(fd), WORKER_INDEX_ENV: str(index),
+    env.update({"KAON_WORKERS": "1", WORKER_INDEX_ENV: str(index),
                 SUPERVISOR_PID_ENV: str(os.getpid()),
                 READY_FILE_ENV: str(ready_file), "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
                 "PYTHONUNBUFFERED": "1"})
+    env.pop(LISTEN_FD_ENV, None)
+    env.pop(REUSE_PORT_ENV, None)
+    env.update({REUSE_PORT_ENV: "1"} if fd is None else {LISTEN_FD_ENV: str(fd)})
     return env
 
 
@@ -122,7 +173,13 @@ class Supervisor:
         self.workdir = Path(tempfile.mkdtemp(prefix="kaon-workers-"))
         self.metrics_dir = self.workdir / "metrics"
         self.metrics_dir.mkdir()
+        # a taken port fails here; then, on Linux, a socket that holds the port while each worker listens on its own
+        self.shared = not reuse_port_supported()
+        self._lock = None if self.shared else _claim_port(config.host, config.port)
         self.sock = bind_listener(config.host, config.port)
+        if not self.shared:
+            self.sock.close()
+            self.sock = reuse_port_socket(config.host, config.port)
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * config.workers
         self.restarts = [0] * config.workers
         self.stopping = False
@@ -132,9 +189,10 @@ class Supervisor:
 
     def _start(self, index: int) -> None:
         self._ready_file(index).unlink(missing_ok=True)
-        env = worker_env(self.config, self.sock.fileno(), index, str(self.metrics_dir), self._ready_file(index))
+        fd = self.sock.fileno() if self.shared else None
+        env = worker_env(self.config, fd, index, str(self.metrics_dir), self._ready_file(index))
         self.procs[index] = subprocess.Popen(
-            [sys.executable, "-m", "kaon.cli", "serve", self.target], env=env, pass_fds=(self.sock.fileno(),),
+            [sys.executable, "-m", "kaon.cli", "serve", self.target], env=env, pass_fds=(fd,) if fd else (),
             stdin=subprocess.DEVNULL)
 
     def run(self, print_banner: bool = True) -> int:
@@ -157,6 +215,8 @@ class Supervisor:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.sock.close()
+            if self._lock is not None:
+                self._lock.close()
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
