@@ -225,6 +225,21 @@ def test_on_one_core_batches_up_to_the_one_core_limit_run_on_the_event_loop(monk
     assert Batcher(handler, max_batch_size=1, max_wait_ms=1, max_queue=1, inline_max_s=0.5).inline_max_s == 0.5
 
 
+def test_a_one_core_process_driving_a_gpu_keeps_its_batches_in_the_thread(monkeypatch):
+    """While a batch runs on the card, the event loop decodes the next requests: inline would leave the GPU idle."""
+    import sys
+    import types
+
+    from kaon.serving import batcher as batcher_module
+
+    monkeypatch.setenv("KAON_PROCESS_CORES", "1")
+    for started in (False, True):  # a stand-in for torch: only whether CUDA was initialized matters here
+        fake = types.SimpleNamespace(cuda=types.SimpleNamespace(is_initialized=lambda started=started: started))
+        monkeypatch.setitem(sys.modules, "torch", fake)
+        assert batcher_module.default_inline_max_s() == (batcher_module.INLINE_MAX_S if started
+                                                         else batcher_module.ONE_CORE_INLINE_MAX_S)
+
+
 def test_a_process_counts_its_cores_from_its_worker_share_or_its_affinity(monkeypatch):
     import os
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -37,8 +38,15 @@ ONE_CORE_INLINE_MAX_S = 0.1
 
 
 def default_inline_max_s() -> float:
-    """How long a batch may take and still run on the event loop, for this process."""
-    return ONE_CORE_INLINE_MAX_S if process_cores() <= 1 else INLINE_MAX_S
+    """How long a batch may take and still run on the event loop, for this process. A process driving a GPU keeps
+    the thread on one core too: while a batch runs on the card, the event loop reads and decodes the next ones."""
+    return ONE_CORE_INLINE_MAX_S if process_cores() <= 1 and not _uses_cuda() else INLINE_MAX_S
+
+
+def _uses_cuda() -> bool:
+    """Whether this process has started CUDA (a served model on a GPU: setup() runs before the batchers exist)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and bool(torch.cuda.is_initialized())
 
 
 @dataclass(frozen=True)
