@@ -230,3 +230,28 @@ def test_a_second_workers_server_on_the_port_is_refused_even_while_the_first_sta
         assert httpx.get(first.url + "/readyz").status_code == 200
     finally:
         first.stop()
+
+
+def test_workers_on_port_0_all_serve_the_one_port_the_system_picked(models_dir, tmp_path):
+    """Each worker binding port 0 itself would get a port of its own."""
+    import re
+    import subprocess
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "kaon.cli", "serve", str(models_dir / "digits.pt2"), "--workers",
+                             "2", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "KAON_HOME": str(tmp_path / "home")})
+    try:
+        seen = ""
+        deadline = time.monotonic() + 120
+        while "kaon is serving" not in seen and time.monotonic() < deadline and proc.poll() is None:
+            seen += proc.stdout.readline()  # type: ignore[union-attr]
+        urls = re.findall(r"http://127\.0\.0\.1:(\d+)", seen)
+        assert urls and urls[0] != "0", seen
+        port = int(urls[0])
+        listening = _tcp_sockets(port, "0A")
+        assert all(_socket_inodes(pid) & listening for pid in _children(proc.pid)), "a worker is not on the port"
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)

@@ -175,10 +175,15 @@ class Supervisor:
         self.metrics_dir.mkdir()
         # a taken port fails here; then, on Linux, a socket that holds the port while each worker listens on its own
         self.shared = not reuse_port_supported()
-        self._lock = None if self.shared else _claim_port(config.host, config.port)
         self.sock = bind_listener(config.host, config.port)
+        if config.port == 0:  # the port the system picked, for every worker and the banner
+            self.config = config = dataclasses.replace(config, port=self.sock.getsockname()[1])
+        self._lock = None
         if not self.shared:
-            self.sock.close()
+            try:
+                self._lock = _claim_port(config.host, config.port)
+            finally:
+                self.sock.close()
             self.sock = reuse_port_socket(config.host, config.port)
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * config.workers
         self.restarts = [0] * config.workers
