@@ -39,7 +39,9 @@ def test_every_method_builds_a_loadable_measured_variant(optimized, digits):
         assert variant.size_bytes > 0 and variant.p50_ms_b1 > 0 and variant.throughput_b64 > 0
         assert variant.threads == 1 and variant.device == "cpu"
         model = load_file(variant.files.get("model.onnx") or variant.files["model.pt2"])
-        probs = model.predict(digits.x_test)
+        # in the optimizer's batches (measure.predict): int8-dynamic scales each batch's activations by that batch's
+        # range, so one batch of all 360 can flip a near tie that the batches of 256 and 104 did not
+        probs = np.concatenate([model.predict(digits.x_test[i:i + 256]) for i in range(0, len(digits.x_test), 256)])
         assert float(np.mean(probs.argmax(1) == digits.y_test)) == pytest.approx(variant.accuracy, abs=1e-9)
     # int8 goes only where it is faster here: a convolution over one input channel never is
     profile = next(n for n in by_name["int8-dynamic"].notes if n.startswith("per-operator profile at batch 64"))
