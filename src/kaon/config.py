@@ -73,9 +73,10 @@ class ServeConfig:
     max_batch_size: int = 64
     max_wait_ms: float = 2.0
     timeout_s: float = 30.0
-    # a request's body must arrive in full within this of its headers (nginx's client_body_timeout is 60 s): else a
-    # 408 and the connection closes, so a client that stalls mid-body does not hold a connection and its buffer
-    body_timeout_s: float = 60.0
+    # a request must arrive in full, headers and body, within this of its first byte (Go's http.Server ReadTimeout;
+    # nginx's client_header_timeout and client_body_timeout are 60 s each): else a 408 and the connection closes, so
+    # a client that stalls in its headers (slowloris) or mid-body does not hold a connection and its buffer
+    read_timeout_s: float = 60.0
     max_queue: int = 1024
     max_body_bytes: int = 16 * 1024 * 1024
     trust_pickle: bool = False
@@ -110,7 +111,7 @@ class ServeConfig:
             ("max_batch_size", self.max_batch_size >= 1, "an integer >= 1"),
             ("max_wait_ms", self.max_wait_ms >= 0, "a number >= 0"),
             ("timeout_s", self.timeout_s > 0, "a number > 0"),
-            ("body_timeout_s", self.body_timeout_s > 0, "a number > 0"),
+            ("read_timeout_s", self.read_timeout_s > 0, "a number > 0"),
             ("max_queue", self.max_queue >= 1, "an integer >= 1"),
             ("max_body_bytes", self.max_body_bytes >= 1024, "an integer >= 1024"),
             ("request_log_sample", 0.0 <= self.request_log_sample <= 1.0, "a number in [0, 1]"),

@@ -50,7 +50,7 @@ def test_yaml_round_trip_and_scaling_config(tmp_path):
     ({"name": "d", "target": "x", "replicaz": 2}, "replicaz: Extra inputs are not permitted"),
     ({"name": "d", "target": "x", "serve": {"port": 1}}, "unknown kaon serve options ['port']"),
     ({"name": "d", "target": "x", "serve": {"max_batch_size": 0}}, "max_batch_size must be an integer >= 1"),
-    ({"name": "d", "target": "x", "serve": {"body_timeout_s": 0}}, "body_timeout_s must be a number > 0"),
+    ({"name": "d", "target": "x", "serve": {"read_timeout_s": 0}}, "read_timeout_s must be a number > 0"),
     ({"name": "d", "target": "x", "autoscaling": {"policy": "magic"}}, "autoscaling.policy"),
     ({"name": "d", "target": "x", "autoscaling": {"schedule": [{"cron": "* *", "min_replicas": 1}]}}, "five fields"),
     ({"name": "d", "target": "x", "backend": "ray"}, "needs address: HOST:PORT"),
@@ -137,6 +137,6 @@ def test_default_names_come_from_the_target(target, name):
     assert default_name(target) == name
 
 
-def test_a_deployment_passes_the_body_timeout_on_to_its_replicas():
-    deployment = Deployment.parse({"name": "d", "target": "x", "serve": {"body_timeout_s": 5}}, source="d.yaml")
-    assert deployment.replica_env() == {"KAON_BODY_TIMEOUT_S": "5"}
+def test_a_deployment_passes_the_read_timeout_on_to_its_replicas():
+    deployment = Deployment.parse({"name": "d", "target": "x", "serve": {"read_timeout_s": 5}}, source="d.yaml")
+    assert deployment.replica_env() == {"KAON_READ_TIMEOUT_S": "5"}

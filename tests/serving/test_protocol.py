@@ -529,13 +529,13 @@ def test_a_post_counts_as_arriving_from_its_headers_until_it_is_answered_or_gone
     asyncio.run(scenario())
 
 
-def test_a_body_that_stalls_past_body_timeout_s_is_a_408_and_a_closed_connection() -> None:
+def test_a_body_that_stalls_past_read_timeout_s_is_a_408_and_a_closed_connection() -> None:
     """A client that sends its headers and then stalls (or trickles its body) held the connection and its buffer
-    forever. The body has body_timeout_s from its headers to arrive in full: else a 408 envelope, and the connection
-    closes. Checked by the connection's one timer (no timer per request), on either path, on a new connection and
-    on one kept alive after an answered request; a slow body within the time is answered as usual."""
+    forever. The request has read_timeout_s from its first byte to arrive in full: else a 408 envelope, and the
+    connection closes. Checked by the connection's one timer (no timer per request), on either path, on a new
+    connection and on one kept alive after an answered request; a slow body within the time is answered as usual."""
     async def scenario() -> None:
-        async with started(ServeConfig(body_timeout_s=0.3)) as app:
+        async with started(ServeConfig(read_timeout_s=0.3)) as app:
             state = ServerState()
             loop = asyncio.get_running_loop()
             request = post("/double", b'{"xs": [1, 2, 3]}')
@@ -565,7 +565,7 @@ def test_a_body_that_stalls_past_body_timeout_s_is_a_408_and_a_closed_connection
                 status, headers, body = _parts(answer)
                 error = orjson.loads(body)["error"]
                 assert status == 408 and headers["connection"] == "close", name
-                assert error["code"] == "request_timeout" and "--body-timeout-s" in error["message"]
+                assert error["code"] == "request_timeout" and "--read-timeout-s" in error["message"]
                 assert error["request_id"] == headers["x-request-id"]
                 assert (headers["x-request-id"] == "mine-1") is (name != "chunked"), name  # the client's own id
             (answer,) = await _answered(slow_out)
@@ -575,11 +575,12 @@ def test_a_body_that_stalls_past_body_timeout_s_is_a_408_and_a_closed_connection
     asyncio.run(scenario())
 
 
-def test_a_request_being_answered_or_an_idle_connection_is_not_timed_as_a_body() -> None:
-    """Only a body still arriving is timed: a request in full that takes longer than body_timeout_s to answer is
-    answered, and an idle kept-alive connection closes at the keep-alive timeout, as before, without a 408."""
+def test_a_request_being_answered_or_an_idle_connection_is_not_timed_as_arriving() -> None:
+    """Only a request still arriving is timed: a request in full that takes longer than read_timeout_s to answer is
+    answered, and an idle kept-alive connection closes at the keep-alive timeout, as before, without a 408. A
+    request pipelined behind one being answered is timed from that answer on: its 408 does not cut the answer."""
     async def scenario() -> None:
-        async with started(ServeConfig(body_timeout_s=0.2)) as app:
+        async with started(ServeConfig(read_timeout_s=0.2)) as app:
             config = uvicorn.Config(app, http=KaonHttpToolsProtocol.for_app(app), lifespan="off",
                                     log_level="warning", timeout_keep_alive=0.6)
             config.load()
@@ -587,7 +588,9 @@ def test_a_request_being_answered_or_an_idle_connection_is_not_timed_as_a_body()
             transport = Connection()
             protocol.connection_made(transport)
             loop = asyncio.get_running_loop()
-            protocol.data_received(post("/slow", b'{"seconds": 0.5}'))  # 0.5 s to answer: past the body's 0.2 s
+            piped, piped_out = await _connection(app, ServerState())
+            piped.data_received(post("/slow", b'{"seconds": 0.5}') + post("/double", b'{"xs": [1]}')[:30])
+            protocol.data_received(post("/slow", b'{"seconds": 0.5}'))  # 0.5 s to answer: past the read's 0.2 s
             (answer,) = await _answered(transport)
             assert _parts(answer)[0] == 200 and not transport.closed
             idle_from = loop.time()
@@ -595,6 +598,158 @@ def test_a_request_being_answered_or_an_idle_connection_is_not_timed_as_a_body()
                 await asyncio.sleep(0.01)
             assert transport.closed and 0.55 <= loop.time() - idle_from <= 0.9  # the keep-alive timeout
             assert b"".join(transport.writes).count(b"HTTP/1.1 ") == 1  # no 408
+            assert piped_out.closed and [_parts(a)[0] for a in await _answered(piped_out, 2)] == [200, 408]
+
+    asyncio.run(scenario())
+
+
+def test_a_connection_that_sends_no_request_is_closed_after_the_keep_alive_timeout() -> None:
+    """uvicorn arms its keep-alive timer only once a response is complete: a connection that never sent a request
+    (or only blank lines) was held forever, 10,000 of them 10,000 file descriptors. The time before a connection's
+    first request is idle time like that between requests; a first request within it is answered as usual."""
+    async def scenario() -> None:
+        async with started() as app:
+            config = uvicorn.Config(app, http=KaonHttpToolsProtocol.for_app(app), lifespan="off",
+                                    log_level="warning", timeout_keep_alive=0.3)
+            config.load()
+            loop = asyncio.get_running_loop()
+            connections = []
+            for _ in range(3):
+                protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
+                transport = Connection()
+                protocol.connection_made(transport)
+                connections.append((protocol, transport))
+            opened_at = loop.time()
+            (_, silent), (blank, blank_out), (busy, busy_out) = connections
+            await asyncio.sleep(0.2)
+            blank.data_received(b"\r\n")  # no request begins: still idle
+            busy.data_received(post("/double", b'{"xs": [1]}'))  # its first request, within the timeout
+            assert _parts((await _answered(busy_out))[0])[0] == 200
+            while not silent.closed and loop.time() - opened_at < 3:
+                await asyncio.sleep(0.01)
+            assert silent.closed and not silent.writes and 0.28 <= loop.time() - opened_at <= 0.6
+            assert not busy_out.closed  # idle only from its answer on
+            while not blank_out.closed and loop.time() - opened_at < 3:
+                await asyncio.sleep(0.01)
+            assert blank_out.closed and not blank_out.writes and loop.time() - opened_at <= 0.9
+
+    asyncio.run(scenario())
+
+
+def test_headers_that_stall_past_read_timeout_s_are_a_408_and_a_closed_connection() -> None:
+    """Slowloris: a client that sends a request's headers slowly, a line every while, never finishing, held the
+    connection forever (the body's time starts at the headers' end, and each piece put off the keep-alive close).
+    A request must arrive in full, headers and body, within read_timeout_s of its first byte: else a 408 envelope
+    and the connection closes. Headers that take a while but arrive in time are answered as usual."""
+    async def scenario() -> None:
+        async with started(ServeConfig(read_timeout_s=0.4)) as app:
+            state = ServerState()
+            loop = asyncio.get_running_loop()
+            request = post("/double", b'{"xs": [1, 2, 3]}', "x-request-id: mine-2")
+            stalled = {}
+            for name in ("request line", "some headers", "kept alive", "a line at a time"):
+                protocol, out = await _connection(app, state)
+                if name == "kept alive":
+                    protocol.data_received(post("/double", b'{"xs": [1]}'))
+                    assert [_parts(a)[0] for a in await _answered(out)] == [200]
+                    out.writes.clear()
+                # httptools hands a header over once the next one begins: "con" delivers x-request-id
+                cut = 12 if name == "request line" else request.index(b"content-length") + 3
+                protocol.data_received(request[:cut])
+                stalled[name] = (protocol, out, loop.time())
+            trickling, _, _ = stalled["a line at a time"]
+            slow, slow_out = await _connection(app, state)
+            for start in range(0, len(request), len(request) // 3 + 1):  # three pieces over 0.2 s: in time
+                slow.data_received(request[start:start + len(request) // 3 + 1])
+                trickling.data_received(b"x-more: 1\r\n")  # a header line every 0.1 s, never the last
+                await asyncio.sleep(0.1)
+            (answer,) = await _answered(slow_out)
+            assert _parts(answer)[0] == 200 and _parts(answer)[2] == b"[2.0,4.0,6.0]" and not slow_out.closed
+            for name, (_, out, since) in stalled.items():
+                while not out.closed and loop.time() - since < 3:
+                    await asyncio.sleep(0.01)
+                assert out.closed and 0.35 <= loop.time() - since <= 1.0, (name, loop.time() - since)
+                (answer,) = await _answered(out)
+                status, headers, body = _parts(answer)
+                error = orjson.loads(body)["error"]
+                assert status == 408 and headers["connection"] == "close", name
+                assert error["code"] == "request_timeout" and "headers" in error["message"], error
+                assert "--read-timeout-s" in error["message"]
+                assert (headers["x-request-id"] == "mine-2") is (name != "request line"), name  # the client's own
+            assert 'kaon_requests_total{route="/double",status="408"} 3.0' in app.metrics.render().decode()
+
+    asyncio.run(scenario())
+
+
+async def _real_server(app: KaonApp, **options: Any) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """`app` served by uvicorn on a free loopback port, in this event loop, with kaon's protocol."""
+    from tests.servers import free_port
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), http=KaonHttpToolsProtocol.for_app(app),
+                            lifespan="off", log_level="warning", **options)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    return server, task
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes, bool]:
+    """One response: status, headers, body, and whether the server closed the connection after it."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    status, headers, _ = _parts(head)
+    body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", 0))), 3)
+    closed = headers.get("connection") == "close" and await asyncio.wait_for(reader.read(1), 3) == b""
+    return status, headers, body, closed
+
+
+def test_a_real_server_closes_silent_and_slowloris_connections_and_serves_others_meanwhile() -> None:
+    """Over loopback sockets: a connection that sends nothing is closed after the keep-alive timeout, one whose
+    headers trickle in gets its 408 at read_timeout_s, while other clients, and one whose body takes a while but
+    arrives in time, are answered."""
+    async def scenario() -> None:
+        async with started(ServeConfig(read_timeout_s=1.0)) as app:
+            server, serving = await _real_server(app, timeout_keep_alive=0.5)
+            port = server.config.port
+            loop = asyncio.get_running_loop()
+            request = post("/double", b'{"xs": [1, 2, 3]}')
+            try:
+                silent_reader, silent = await asyncio.open_connection("127.0.0.1", port)
+                loris_reader, loris = await asyncio.open_connection("127.0.0.1", port)
+                since = loop.time()
+
+                async def silent_closed_after_s() -> float:
+                    assert await asyncio.wait_for(silent_reader.read(1), 3) == b""  # closed, nothing written
+                    return loop.time() - since
+
+                async def trickle() -> tuple[int, bytes, bool, float]:  # a header line every 0.3 s, never the last
+                    loris.write(request[:request.index(b"content-length")])
+                    answering = asyncio.create_task(_read_response(loris_reader))
+                    while not answering.done():
+                        await asyncio.wait([answering], timeout=0.3)
+                        loris.write(b"x-more: 1\r\n")
+                    status, _, body, closed = answering.result()
+                    return status, body, closed, loop.time() - since
+
+                silent_closed = asyncio.create_task(silent_closed_after_s())
+                loris_answered = asyncio.create_task(trickle())
+                other_reader, other = await asyncio.open_connection("127.0.0.1", port)
+                other.write(request)
+                assert (await _read_response(other_reader))[::2] == (200, b"[2.0,4.0,6.0]")
+                for start in range(0, len(request), len(request) // 3 + 1):  # over 0.6 s: in time
+                    other.write(request[start:start + len(request) // 3 + 1])
+                    await asyncio.sleep(0.3)
+                status, _, body, closed = await _read_response(other_reader)
+                assert (status, body, closed) == (200, b"[2.0,4.0,6.0]", False)
+                assert 0.45 <= await silent_closed <= 0.9
+                status, body, closed, after_s = await loris_answered
+                assert status == 408 and closed and 0.95 <= after_s <= 1.6, (status, after_s)
+                assert orjson.loads(body)["error"]["code"] == "request_timeout"
+                for writer in (silent, loris, other):
+                    writer.close()
+            finally:
+                server.should_exit = True
+                await serving
 
     asyncio.run(scenario())
 
@@ -631,7 +786,7 @@ def test_a_real_server_answers_408_to_a_stalled_body_and_serves_other_clients_me
     from tests.servers import Server
 
     (tmp_path / "echo.py").write_text(SLOW_CLIENT_SERVICE)
-    server = Server(["serve", f"{tmp_path / 'echo.py'}:Echo", "--body-timeout-s", "1"],
+    server = Server(["serve", f"{tmp_path / 'echo.py'}:Echo", "--read-timeout-s", "1"],
                     env={"KAON_HOME": str(tmp_path / "home")})
     try:
         server.wait_ready()

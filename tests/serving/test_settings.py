@@ -14,18 +14,18 @@ from kaon.errors import ConfigError, InvalidInputError
     ({"log_level": "loud"}, "log_level must be one of critical, error, warning"),  # was uvicorn's KeyError
     ({"name": "my model/x"}, "part of the V2 routes' paths"),  # its V2 routes could not be reached
     ({"max_batch": 3}, "did you mean max_batch_size?"),  # was a raw TypeError from the dataclass
-    ({"body_timeout_s": 0}, r"body_timeout_s must be a number > 0. Received: body_timeout_s=0"),
+    ({"read_timeout_s": 0}, r"read_timeout_s must be a number > 0. Received: read_timeout_s=0"),
 ])
 def test_bad_settings_are_config_errors_naming_the_fix(settings, words):
     with pytest.raises(ConfigError, match=words):
         ServeConfig.from_env(**settings)
 
 
-def test_body_timeout_s_is_60_s_unless_its_flag_or_variable_says_otherwise(monkeypatch):
-    assert ServeConfig().body_timeout_s == 60.0  # nginx's client_body_timeout
-    monkeypatch.setenv("KAON_BODY_TIMEOUT_S", "2.5")
-    assert ServeConfig.from_env().body_timeout_s == 2.5
-    assert ServeConfig.from_env(body_timeout_s=7).body_timeout_s == 7  # the flag wins
+def test_read_timeout_s_is_60_s_unless_its_flag_or_variable_says_otherwise(monkeypatch):
+    assert ServeConfig().read_timeout_s == 60.0  # nginx's client_header_timeout and client_body_timeout
+    monkeypatch.setenv("KAON_READ_TIMEOUT_S", "2.5")
+    assert ServeConfig.from_env().read_timeout_s == 2.5
+    assert ServeConfig.from_env(read_timeout_s=7).read_timeout_s == 7  # the flag wins
 
 
 def test_serving_a_live_module_says_to_register_or_save_it_first():

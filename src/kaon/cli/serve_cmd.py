@@ -18,8 +18,9 @@ def serve(
     max_batch_size: int = typer.Option(None, help="Largest batch per forward pass. \\[default: 64]"),
     max_wait_ms: float = typer.Option(None, help="Longest a request waits for a batch to fill. \\[default: 2]"),
     timeout_s: float = typer.Option(None, help="Per-request limit; over it: 504. \\[default: 30]"),
-    body_timeout_s: float = typer.Option(None, help="Longest a request's body may take to arrive once its headers "
-                                                    "have; over it: 408 and the connection closes. \\[default: 60]"),
+    read_timeout_s: float = typer.Option(None, help="Longest a request, headers and body, may take to arrive from "
+                                                    "its first byte; over it: 408 and the connection closes. "
+                                                    "\\[default: 60]"),
     max_queue: int = typer.Option(None, help="Queued inputs per endpoint; over it: 503. \\[default: 1024]"),
     max_body_bytes: int = typer.Option(None, help="Largest request body; over it: 413. \\[default: 16 MiB]"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle-based model files."),
@@ -63,7 +64,7 @@ def serve(
 
     config = ServeConfig.from_env(
         name=name, host=host, port=port, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-        timeout_s=timeout_s, body_timeout_s=body_timeout_s, max_queue=max_queue, max_body_bytes=max_body_bytes,
+        timeout_s=timeout_s, read_timeout_s=read_timeout_s, max_queue=max_queue, max_body_bytes=max_body_bytes,
         trust_pickle=trust_pickle or None, log_level=log_level, require_auth=require_auth or None,
         tls_cert=tls_cert, tls_key=tls_key, max_tensor_elements=max_tensor_elements, request_log=request_log,
         request_log_max_per_s=request_log_max_per_s,

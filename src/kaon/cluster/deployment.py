@@ -36,7 +36,7 @@ from kaon.errors import ConfigError, require
 # A DNS label: the name becomes a Kubernetes object name and a Ray Serve application name.
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 # `kaon serve` settings a deployment may set for its replicas (the rest are the backend's).
-SERVE_OPTIONS = ("max_batch_size", "max_wait_ms", "timeout_s", "body_timeout_s", "max_queue", "max_body_bytes",
+SERVE_OPTIONS = ("max_batch_size", "max_wait_ms", "timeout_s", "read_timeout_s", "max_queue", "max_body_bytes",
                  "log_level")
 
 

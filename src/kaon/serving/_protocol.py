@@ -17,14 +17,17 @@ HTTP/1.0, a request pipelined behind another, X-Forwarded-* headers while uvicor
 takes uvicorn's ASGI path as before.
 
 Each connection has one timer, checking timestamps when it fires instead of a timer armed and cancelled per
-request: it closes a connection idle for the keep-alive timeout, and answers 408 and closes one whose request's
-body has not arrived in full within --body-timeout-s of its headers (uvicorn has no such limit: a client that
-sends headers and stalls held a connection and its buffer forever).
+request: it closes a connection idle for the keep-alive timeout, before its first request too, and answers 408
+and closes one whose request has not arrived in full, headers and body, within --read-timeout-s of its first
+byte. uvicorn arms its keep-alive timer only once a response is complete and has no read limit: a connection that
+never sent a request, one that sent headers and stalled, and one trickling header lines (slowloris) were each
+held, with their buffers, forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -108,8 +111,8 @@ class DirectCycle:
                  "response_complete", "started")
 
     def __init__(self, path: str, query: bytes, headers: dict[str, str], keep_alive: bool,
-                 announced: Any) -> None:
-        self.started = time.perf_counter()
+                 announced: Any, started: float) -> None:
+        self.started = started  # perf_counter at the request's first byte
         self.path, self.query, self.headers, self.keep_alive = path, query, headers, keep_alive
         self.announced = announced  # the batcher counting it as on its way in, until `_answer` hands it on
         self.body: bytes | bytearray = b""
@@ -124,14 +127,14 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
 
     kaon_app: ClassVar[KaonApp | None] = None  # set on the subclass `for_app` makes: one per server
     _direct_request = False
-    _in_body = False
+    _arriving = False  # from a request's first byte until it is in full
+    _read_since = 0.0  # perf_counter at the first byte of the request arriving (or when uvicorn let it go on)
     _answers = 0  # requests in full whose response is not complete yet (both paths)
     _shutting_down = False
-    _idle_since: float | None = None  # loop time of the last response while no request is on
-    _idle_timer: asyncio.TimerHandle | None = None  # the connection's one timer: keep-alive and body checks
-    _check_every_s = 5.0  # the longest the timer waits: min(keep-alive, body timeout), set per connection
-    _body_timeout_s = 60.0
-    _asgi_body_since = 0.0  # perf_counter when an ASGI-path request's headers were in (DirectCycle.started: direct)
+    _idle_since: float | None = None  # loop time the connection was opened or last answered, until data comes
+    _idle_timer: asyncio.TimerHandle | None = None  # the connection's one timer: keep-alive and read checks
+    _check_every_s = 5.0  # the longest the timer waits: min(keep-alive, read timeout), set per connection
+    _read_timeout_s = 60.0
     _defaults_of: ClassVar[list[tuple[bytes, bytes]] | None] = None  # the server's default headers, as last seen
     _default_lines: ClassVar[bytes] = b""  # ... and written as header lines
 
@@ -144,7 +147,8 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
         # uvicorn's own also builds the ASGI scope, which a request answered directly never reads: it is built
         # in on_headers_complete, for the requests that take the ASGI path
         self._direct_request = False  # per request: an upgrade or a pipelined request leaves the old cycle current
-        self._in_body = True  # until on_message_complete: the request is still arriving
+        self._arriving = True  # until on_message_complete
+        self._read_since = time.perf_counter()  # its read time starts (and its latency, on the direct path)
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
@@ -157,8 +161,7 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
         url, headers, expect_100_continue = self.url, self.headers, self.expect_100_continue
         super().on_message_begin()  # the scope, with what this request's url and header callbacks gathered
         self.url, self.headers, self.expect_100_continue = url, headers, expect_100_continue
-        self.scope["headers"] = headers
-        self._asgi_body_since = time.perf_counter()  # its body's time starts (the ASGI path is not the hot one)
+        self.scope["headers"] = headers  # this request's list: how `_headers_in` tells its headers are in
         super().on_headers_complete()
 
     def _direct(self, app: KaonApp) -> bool:
@@ -190,7 +193,7 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
             return False  # the ASGI path answers 413
         # counted as arriving from its headers on, as on the ASGI path: the batcher waits for a body still on its way
         self.cycle = DirectCycle(path, query, headers,  # type: ignore[assignment]
-                                 parser.should_keep_alive(), app.announce("POST", path))
+                                 parser.should_keep_alive(), app.announce("POST", path), self._read_since)
         return True
 
     def on_body(self, body: bytes) -> None:
@@ -206,7 +209,7 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def on_message_complete(self) -> None:
-        self._in_body = False
+        self._arriving = False
         self._answers += 1
         if self._direct_request:
             task = self.loop.create_task(self._answer(self.cycle))  # type: ignore[arg-type]
@@ -265,7 +268,7 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
         retry it elsewhere. Requests that arrived in full are answered first, as uvicorn does, also when the next
         request on the connection is the one still arriving: the connection closes after their answers."""
         self._shutting_down = True
-        if self._in_body and self._answers == 0 and not self.transport.is_closing():
+        if self._arriving and self._answers == 0 and not self.transport.is_closing():
             self.transport.close()
             return
         super().shutdown()
@@ -273,13 +276,13 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         if self._answers:  # 0 for an answer that came before its request was in full (a 413 mid-body)
             self._answers -= 1
-        if self._shutting_down and self._in_body and self._answers == 0 and not self.transport.is_closing():
+        if self._shutting_down and self._arriving and self._answers == 0 and not self.transport.is_closing():
             self.server_state.total_requests += 1
             self.transport.close()  # the rest is a request still arriving: not started, as above
             return
         if self.pipeline or self.transport.is_closing():
             super().on_response_complete()
-            if self._idle_timer is None and not self.transport.is_closing():  # a pipelined body is still timed
+            if self._idle_timer is None and not self.transport.is_closing():  # a pipelined request is still timed
                 self._idle_timer = self.loop.call_at(self.loop.time() + self._check_every_s, self._idle_check)
             return
         # uvicorn's, but the keep-alive timer is armed once and checked when it fires (see _idle_check): a
@@ -298,65 +301,75 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
             super()._unset_keepalive_if_required()
 
     def _idle_check(self) -> None:
-        """The connection's timer. Idle: close it once idle for the keep-alive timeout (uvicorn's
-        timeout_keep_alive, 5 s), as uvicorn's timer does. A request arriving (or none yet on a new connection):
-        its body has body_timeout_s from its headers (`_body_timed_out`). A request in full being answered: its
-        response re-arms the timer. The timer never waits longer than `_check_every_s`, so a body's deadline is
-        met on time; a deadline or keep-alive end nearer than that is waited for exactly."""
+        """The connection's timer. A request arriving: it has read_timeout_s from its first byte to arrive in full,
+        headers and body (`_read_timed_out`). A request in full being answered: its response re-arms the timer.
+        Idle, since the connection opened or its last response: closed once idle for the keep-alive timeout
+        (uvicorn's timeout_keep_alive, 5 s), as uvicorn's timer does after a response. The timer never waits longer
+        than `_check_every_s`, so a request's deadline is met on time; a deadline or keep-alive end nearer than
+        that is waited for exactly."""
         self._idle_timer = None
         if self.transport.is_closing() or self not in self.connections:  # closed, or handed to a WebSocket
             return
         now = self.loop.time()
-        if self._idle_since is not None:
+        if self._arriving:
+            left_s = self._read_left_s()
+            if left_s <= 0:
+                self._read_timed_out()
+                return
+            next_at = now + min(left_s, self._check_every_s)
+        elif self._answers:  # requests in full, being answered
+            return
+        else:
+            if self._idle_since is None:  # data came that began no request (blank lines): idle from here
+                self._idle_since = now
             closes_at = self._idle_since + self.timeout_keep_alive
             if now >= closes_at:
                 self.timeout_keep_alive_handler()
-            else:
-                self._idle_timer = self.loop.call_at(min(closes_at, now + self._check_every_s), self._idle_check)
-            return
-        if not self._in_body and self.cycle is not None:  # a request in full, being answered
-            return
-        next_at = now + self._check_every_s
-        since = self._body_since()
-        if since is not None:
-            left_s = since + self._body_timeout_s - time.perf_counter()
-            if left_s <= 0:
-                self._body_timed_out()
                 return
-            next_at = min(next_at, now + left_s)
+            next_at = min(closes_at, now + self._check_every_s)
         self._idle_timer = self.loop.call_at(next_at, self._idle_check)
 
-    def _body_since(self) -> float | None:
-        """When the body now arriving started to (perf_counter: its headers were in); None when none is (no
-        request yet, or one whose headers are still arriving)."""
-        if not self._in_body:
-            return None
+    def _read_left_s(self) -> float:
+        """Seconds left for the request now arriving to arrive in full: read_timeout_s from its first byte."""
         cycle: Any = self.cycle
-        if self._direct_request:  # set from this request's headers on, until the next request begins
-            return float(cycle.started)
-        if type(cycle) is DirectCycle or cycle is None or not cycle.more_body:  # the last request's cycle
-            return None
-        if self.flow.read_paused or cycle.waiting_for_100_continue:
-            # uvicorn holds it (a pipelined request waits its turn, the app has not read the body so far, or the
-            # client waits for a 100 Continue): not the client's delay, and its time starts again from here
-            self._asgi_body_since = time.perf_counter()
-        return self._asgi_body_since
+        if self._answers or (not self._direct_request and (self.flow.read_paused or (
+                self._headers_in() and cycle.waiting_for_100_continue))):
+            # held by the server, not the client: a request before it is being answered (pipelined), uvicorn paused
+            # reading (its app has not read the body so far), or the client waits for a 100 Continue. Its time
+            # starts again from here.
+            self._read_since = time.perf_counter()
+        return self._read_since + self._read_timeout_s - time.perf_counter()
 
-    def _body_timed_out(self) -> None:
+    def _headers_in(self) -> bool:
+        """Whether the request now arriving has its headers in: a direct one, or one whose ASGI scope holds the
+        header list `on_message_begin` started for it (a request still in its headers has no scope of its own)."""
+        scope = self.scope
+        return self._direct_request or (scope is not None and scope["headers"] is self.headers)
+
+    def _read_timed_out(self) -> None:
         """A 408 in kaon's error envelope (unless the request's response has begun), and the connection closes."""
         app, cycle = self.kaon_app, self.cycle
-        if app is not None and not getattr(cycle, "response_started", False):  # a DirectCycle writes at its end
-            direct: Any = cycle if type(cycle) is DirectCycle else None
-            path = direct.path if direct else self.scope["path"]
-            method = "POST" if direct else self.scope["method"]
-            headers = direct.headers if direct else decode_headers(self.scope["headers"])
+        headers_in = self._headers_in()
+        if app is not None and not (headers_in and getattr(cycle, "response_started", False)):
+            direct: Any = cycle if self._direct_request else None
+            if direct:  # a DirectCycle writes its response at its end: none has begun
+                method, path, headers = "POST", direct.path, direct.headers
+            elif headers_in:
+                method, path, headers = self.scope["method"], self.scope["path"], decode_headers(self.scope["headers"])
+            else:  # its method and path once its request line is in (a header follows it), and the headers so far
+                method, path, headers = "", "", decode_headers(self.headers)
+                if self.headers:
+                    with contextlib.suppress(httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+                        method = self.parser.get_method().decode("ascii")
+                        path = httptools.parse_url(self.url).path.decode("ascii")
+            part = "body" if headers_in else "headers"
             answer = app.failed_answer(method, path, RequestTimeoutError(
-                f"the request's body did not arrive in full within {self._body_timeout_s:g} s of its headers "
-                f"(--body-timeout-s). Send the whole body at once, or raise --body-timeout-s for slow uploads."),
-                headers)
+                f"the request's {part} did not arrive within {self._read_timeout_s:g} s of its first byte "
+                f"(--read-timeout-s: a request must arrive in full, headers and body, within it). Send each request "
+                f"whole, or raise --read-timeout-s for slow uploads."), headers)
             self._write(app, answer, keep_alive=False)
-            if direct:  # the ASGI path's request records its own outcome once it sees the connection gone
-                app.finish(answer, direct.started)
+            if not headers_in or direct:  # an ASGI request records its own outcome once it sees the connection gone
+                app.finish(answer, self._read_since)
         self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -373,8 +386,10 @@ class KaonHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
         app = self.kaon_app
         if app is not None:
-            self._body_timeout_s = app.config.body_timeout_s
+            self._read_timeout_s = app.config.read_timeout_s
         keep_alive_s = self.timeout_keep_alive  # 0 (close once answered) would make the timer spin
-        self._check_every_s = min(keep_alive_s, self._body_timeout_s) if keep_alive_s > 0 else self._body_timeout_s
-        # armed once per connection: its first request's body is timed too (a response re-arms it after)
-        self._idle_timer = self.loop.call_at(self.loop.time() + self._check_every_s, self._idle_check)
+        self._check_every_s = min(keep_alive_s, self._read_timeout_s) if keep_alive_s > 0 else self._read_timeout_s
+        # idle until its first request, like between requests (uvicorn's own timer waits for a first response).
+        # The timer is armed once per connection: a response re-arms it after.
+        self._idle_since = now = self.loop.time()
+        self._idle_timer = self.loop.call_at(now + self._check_every_s, self._idle_check)

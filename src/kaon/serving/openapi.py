@@ -61,7 +61,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope, "description": description} for status, description in (
         (400, "malformed body (not JSON, bad encoding)"),
         (401, "missing or unknown token (auth is on with --require-auth or once a token was created)"),
-        (403, "the token lacks the route's scope"), (408, "the body did not arrive within --body-timeout-s"),
+        (403, "the token lacks the route's scope"), (408, "the request did not arrive within --read-timeout-s"),
         (413, "body over --max-body-bytes, or too many inputs"), (422, "the body does not match the schema"),
         (429, "rate limited (Retry-After)"), (500, "a bug or a failing endpoint: the log has the trace"),
         (503, "queue full or still starting (Retry-After)"), (504, "over --timeout-s"))
@@ -69,7 +69,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _V2_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": V2Error, "description": description} for status, description in (
         (400, "malformed body"), (404, "no such model or version"),
-        (408, "the body did not arrive within --body-timeout-s"), (422, "inputs do not match the model"),
+        (408, "the request did not arrive within --read-timeout-s"), (422, "inputs do not match the model"),
         (503, "queue full (Retry-After)"), (504, "over --timeout-s"))
 }
 
