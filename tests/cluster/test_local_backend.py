@@ -275,6 +275,14 @@ def test_the_router_waits_at_least_the_deployments_serve_timeout(tmp_path, digit
     assert default.router.request_timeout_s > 30  # kaon serve's default timeout_s
 
 
+def test_the_router_bounds_a_requests_arrival_by_the_deployments_read_timeout(tmp_path):
+    target = tmp_path / "model.onnx"  # not loaded: no replica starts here
+    slowly = LocalDeployment(Deployment.parse(spec("slowly", target, serve={"read_timeout_s": 5})), log_dir=tmp_path)
+    assert slowly.router.read_timeout_s == 5  # the router reads each request whole before a replica sees it
+    default = LocalDeployment(Deployment.parse(spec("default", target)), log_dir=tmp_path)
+    assert default.router.read_timeout_s == 60  # kaon serve's default read_timeout_s
+
+
 def test_shutting_down_with_connections_open_logs_no_traceback(plane, digits_onnx):
     client = plane.client
     status = client.deploy(spec("idle", digits_onnx, min_replicas=0))

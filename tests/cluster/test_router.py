@@ -308,3 +308,87 @@ async def test_while_replicas_fail_to_start_a_request_gets_a_503_at_once_not_a_c
         router.add_replica("0.4", up.port)
         assert (await pending).status_code == 200
     await router.close()
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes, bool]:
+    """One response off a raw connection: status, headers, body, and whether the router closed it after."""
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)).decode()
+    lines = head.split("\r\n")[:-2]
+    headers = {name.lower(): value for name, value in (line.split(": ", 1) for line in lines[1:])}
+    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 3)
+    closed = await asyncio.wait_for(reader.read(1), 3) == b"" if headers.get("connection") == "close" else False
+    return int(lines[0].split()[1]), headers, body, closed
+
+
+@run_async
+async def test_a_client_that_stalls_mid_request_gets_a_408_and_others_are_served_meanwhile():
+    """A request must arrive in full, headers and body, within read_timeout_s of its first byte: a client that
+    stalls in its headers, trickles them a line at a time (slowloris) or stalls mid-body held a router connection
+    forever. Each now gets a 408 in kaon's envelope and the connection closes; the replica never sees them, other
+    clients are served meanwhile, and a request that takes a while but arrives in time is served as usual."""
+    up = await Upstream("a").start()
+    router = await started_router(read_timeout_s=0.5)
+    router.add_replica("a", up.port)
+    loop = asyncio.get_running_loop()
+    request = b'POST /stalled HTTP/1.1\r\nhost: x\r\nx-request-id: mine-3\r\ncontent-length: 11\r\n\r\n{"xs": [1]}'
+    cuts = {"request line": 14, "headers": request.index(b"content-length"), "body": len(request) - 4,
+            "a line at a time": request.index(b"content-length")}
+    since = loop.time()
+
+    async def stalled(cut: int, trickle: bool) -> tuple[int, dict[str, str], bytes, bool, float]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+        writer.write(request[:cut])
+        answered = asyncio.create_task(_response(reader))
+        while trickle and not answered.done():
+            await asyncio.wait([answered], timeout=0.15)
+            writer.write(b"x-more: 1\r\n")
+        result = await answered
+        writer.close()
+        return (*result, loop.time() - since)
+
+    stalls = {name: asyncio.create_task(stalled(cut, name == "a line at a time")) for name, cut in cuts.items()}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.port}", timeout=5) as client:
+        assert (await client.post("/other", json={})).status_code == 200
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+    slow = request.replace(b"/stalled", b"/slow-client")
+    for start in range(0, len(slow), len(slow) // 3 + 1):  # three pieces over 0.3 s: in time
+        writer.write(slow[start:start + len(slow) // 3 + 1])
+        await asyncio.sleep(0.1)
+    status, headers, body, closed = await _response(reader)
+    assert (status, json.loads(body)["body"], closed) == (200, '{"xs": [1]}', False)
+    writer.close()
+    for name, stall in stalls.items():
+        status, headers, body, closed, after_s = await stall
+        error = json.loads(body)["error"]
+        assert status == 408 and closed and 0.45 <= after_s <= 1.5, (name, status, after_s)
+        assert headers["content-type"] == "application/json" and error["code"] == "request_timeout", name
+        part = "body" if name == "body" else "headers"
+        assert f"request's {part} did not arrive within 0.5 s" in error["message"], (name, error)
+    assert up.seen == ["/other", "/slow-client"]
+    await router.close()
+    await up.close()
+
+
+@run_async
+async def test_a_connection_idle_for_keep_alive_s_is_closed_before_its_first_request_too():
+    """A connection that never sends a request held a router connection (a file descriptor) forever. Idle for
+    keep_alive_s, before its first request or after an answer, it is closed; one in use is not."""
+    up = await Upstream("a").start()
+    router = await started_router(keep_alive_s=0.3)
+    router.add_replica("a", up.port)
+    loop = asyncio.get_running_loop()
+    opened_at = loop.time()
+    silent_reader, silent = await asyncio.open_connection("127.0.0.1", router.port)
+    used_reader, used = await asyncio.open_connection("127.0.0.1", router.port)
+    silent_closed = asyncio.create_task(asyncio.wait_for(silent_reader.read(1), 3))
+    await asyncio.sleep(0.2)
+    used.write(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n")  # its first request, within the time
+    assert (await _response(used_reader))[0] == 200
+    answered_at = loop.time()
+    assert await silent_closed == b"" and 0.25 <= loop.time() - opened_at <= 0.6  # nothing written, closed
+    assert await asyncio.wait_for(used_reader.read(1), 3) == b""
+    assert 0.25 <= loop.time() - answered_at <= 0.6  # idle from its answer on
+    silent.close()
+    used.close()
+    await router.close()
+    await up.close()

@@ -13,6 +13,9 @@
   ready, a request gets a 503 `replicas_failing` at once, with Retry-After, instead of waiting in vain.
 - Load: in-flight requests integrated over time, arrivals and latencies, read and reset by the
   autoscaler with `take_load()` every step.
+- Slow clients: a request must arrive in full, headers and body, within `read_timeout_s` of its first byte
+  (else a 408 and the connection closes), and a connection idle for `keep_alive_s`, before its first request
+  too, is closed, as a replica does: a client that stalls or never sends does not hold a connection forever.
 
 Bench: bench/scaling.py compares this router with SO_REUSEPORT replicas (see BENCHMARKS.md (scaling)).
 """
@@ -90,7 +93,7 @@ class Router:
 
     def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0, *, retries: int = 2,
                  retry_post: bool = True, cold_start_timeout_s: float = 120.0, request_timeout_s: float = 60.0,
-                 restart_wait_s: float = 15.0,
+                 restart_wait_s: float = 15.0, read_timeout_s: float = 60.0, keep_alive_s: float = 5.0,
                  max_body_bytes: int = 64 * 1024 * 1024, on_demand: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
@@ -101,6 +104,8 @@ class Router:
         self.cold_start_timeout_s = cold_start_timeout_s
         self.request_timeout_s = request_timeout_s
         self.restart_wait_s = restart_wait_s  # a request every replica failed waits this long for a restarted one
+        self.read_timeout_s = read_timeout_s  # a client's request arrives in full within this of its first byte
+        self.keep_alive_s = keep_alive_s  # a client connection idle this long is closed (uvicorn's default too)
         self.max_body_bytes = max_body_bytes
         self.on_demand = on_demand
         self._clock = clock
@@ -212,7 +217,8 @@ class Router:
 
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._clients.add(writer)
-        messages = MessageReader(reader, max_body_bytes=self.max_body_bytes)
+        messages = MessageReader(reader, max_body_bytes=self.max_body_bytes, read_timeout_s=self.read_timeout_s,
+                                 keep_alive_s=self.keep_alive_s)
         try:
             while True:
                 try:
@@ -220,7 +226,8 @@ class Router:
                 except HttpError as exc:
                     writer.write(bad_request_response(exc, too_large_advice=(
                         "Send fewer or smaller inputs per request, or compress images as PNG/JPEG; the limit is "
-                        "the deployment's serve.max_body_bytes (a little more at the router).")))
+                        "the deployment's serve.max_body_bytes (a little more at the router)."), timeout_advice=(
+                        "Send each request whole, or raise the deployment's serve.read_timeout_s for slow uploads.")))
                     break
                 if request is None:
                     break
@@ -238,6 +245,7 @@ class Router:
             # cancelled connection handler as an error with its traceback: the connection just ends here.
             pass
         finally:
+            messages.close()
             self._clients.discard(writer)
             writer.close()
 

@@ -44,7 +44,7 @@ class LocalDeployment:
         self.node = node
         self.log_dir = log_dir
         self.router = Router(spec.name, spec.host, spec.port or 0, on_demand=self._on_demand,
-                             request_timeout_s=_request_timeout_s(spec),
+                             request_timeout_s=_request_timeout_s(spec), read_timeout_s=_read_timeout_s(spec),
                              max_body_bytes=int(spec.serve.get("max_body_bytes", 16 * 1024 * 1024)) + 65536)
         self.supervisor = Supervisor(self._replica_spec(spec), self.router, log_dir=log_dir, on_change=on_change)
         self.autoscaler = Autoscaler(spec, self.router, self.supervisor, fits=fits, on_decision=on_decision)
@@ -80,6 +80,7 @@ class LocalDeployment:
             getattr(spec, name) != getattr(self.spec, name) for name in _PROCESS_FIELDS)
         self.spec, self.resolved_target = spec, resolved_target
         self.router.request_timeout_s = _request_timeout_s(spec)
+        self.router.read_timeout_s = _read_timeout_s(spec)  # for connections from now on
         if needs_processes:
             self.supervisor.roll(self._replica_spec(spec))
         else:
@@ -126,3 +127,8 @@ class LocalDeployment:
 def _request_timeout_s(spec: Deployment) -> float:
     timeout_s = float(spec.serve.get("timeout_s", ServeConfig.timeout_s))
     return max(_MIN_REQUEST_TIMEOUT_S, timeout_s + _REQUEST_TIMEOUT_MARGIN_S)
+
+
+def _read_timeout_s(spec: Deployment) -> float:
+    """The replicas' bound on a request's arrival holds at the router, which reads each request whole first."""
+    return float(spec.serve.get("read_timeout_s", ServeConfig.read_timeout_s))
