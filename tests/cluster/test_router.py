@@ -392,3 +392,36 @@ async def test_a_connection_idle_for_keep_alive_s_is_closed_before_its_first_req
     used.close()
     await router.close()
     await up.close()
+
+
+def test_the_control_plane_api_bounds_a_request_and_an_idle_connection_too(kaon_home):
+    """The control plane's API read each request without a time bound, like the router: a client that stalled
+    or never sent held a connection forever. Same reader, same bounds (short here)."""
+    from kaon.cluster.controlplane import ControlPlane
+    from kaon.cluster.placement import Node
+    from tests.servers import free_port
+
+    async def scenario() -> None:
+        plane = ControlPlane(port=free_port(), node=Node("here", cpus=2.0, memory_mb=1024))
+        plane.read_timeout_s, plane.keep_alive_s = 0.4, 0.6
+        await plane.start()
+        try:
+            loop = asyncio.get_running_loop()
+            stalled_reader, stalled = await asyncio.open_connection("127.0.0.1", plane.port)
+            silent_reader, silent = await asyncio.open_connection("127.0.0.1", plane.port)
+            since = loop.time()
+            stalled.write(b"GET /v1/deployments HTTP/1.1\r\nhost: x\r\n")  # headers never finish
+            status, _, body, closed = await asyncio.wait_for(_response(stalled_reader), 3)
+            assert (status, json.loads(body)["error"]["code"], closed) == (408, "request_timeout", True)
+            assert 0.35 <= loop.time() - since <= 1.5
+            assert await asyncio.wait_for(silent_reader.read(1), 3) == b""  # closed, idle since it opened
+            assert 0.55 <= loop.time() - since <= 2.0
+            async with httpx.AsyncClient(base_url=plane.url, timeout=5) as client:  # the API still answers
+                answer = await client.get("/v1/deployments", headers={"authorization": f"Bearer {plane.token}"})
+                assert answer.status_code == 200
+            stalled.close()
+            silent.close()
+        finally:
+            await plane.close()
+
+    asyncio.run(scenario())

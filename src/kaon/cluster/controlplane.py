@@ -75,6 +75,11 @@ from kaon.errors import (
 log = logging.getLogger("kaon.cluster.controlplane")
 
 _DECISION_EVERY_S = 10.0  # how often an unchanged decision is written to the registry anyway
+# The API's bounds on a client (the CLI sends small JSON requests at once): a request must arrive in full within
+# API_READ_TIMEOUT_S of its first byte, else 408 and the connection closes; a connection idle API_KEEP_ALIVE_S,
+# before its first request too, is closed. A client that stalls or never sends does not hold a connection forever.
+API_READ_TIMEOUT_S = 30.0
+API_KEEP_ALIVE_S = 5.0
 
 
 def local_node(cpus: float | None = None, memory_mb: int | None = None, gpus: int = 0) -> Node:
@@ -115,6 +120,7 @@ class ControlPlane:
         self._lock = asyncio.Lock()
         self._mark_stopped_on_exit = False  # SIGTERM/Ctrl-C: deployments stay 'running' and come back
         self._lock_file: Any = None
+        self.read_timeout_s, self.keep_alive_s = API_READ_TIMEOUT_S, API_KEEP_ALIVE_S  # for connections from then on
 
     @property
     def url(self) -> str:
@@ -447,13 +453,15 @@ class ControlPlane:
     # ---- the HTTP API ------------------------------------------------------------------------
 
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        messages = MessageReader(reader, max_body_bytes=4 * 1024 * 1024)
+        messages = MessageReader(reader, max_body_bytes=4 * 1024 * 1024, read_timeout_s=self.read_timeout_s,
+                                 keep_alive_s=self.keep_alive_s)
         try:
             while True:
                 try:
                     request = await messages.next()
                 except HttpError as exc:
-                    writer.write(bad_request_response(exc, too_large_advice="A deployment spec is far smaller."))
+                    writer.write(bad_request_response(exc, too_large_advice="A deployment spec is far smaller.",
+                                                      timeout_advice="Send each request whole, without pauses."))
                     break
                 if request is None:
                     break
@@ -468,6 +476,7 @@ class ControlPlane:
             # cancelled connection handler as an error with its traceback: the connection just ends here.
             pass
         finally:
+            messages.close()
             writer.close()
 
     async def _answer(self, request: HttpMessage) -> bytes:
