@@ -100,6 +100,17 @@ def predict(runner: Runner, name: str, x: np.ndarray, batch_size: int = 256) -> 
                            for i in range(0, len(x), batch_size)])
 
 
+def batch_dependence(runner: Runner, name: str, x: np.ndarray) -> tuple[float, int]:
+    """How far each input's outputs move between running alone and in one batch with the others (int8-dynamic
+    scales a batch's activations by that batch's range): the largest absolute difference, and how many argmax
+    labels change (for outputs of several classes)."""
+    together = predict(runner, name, x, batch_size=len(x))
+    alone = predict(runner, name, x, batch_size=1)
+    gap = float(np.abs(together.astype(np.float64) - alone).max()) if together.size else 0.0
+    classes = together.ndim == 2 and together.shape[1] > 1
+    return gap, int((together.argmax(-1) != alone.argmax(-1)).sum()) if classes else 0
+
+
 def accuracy(outputs: np.ndarray, y: np.ndarray, probabilities: bool | None = None) -> float:
     """Share of correct predictions; a binary model's one output counts as two classes (class_scores), read as
     `probabilities` (the model's, decided once) or logits."""
