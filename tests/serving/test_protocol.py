@@ -131,9 +131,12 @@ async def started(config: ServeConfig | None = None) -> AsyncIterator[KaonApp]:
         await app.shutdown()
 
 
-async def _connection(app: KaonApp, server_state: ServerState, ws: Any = None) -> tuple[Any, Recorder]:
-    """uvicorn's real protocol class (kaon's subclass, bound to `app`) on a recording transport."""
-    config = uvicorn.Config(app, http=KaonHttpToolsProtocol.for_app(app), lifespan="off", log_level="warning")
+async def _connection(app: KaonApp, server_state: ServerState, ws: Any = None,
+                      keep_alive_s: float = 5.0) -> tuple[Any, Recorder]:
+    """uvicorn's real protocol class (kaon's subclass, bound to `app`) on a recording transport; `keep_alive_s`:
+    uvicorn's timeout_keep_alive (5 s, its default)."""
+    config = uvicorn.Config(app, http=KaonHttpToolsProtocol.for_app(app), lifespan="off", log_level="warning",
+                            timeout_keep_alive=keep_alive_s)
     config.load()
     if ws is not None:  # as when `websockets` is installed (uvicorn[standard])
         config.ws_protocol_class = ws
@@ -220,12 +223,7 @@ def test_keep_alive_closes_a_connection_idle_for_the_timeout_and_only_then() -> 
     the timeout stays open, one busy for longer than it is not cut, and one idle for the timeout is closed."""
     async def scenario() -> None:
         async with started() as app:
-            config = uvicorn.Config(app, http=KaonHttpToolsProtocol.for_app(app), lifespan="off",
-                                    log_level="warning", timeout_keep_alive=0.3)
-            config.load()
-            protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
-            transport = Connection()
-            protocol.connection_made(transport)
+            protocol, transport = await _connection(app, ServerState(), keep_alive_s=0.3)
             loop = asyncio.get_running_loop()
             started_at = loop.time()
             for count in range(1, 5):  # 4 requests 0.15 s apart: 0.6 s open, never 0.3 s idle
@@ -581,12 +579,7 @@ def test_a_request_being_answered_or_an_idle_connection_is_not_timed_as_arriving
     request pipelined behind one being answered is timed from that answer on: its 408 does not cut the answer."""
     async def scenario() -> None:
         async with started(ServeConfig(read_timeout_s=0.2)) as app:
-            config = uvicorn.Config(app, http=KaonHttpToolsProtocol.for_app(app), lifespan="off",
-                                    log_level="warning", timeout_keep_alive=0.6)
-            config.load()
-            protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
-            transport = Connection()
-            protocol.connection_made(transport)
+            protocol, transport = await _connection(app, ServerState(), keep_alive_s=0.6)
             loop = asyncio.get_running_loop()
             piped, piped_out = await _connection(app, ServerState())
             piped.data_received(post("/slow", b'{"seconds": 0.5}') + post("/double", b'{"xs": [1]}')[:30])
@@ -609,16 +602,8 @@ def test_a_connection_that_sends_no_request_is_closed_after_the_keep_alive_timeo
     first request is idle time like that between requests; a first request within it is answered as usual."""
     async def scenario() -> None:
         async with started() as app:
-            config = uvicorn.Config(app, http=KaonHttpToolsProtocol.for_app(app), lifespan="off",
-                                    log_level="warning", timeout_keep_alive=0.3)
-            config.load()
             loop = asyncio.get_running_loop()
-            connections = []
-            for _ in range(3):
-                protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
-                transport = Connection()
-                protocol.connection_made(transport)
-                connections.append((protocol, transport))
+            connections = [await _connection(app, ServerState(), keep_alive_s=0.3) for _ in range(3)]
             opened_at = loop.time()
             (_, silent), (blank, blank_out), (busy, busy_out) = connections
             await asyncio.sleep(0.2)
