@@ -197,7 +197,7 @@ class Supervisor:
         fd = self.sock.fileno() if self.shared else None
         env = worker_env(self.config, fd, index, str(self.metrics_dir), self._ready_file(index))
         self.procs[index] = subprocess.Popen(
-            [sys.executable, "-m", "kaon.cli", "serve", self.target], env=env, pass_fds=(fd,) if fd else (),
+            [sys.executable, "-m", "kaon.cli", "serve", self.target], env=env, pass_fds=() if fd is None else (fd,),
             stdin=subprocess.DEVNULL)
 
     def run(self, print_banner: bool = True) -> int:
